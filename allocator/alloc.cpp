@@ -1,0 +1,174 @@
+// Composition: the tm_* API routes each request to the small-object engine (arenas/) or to
+// the large allocator (large.cpp), and enforces malloc's error contract in one place:
+// impossible sizes and overflows give NULL with errno = ENOMEM, bad alignments EINVAL, and
+// pointers that are neither a small block nor jemalloc's abort naming the public call.
+// The malloc/new override (override_*.cpp) are thin shims over these functions.
+#include "alloc.h"
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "heap.h"
+#include "large.h"
+#include "trimalloc/trimalloc.h"
+
+namespace trimalloc {
+
+[[noreturn]] void report_foreign(const char* call, const void* p) noexcept {
+  fatal(call, "invalid pointer (not allocated by trimalloc)", p);
+}
+
+void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
+  unsigned cls = aligned_class_of(size, alignment);
+  if (cls < kClassCount) {
+    void* p = small_alloc(cls);
+    if (p && zero) std::memset(p, 0, class_block_size(cls));
+    return p;
+  }
+  return large_alloc(size == 0 ? 1 : size, alignment, zero);
+}
+
+void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+  if (p == nullptr) return malloc_impl(size);
+  std::size_t old_size;
+  if (small_owns(p)) {
+    old_size = small_usable_size(p, call);
+    // Same class: in place, growing within the block or shrinking.
+    if (size <= kSmallMax && class_block_size(size_class_of(size)) == old_size) return p;
+  } else {
+    if (!large_owns(p)) report_foreign(call, p);
+    if (size > kSmallMax) return large_realloc(p, size);
+    old_size = large_usable_size(p);
+  }
+  void* q = malloc_impl(size);
+  if (q == nullptr) return nullptr;  // errno set; the old block is untouched (C says so)
+  std::memcpy(q, p, old_size < size ? old_size : size);
+  free_impl(p, call);
+  return q;
+}
+
+std::size_t usable_size_impl(const void* p, const char* call) noexcept {
+  if (p == nullptr) return 0;
+  if (small_owns(p)) return small_usable_size(p, call);
+  if (!large_owns(p)) report_foreign(call, p);
+  return large_usable_size(p);
+}
+
+void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept {
+  if (small_owns(p)) {
+    Pool* pool = checked_pool(p, call);
+    unsigned cls = aligned_class_of(size, alignment ? alignment : 1);
+    if (cls != pool->size_class) fatal(call, "size does not match the allocation of", p);
+    small_free(p, call);
+    return;
+  }
+  if (p == nullptr) return;
+  if (!large_owns(p)) report_foreign(call, p);
+  if (size <= kSmallMax && alignment <= kSmallMax) fatal(call, "size does not match the allocation of", p);
+  large_free_sized(p, size, alignment);
+}
+
+bool valid_alignment(std::size_t alignment) noexcept {
+  return alignment != 0 && (alignment & (alignment - 1)) == 0;
+}
+
+}  // namespace trimalloc
+
+using namespace trimalloc;
+
+extern "C" {
+
+void* tm_malloc(size_t size) { return malloc_impl(size); }
+
+void tm_free(void* p) { free_impl(p, "free"); }
+
+void* tm_calloc(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (total <= kSmallMax) {
+    unsigned cls = size_class_of(total);
+    void* p = small_alloc(cls);
+    if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
+    return p;
+  }
+  return large_alloc(total, 0, true);
+}
+
+void* tm_realloc(void* p, size_t size) { return realloc_impl(p, size, "realloc"); }
+
+void* tm_reallocarray(void* p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return realloc_impl(p, total, "reallocarray");
+}
+
+void tm_free_sized(void* p, size_t size) { free_sized_impl(p, size, 0, "free_sized"); }
+
+void tm_free_aligned_sized(void* p, size_t alignment, size_t size) {
+  free_sized_impl(p, size, alignment, "free_aligned_sized");
+}
+
+void* tm_aligned_alloc(size_t alignment, size_t size) {
+  if (!valid_alignment(alignment)) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  return alloc_aligned(size, alignment, false);
+}
+
+int tm_posix_memalign(void** out, size_t alignment, size_t size) {
+  if (!valid_alignment(alignment) || alignment % sizeof(void*) != 0) return EINVAL;
+  int saved = errno;
+  void* p = alloc_aligned(size, alignment, false);
+  if (p == nullptr) {
+    errno = saved;  // POSIX: the error is the return value; errno is left alone
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+void* tm_memalign(size_t alignment, size_t size) {
+  // glibc rounds a non-power-of-two alignment up instead of failing; do the same.
+  if (alignment != 0 && !valid_alignment(alignment)) {
+    if (alignment > (SIZE_MAX >> 1) + 1) {
+      errno = EINVAL;
+      return nullptr;
+    }
+    alignment = std::size_t{1} << (64 - __builtin_clzll(alignment));
+  }
+  return alloc_aligned(size, alignment ? alignment : 1, false);
+}
+
+void* tm_valloc(size_t size) { return alloc_aligned(size, os_page(), false); }
+
+void* tm_pvalloc(size_t size) {
+  size_t page = os_page();
+  size_t rounded = (size + page - 1) & ~(page - 1);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return alloc_aligned(rounded ? rounded : page, page, false);
+}
+
+size_t tm_usable_size(const void* p) { return usable_size_impl(p, "malloc_usable_size"); }
+
+int tm_owns(const void* p) {
+  if (small_owns(p)) {
+    Pool* pool = pool_of(p);
+    return block_index(pool, reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1)) >= 0;
+  }
+  return p != nullptr && g_arena_map.contains(SlotKind::kLarge, p);
+}
+
+const char* tm_version(void) { return "trimalloc 0.1.0"; }
+
+}  // extern "C"

@@ -1,0 +1,36 @@
+// Internal helpers shared by the tm_* API and the malloc/new override shims.
+#pragma once
+#include <cstddef>
+
+#include "heap.h"
+#include "large.h"
+#include "os.h"
+
+namespace trimalloc {
+
+[[noreturn]] void report_foreign(const char* call, const void* p) noexcept;
+void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept;
+void* realloc_impl(void* p, std::size_t size, const char* call) noexcept;
+std::size_t usable_size_impl(const void* p, const char* call) noexcept;
+void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
+bool valid_alignment(std::size_t alignment) noexcept;
+inline std::size_t os_page() noexcept { return os::page_size(); }
+
+inline void* malloc_impl(std::size_t size) noexcept {
+  if (__builtin_expect(size <= kSmallMax, 1)) return small_alloc(size_class_of(size));
+  return large_alloc(size, 0, false);
+}
+
+// free() with the public call's name for messages. Small first: it is the common case and
+// null is never in a small arena, so the null check costs nothing there.
+inline void free_impl(void* p, const char* call) noexcept {
+  if (__builtin_expect(small_owns(p), 1)) {
+    small_free(p, call);
+    return;
+  }
+  if (p == nullptr) return;
+  if (!large_owns(p)) report_foreign(call, p);
+  large_free(p);
+}
+
+}  // namespace trimalloc

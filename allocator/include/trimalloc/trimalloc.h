@@ -1,0 +1,66 @@
+/* trimalloc — public C API.
+ *
+ * Two ways to use trimalloc:
+ *  - as the process allocator: LD_PRELOAD=libtrimalloc.so, or link with -ltrimalloc. Every
+ *    malloc-family call and every C++ operator new/delete then goes to trimalloc;
+ *  - through the tm_* functions below, which work in both builds (with or without the
+ *    malloc override, CMake option TRIMALLOC_OVERRIDE) and never touch the system malloc.
+ *
+ * Blocks of 1..512 bytes come from trimalloc's own pools (16-byte size classes, 16-byte
+ * alignment); larger blocks and larger alignments come from an embedded jemalloc.
+ * Errors follow malloc's rules: NULL with errno = ENOMEM for an impossible size, EINVAL for a
+ * bad alignment. Misuse (double free, a pointer trimalloc never returned) aborts with one line
+ * on stderr naming the call and the address.
+ */
+#ifndef TRIMALLOC_TRIMALLOC_H
+#define TRIMALLOC_TRIMALLOC_H
+
+#include <stddef.h>
+
+#if defined(__GNUC__)
+#define TM_API __attribute__((visibility("default")))
+#else
+#define TM_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TRIMALLOC_VERSION_MAJOR 0
+#define TRIMALLOC_VERSION_MINOR 1
+#define TRIMALLOC_VERSION_PATCH 0
+
+/* Largest request served by the small-object pools; anything bigger goes to jemalloc. */
+#define TM_SMALL_MAX 512
+
+TM_API void* tm_malloc(size_t size);
+TM_API void* tm_calloc(size_t count, size_t size);
+TM_API void* tm_realloc(void* p, size_t size);
+TM_API void* tm_reallocarray(void* p, size_t count, size_t size);
+TM_API void tm_free(void* p);
+/* C23 free_sized / free_aligned_sized: `size` must be the size that was requested. */
+TM_API void tm_free_sized(void* p, size_t size);
+TM_API void tm_free_aligned_sized(void* p, size_t alignment, size_t size);
+/* `alignment` must be a power of two; aligned_alloc accepts any size (C17 DR 460). */
+TM_API void* tm_aligned_alloc(size_t alignment, size_t size);
+/* Returns 0, EINVAL (alignment not a power of two multiple of sizeof(void*)) or ENOMEM. */
+TM_API int tm_posix_memalign(void** out, size_t alignment, size_t size);
+TM_API void* tm_memalign(size_t alignment, size_t size);
+TM_API void* tm_valloc(size_t size);
+TM_API void* tm_pvalloc(size_t size);
+/* Bytes usable in the block `p` points at (>= the size requested); 0 for NULL. */
+TM_API size_t tm_usable_size(const void* p);
+
+/* Non-zero if `p` points at the start of a live-or-free block that trimalloc manages
+ * (small pool block or jemalloc block of trimalloc's arena). Never faults, for any p. */
+TM_API int tm_owns(const void* p);
+
+/* Version string, e.g. "trimalloc 0.1.0". */
+TM_API const char* tm_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TRIMALLOC_TRIMALLOC_H */

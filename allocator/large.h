@@ -1,0 +1,31 @@
+// The secondary allocator: blocks over 512 bytes (and alignments pools do not give) go to an
+// embedded copy of Debian's jemalloc whose public symbols were renamed at build time
+// (malloc -> tm_je_malloc, ...; see embed_jemalloc.cmake), so the program only ever sees
+// trimalloc's malloc and jemalloc's own internal calls stay inside jemalloc.
+//
+// trimalloc's large blocks live in a dedicated jemalloc arena whose extent hooks take memory
+// from os::reserve_aligned() in whole, 1 MiB-aligned MiB and mark it in the arena map. So
+// free() can tell "jemalloc's" from "nobody's" with one bit test, mmap failure injection covers
+// large blocks too, and statistics know exactly what jemalloc has mapped.
+#pragma once
+#include <cstddef>
+
+namespace trimalloc {
+
+bool large_init() noexcept;
+// size > 0. nullptr + ENOMEM on failure. alignment: power of two, 0 = default.
+void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept;
+void* large_realloc(void* p, std::size_t size) noexcept;
+void large_free(void* p) noexcept;
+void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept;
+std::size_t large_usable_size(const void* p) noexcept;
+bool large_owns(const void* p) noexcept;
+// Purges the dedicated arena's dirty pages and this thread's jemalloc cache; bytes purged
+// (estimated from jemalloc's resident counter before and after).
+std::size_t large_purge() noexcept;
+// jemalloc's mallctl on the renamed copy, for statistics and options.
+int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp, std::size_t newlen) noexcept;
+unsigned large_arena_index() noexcept;
+std::size_t large_mapped_bytes() noexcept;  // bytes the extent hooks have mapped
+
+}  // namespace trimalloc

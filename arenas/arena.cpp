@@ -1,0 +1,169 @@
+#include "arena.h"
+
+#include <time.h>
+
+#include <cerrno>
+
+#include "os.h"
+
+namespace trimalloc {
+
+ArenaSet g_arenas;
+
+std::uint64_t now_ms() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+namespace {
+inline Pool* header_of(Arena* a, unsigned i) {
+  return reinterpret_cast<Pool*>(reinterpret_cast<std::uintptr_t>(a) + i * kPoolHeaderSize);
+}
+}  // namespace
+
+void ArenaSet::bucket_insert(Arena* a) noexcept {
+  Arena*& head = buckets_[a->nfree];
+  a->prev = nullptr;
+  a->next = head;
+  if (head) head->prev = a;
+  head = a;
+  nonempty_ |= std::uint64_t{1} << a->nfree;
+}
+
+void ArenaSet::bucket_remove(Arena* a) noexcept {
+  if (a->prev)
+    a->prev->next = a->next;
+  else
+    buckets_[a->nfree] = a->next;
+  if (a->next) a->next->prev = a->prev;
+  if (buckets_[a->nfree] == nullptr) nonempty_ &= ~(std::uint64_t{1} << a->nfree);
+}
+
+Arena* ArenaSet::create_arena() noexcept {
+  void* mem = os::reserve_aligned(kSlotSize, kSlotSize);
+  if (!mem) return nullptr;
+  // Fresh mmap memory is zero: every pool header reads as kFree with capacity 0.
+  Arena* a = static_cast<Arena*>(mem);
+  a->free_pools = kAllPoolSlots;
+  a->dirty_pools = 0;
+  a->nfree = kPoolSlotsPerArena;
+  for (unsigned i = 1; i < kPoolsPerArena; ++i) header_of(a, i)->index = static_cast<std::uint8_t>(i);
+  g_arena_map.set(SlotKind::kSmall, a, kSlotSize, true);
+  ++arena_count_;
+  return a;
+}
+
+Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
+  Pool* pool;
+  {
+    LockGuard guard(lock_);
+    std::uint64_t usable = nonempty_ & ~std::uint64_t{1};
+    Arena* a;
+    if (usable) {
+      a = buckets_[__builtin_ctzll(usable)];
+      bucket_remove(a);
+    } else {
+      a = create_arena();
+      if (!a) {
+        errno = ENOMEM;
+        return nullptr;
+      }
+    }
+    std::uint64_t dirty = a->dirty_pools & a->free_pools;
+    unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty ? dirty : a->free_pools));
+    a->free_pools &= ~(std::uint64_t{1} << i);
+    a->dirty_pools &= ~(std::uint64_t{1} << i);
+    --a->nfree;
+    bucket_insert(a);
+    pool = header_of(a, i);
+  }
+  pool_init(pool, cls, owner);
+  return pool;
+}
+
+void ArenaSet::release_pool(Pool* pool) noexcept {
+  Arena* a = reinterpret_cast<Arena*>(arena_base_of(pool));
+  // A released pool reads as invalid to free(): capacity 0 makes block_index() fail.
+  pool->capacity = 0;
+  pool->block_size = 0;
+  pool->reciprocal = 0;
+  pool->free = nullptr;
+  pool->owner.store(nullptr, std::memory_order_relaxed);
+  pool->state.store(PoolState::kFree, std::memory_order_relaxed);
+  pool->freed_at_ms = now_ms();
+  // Pages the pool never carved, or already purged, are not resident: only a pool that had a
+  // page carved is dirty.
+  bool dirty = pool->dormant.load(std::memory_order_relaxed) != kAllPagesDormant;
+  std::uint64_t bit = std::uint64_t{1} << pool->index;
+
+  LockGuard guard(lock_);
+  bucket_remove(a);
+  a->free_pools |= bit;
+  if (dirty) a->dirty_pools |= bit;
+  ++a->nfree;
+  if (a->nfree == kPoolSlotsPerArena && (nonempty_ >> kPoolSlotsPerArena)) {
+    // A second completely free arena: give it back now. Keeping one empty arena absorbs a
+    // program that repeatedly frees and reallocates a pool's worth; more would only hold RSS.
+    g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
+    os::release(a, kSlotSize);
+    --arena_count_;
+    ++released_count_;
+    return;
+  }
+  bucket_insert(a);
+}
+
+std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept {
+  std::size_t released = 0;
+  LockGuard guard(lock_);
+  // Empty arenas first: unmapping returns the metadata slot too.
+  std::size_t kept = 0;
+  for (Arena* a = buckets_[kPoolSlotsPerArena]; a != nullptr;) {
+    Arena* next = a->next;
+    if (kept < keep_empty) {
+      ++kept;
+    } else {
+      bucket_remove(a);
+      g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
+      released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
+      os::release(a, kSlotSize);
+      --arena_count_;
+      ++released_count_;
+    }
+    a = next;
+  }
+  for (Arena* head : buckets_) {
+    for (Arena* a = head; a != nullptr; a = a->next) {
+      std::uint64_t dirty = a->dirty_pools & a->free_pools;
+      while (dirty) {
+        unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
+        dirty &= dirty - 1;
+        Pool* pool = header_of(a, i);
+        if (pool->freed_at_ms > cutoff_ms) continue;
+        os::purge(reinterpret_cast<void*>(pool_data(pool)), kPoolSize);
+        a->dirty_pools &= ~(std::uint64_t{1} << i);
+        released += kPoolSize;
+      }
+    }
+  }
+  return released;
+}
+
+ArenaCounts ArenaSet::counts() noexcept {
+  ArenaCounts c;
+  LockGuard guard(lock_);
+  for (Arena* head : buckets_) {
+    for (Arena* a = head; a != nullptr; a = a->next) {
+      ++c.arenas;
+      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
+      c.pools_in_use += kPoolSlotsPerArena - a->nfree;
+      c.pools_free_dirty += dirty;
+      c.pools_free_clean += a->nfree - dirty;
+    }
+  }
+  c.arenas_released = released_count_;
+  return c;
+}
+
+}  // namespace trimalloc

@@ -1,0 +1,89 @@
+// Arenas: 1 MiB regions that pools are cut from, and the global set that hands pools out.
+//
+// Placement follows CPython's usable_arenas rule: a new pool comes from the arena with the
+// FEWEST free pools that still has one, so allocation concentrates in already-busy arenas and
+// nearly empty arenas get the chance to drain completely and go back to the OS. Arenas sit in
+// buckets by their number of free pools and a 64-bit mask of non-empty buckets finds the
+// fullest usable one with a single count-trailing-zeros. Within an arena a dirty free pool (its
+// pages may still be resident) is preferred to a clean one, so reuse does not fault in new pages.
+//
+// All of this runs under one lock, but only on a heap's slow path (once per pool: 32..1024
+// allocations), never on malloc's or free's fast path.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "lock.h"
+#include "pool.h"
+
+namespace trimalloc {
+
+struct Arena {
+  Pool none;  // header slot 0 describes the metadata slot: all zero, so pointers into it are invalid
+  Arena* next;
+  Arena* prev;
+  std::uint64_t free_pools;   // bit i: slot i is not in use (bits 1..63 only)
+  std::uint64_t dirty_pools;  // subset of free_pools whose pages may be resident
+  std::uint32_t nfree;        // popcount(free_pools)
+};
+static_assert(sizeof(Arena) <= kPoolHeaderSize, "the arena header shares slot 0's first header");
+
+inline constexpr std::uint64_t kAllPoolSlots = ~std::uint64_t{1};  // slots 1..63
+inline constexpr unsigned kPoolSlotsPerArena = kPoolsPerArena - 1;
+
+struct ArenaCounts {
+  std::size_t arenas = 0;         // mapped arenas
+  std::size_t pools_in_use = 0;
+  std::size_t pools_free_dirty = 0;
+  std::size_t pools_free_clean = 0;
+  std::size_t arenas_released = 0;  // total munmapped so far
+};
+
+class ArenaSet {
+ public:
+  // A pool initialised for class `cls` and owned by `owner`, or nullptr (errno = ENOMEM).
+  Pool* acquire_pool(unsigned cls, ThreadHeap* owner) noexcept;
+  // Gives an empty pool (used == 0, on no list) back to its arena.
+  void release_pool(Pool* pool) noexcept;
+  // Purges free dirty pools that went free at or before `cutoff_ms`; unmaps arenas with no pool
+  // in use beyond `keep_empty`. Returns bytes given back. (Decay and trim use this.)
+  std::size_t purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept;
+  ArenaCounts counts() noexcept;
+  // Calls fn(pool) for every in-use pool, under the lock (statistics). fn must not allocate.
+  template <typename Fn>
+  void for_each_pool_in_use(Fn&& fn) noexcept;
+
+  SpinLock& lock() noexcept { return lock_; }
+
+ private:
+  Arena* create_arena() noexcept;
+  void bucket_insert(Arena* a) noexcept;
+  void bucket_remove(Arena* a) noexcept;
+
+  SpinLock lock_;
+  Arena* buckets_[kPoolsPerArena] = {};  // by nfree; bucket 0 holds arenas with no free pool
+  std::uint64_t nonempty_ = 0;           // bit n: buckets_[n] != nullptr
+  std::size_t arena_count_ = 0;
+  std::size_t released_count_ = 0;
+};
+
+extern ArenaSet g_arenas;
+
+std::uint64_t now_ms() noexcept;  // CLOCK_MONOTONIC_COARSE, for decay stamps
+
+template <typename Fn>
+void ArenaSet::for_each_pool_in_use(Fn&& fn) noexcept {
+  LockGuard guard(lock_);
+  for (Arena* head : buckets_) {
+    for (Arena* a = head; a != nullptr; a = a->next) {
+      std::uint64_t in_use = kAllPoolSlots & ~a->free_pools;
+      while (in_use) {
+        unsigned i = static_cast<unsigned>(__builtin_ctzll(in_use));
+        in_use &= in_use - 1;
+        fn(reinterpret_cast<Pool*>(reinterpret_cast<std::uintptr_t>(a) + i * kPoolHeaderSize));
+      }
+    }
+  }
+}
+
+}  // namespace trimalloc

@@ -1,0 +1,44 @@
+// Which 1 MiB slots of the address space are trimalloc's.
+//
+// free(p) must decide, for any p, "small block, large (jemalloc) block, or not ours" without
+// reading memory p might not own. Small arenas are 1 MiB-aligned 1 MiB regions and the regions
+// trimalloc hands to its jemalloc arena are 1 MiB-aligned and sized in whole MiB, so one bit per
+// 1 MiB slot answers each question: a flat bitmap for the 47-bit user address space is 16 MiB of
+// address space, reserved once with MAP_NORESERVE; only the pages covering slots in use are ever
+// touched (4 KiB of bitmap covers 32 GiB of heap). Lookups are one load and one bit test.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace trimalloc {
+
+inline constexpr unsigned kSlotShift = 20;  // 1 MiB
+inline constexpr std::size_t kSlotSize = std::size_t{1} << kSlotShift;
+inline constexpr unsigned kAddressBits = 47;
+inline constexpr std::size_t kSlotCount = std::size_t{1} << (kAddressBits - kSlotShift);
+
+enum class SlotKind { kSmall = 0, kLarge = 1 };
+
+class ArenaMap {
+ public:
+  // Reserves the bitmaps; false if the kernel refused (then nothing is ever "ours").
+  bool init() noexcept;
+
+  bool contains(SlotKind kind, const void* p) const noexcept {
+    std::uintptr_t slot = reinterpret_cast<std::uintptr_t>(p) >> kSlotShift;
+    if (slot >= kSlotCount) return false;
+    const std::atomic<std::uint64_t>* bits = bits_[static_cast<int>(kind)];
+    if (bits == nullptr) return false;  // before init() nothing can be ours
+    return (bits[slot >> 6].load(std::memory_order_relaxed) >> (slot & 63)) & 1;
+  }
+  // Marks or clears every slot of [p, p + size); p is slot-aligned.
+  void set(SlotKind kind, const void* p, std::size_t size, bool on) noexcept;
+
+ private:
+  std::atomic<std::uint64_t>* bits_[2] = {nullptr, nullptr};
+};
+
+extern ArenaMap g_arena_map;
+
+}  // namespace trimalloc

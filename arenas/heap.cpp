@@ -1,0 +1,322 @@
+#include "heap.h"
+
+#include <cerrno>
+
+#include "arena.h"
+#include "lock.h"
+
+namespace trimalloc {
+
+Pool g_empty_pool{};
+constinit ThreadHeap g_empty_heap{};
+
+namespace {
+// Abandoned pools per class; adopters and trim take them under one lock (slow path only).
+SpinLock g_abandoned_lock;
+ClassList g_abandoned[kClassCount];
+
+void abandoned_push(Pool* pool) {
+  ClassList& list = g_abandoned[pool->size_class];
+  pool->prev = nullptr;
+  pool->next = list.head;
+  if (list.head) list.head->prev = pool; else list.tail = pool;
+  list.head = pool;
+}
+void abandoned_remove(Pool* pool) {
+  ClassList& list = g_abandoned[pool->size_class];
+  if (pool->prev) pool->prev->next = pool->next; else list.head = pool->next;
+  if (pool->next) pool->next->prev = pool->prev; else list.tail = pool->prev;
+  pool->next = pool->prev = nullptr;
+}
+}  // namespace
+
+SpinLock& abandoned_lock() noexcept { return g_abandoned_lock; }
+
+void report_bad_small_free(const char* call, const void* p) noexcept {
+  fatal(call, "invalid pointer (not the start of a trimalloc block)", p);
+}
+
+void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
+  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(b) & (kPoolSize - 1);
+  if ((pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1)
+    fatal(call, "double free of", b);
+  // The owner can confirm by walking its lists; another thread cannot read them safely and
+  // trusts the 64-bit mark (a live block has mark 0 unless the program wrote this exact value).
+  ThreadHeap* heap = tl_heap;
+  if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
+    fatal(call, "double free of", b);
+  heap->free_local(pool, b);
+}
+
+// --- lists ---
+
+void ThreadHeap::list_push_front(ClassList& list, Pool* pool) noexcept {
+  pool->prev = nullptr;
+  pool->next = list.head;
+  if (list.head) list.head->prev = pool; else list.tail = pool;
+  list.head = pool;
+}
+
+void ThreadHeap::list_remove(ClassList& list, Pool* pool) noexcept {
+  if (pool->prev) pool->prev->next = pool->next; else list.head = pool->next;
+  if (pool->next) pool->next->prev = pool->prev; else list.tail = pool->prev;
+  pool->next = pool->prev = nullptr;
+}
+
+void ThreadHeap::make_current(unsigned cls, Pool* pool) noexcept {
+  if (avail_[cls].head != pool) {
+    list_remove(avail_[cls], pool);
+    list_push_front(avail_[cls], pool);
+  }
+  current_[cls] = pool;
+}
+
+void* ThreadHeap::pop_from(Pool* pool) noexcept {
+  Block* b = pool->free;
+  pool->free = decode_link(pool, b);
+  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
+                   std::memory_order_relaxed);
+  b->mark = 0;
+  return b;
+}
+
+void ThreadHeap::reset() noexcept {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    current_[c] = &g_empty_pool;
+    avail_[c] = ClassList{};
+    full_[c] = ClassList{};
+  }
+  notified_.store(nullptr, std::memory_order_relaxed);
+}
+
+// --- full pools and notifications ---
+
+void ThreadHeap::push_notified(Pool* pool) noexcept {
+  Pool* head = notified_.load(std::memory_order_relaxed);
+  do {
+    pool->notify_next.store(head, std::memory_order_relaxed);
+  } while (!notified_.compare_exchange_weak(head, pool, std::memory_order_release,
+                                            std::memory_order_relaxed));
+}
+
+void ThreadHeap::drain_notified() noexcept {
+  if (notified_.load(std::memory_order_relaxed) == nullptr) return;
+  Pool* p = notified_.exchange(nullptr, std::memory_order_acquire);
+  while (p) {
+    // Read the link before clearing `queued`: once cleared, a freer may push p again.
+    Pool* next = p->notify_next.load(std::memory_order_relaxed);
+    p->queued.store(false, std::memory_order_release);
+    if (p->owner.load(std::memory_order_relaxed) == this &&
+        p->state.load(std::memory_order_relaxed) == PoolState::kFull) {
+      unsigned cls = p->size_class;
+      list_remove(full_[cls], p);
+      p->state.store(PoolState::kAvail, std::memory_order_relaxed);
+      // Behind current: it is the next candidate once current runs dry.
+      if (avail_[cls].head) {
+        Pool* h = avail_[cls].head;
+        p->prev = h;
+        p->next = h->next;
+        if (h->next) h->next->prev = p; else avail_[cls].tail = p;
+        h->next = p;
+      } else {
+        list_push_front(avail_[cls], p);
+      }
+    }
+    p = next;
+  }
+}
+
+bool ThreadHeap::park_full(Pool* pool) noexcept {
+  unsigned cls = pool->size_class;
+  std::uintptr_t old = pool->remote.fetch_or(kWantNotify, std::memory_order_acq_rel);
+  if (old & ~kRemoteFlags) {
+    // Remote frees arrived meanwhile: take them instead of parking (this also drops the flag).
+    pool_collect_remote(pool);
+    return false;
+  }
+  list_remove(avail_[cls], pool);
+  pool->state.store(PoolState::kFull, std::memory_order_relaxed);
+  list_push_front(full_[cls], pool);
+  return true;
+}
+
+// --- allocation slow path ---
+
+void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
+  if (this == &g_empty_heap) {
+    ThreadHeap* heap = heap_for_this_thread();
+    if (!heap) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    return heap->alloc(cls);
+  }
+  drain_notified();
+
+  // 1. The current pool: blocks other threads gave back, then a page not carved yet.
+  Pool* pool = current_[cls];
+  if (pool != &g_empty_pool) {
+    if (pool_collect_remote(pool) || pool_revive_page(pool)) return pop_from(pool);
+  }
+  current_[cls] = &g_empty_pool;
+
+  // 2. The rest of the available list; pools with nothing to give are parked as full.
+  for (Pool* q = avail_[cls].head; q != nullptr;) {
+    Pool* next = q->next;
+    pool_collect_remote(q);
+    if (q->free || pool_revive_page(q)) {
+      make_current(cls, q);
+      return pop_from(q);
+    }
+    if (!park_full(q)) continue;  // remote frees raced in: look at q again
+    q = next;
+  }
+
+  // 3. A pool some exited thread left behind, then 4. a fresh pool from the arenas.
+  Pool* fresh = adopt_abandoned(cls, this);
+  if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this);
+  if (fresh == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  list_push_front(avail_[cls], fresh);
+  pool_collect_remote(fresh);
+  if (fresh->free == nullptr && !pool_revive_page(fresh)) {
+    // An adopted pool with every block live: park it and try again.
+    park_full(fresh);
+    return alloc_slow(cls);
+  }
+  current_[cls] = fresh;
+  return pop_from(fresh);
+}
+
+// --- free slow path: a pool became empty, or a full pool got a block back ---
+
+void ThreadHeap::free_slow(Pool* pool) noexcept {
+  unsigned cls = pool->size_class;
+  if (pool->state.load(std::memory_order_relaxed) == PoolState::kFull) {
+    list_remove(full_[cls], pool);
+    pool->remote.fetch_and(~kWantNotify, std::memory_order_relaxed);
+    pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+    list_push_front(avail_[cls], pool);
+    if (current_[cls] == &g_empty_pool) current_[cls] = pool;
+  }
+  if (pool->used.load(std::memory_order_relaxed) != 0) return;
+  // Keep the class's last available pool: a malloc/free loop must not cycle the arena lock.
+  if (avail_[cls].head == pool && pool->next == nullptr) return;
+  list_remove(avail_[cls], pool);
+  if (current_[cls] == pool) current_[cls] = avail_[cls].head ? avail_[cls].head : &g_empty_pool;
+  release_to_arena(pool);
+}
+
+void ThreadHeap::release_to_arena(Pool* pool) noexcept {
+  // A notification may still be in flight, or sit on our notified stack: wait for the first,
+  // drain the second, or the pool's next owner would splice its stack into ours.
+  pool_cancel_notify(pool, false);
+  if (pool->queued.load(std::memory_order_acquire)) drain_notified();
+  g_arenas.release_pool(pool);
+}
+
+void ThreadHeap::unpark_all() noexcept {
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    while (Pool* p = full_[c].head) {
+      list_remove(full_[c], p);
+      pool_cancel_notify(p, false);
+      p->state.store(PoolState::kAvail, std::memory_order_relaxed);
+      list_push_front(avail_[c], p);
+    }
+  }
+  drain_notified();  // every pool is kAvail now, so this only clears `queued` flags
+}
+
+// --- thread exit ---
+
+void ThreadHeap::abandon(bool single_threaded) noexcept {
+  // First silence every pool (no notification can start or be in flight afterwards), then
+  // forget the notified stack, then hand the pools on.
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    for (ClassList* list : {&avail_[c], &full_[c]})
+      for (Pool* p = list->head; p != nullptr; p = p->next) pool_cancel_notify(p, single_threaded);
+  }
+  for (Pool* p = notified_.exchange(nullptr, std::memory_order_acquire); p;) {
+    Pool* next = p->notify_next.load(std::memory_order_relaxed);
+    p->queued.store(false, std::memory_order_release);
+    p = next;
+  }
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    for (ClassList* list : {&avail_[c], &full_[c]}) {
+      for (Pool* p = list->head; p != nullptr;) {
+        Pool* next = p->next;
+        p->next = p->prev = nullptr;
+        pool_collect_remote(p);
+        if (p->used.load(std::memory_order_relaxed) == 0)
+          g_arenas.release_pool(p);
+        else
+          add_abandoned(p);
+        p = next;
+      }
+    }
+  }
+  reset();
+}
+
+void add_abandoned(Pool* pool) noexcept {
+  pool->state.store(PoolState::kAbandoned, std::memory_order_relaxed);
+  pool->owner.store(nullptr, std::memory_order_release);
+  LockGuard guard(g_abandoned_lock);
+  abandoned_push(pool);
+}
+
+Pool* adopt_abandoned(unsigned cls, ThreadHeap* heap) noexcept {
+  if (g_abandoned[cls].head == nullptr) return nullptr;  // racy peek; the lock decides
+  LockGuard guard(g_abandoned_lock);
+  Pool* pool = g_abandoned[cls].head;
+  if (pool == nullptr) return nullptr;
+  abandoned_remove(pool);
+  pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+  pool->owner.store(heap, std::memory_order_release);
+  return pool;
+}
+
+std::size_t trim_abandoned(bool release_pages) noexcept {
+  std::size_t released = 0;
+  LockGuard guard(g_abandoned_lock);
+  for (ClassList& list : g_abandoned) {
+    for (Pool* p = list.head; p != nullptr;) {
+      Pool* next = p->next;
+      // Ownerless pools are only touched under this lock, so the lock holder acts as owner.
+      pool_collect_remote(p);
+      if (p->used.load(std::memory_order_relaxed) == 0) {
+        abandoned_remove(p);
+        g_arenas.release_pool(p);  // its pages are purged by the arena pass that follows
+      } else if (release_pages) {
+        released += pool_release_free_pages(p);
+      }
+      p = next;
+    }
+  }
+  return released;
+}
+
+std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
+  // Parked pools are looked at too (trim is rare); the next slow path re-parks what is full.
+  unpark_all();
+  std::size_t released = 0;
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    for (Pool* p = avail_[c].head; p != nullptr;) {
+      Pool* next = p->next;
+      pool_collect_remote(p);
+      if (p->used.load(std::memory_order_relaxed) == 0) {
+        list_remove(avail_[c], p);
+        g_arenas.release_pool(p);  // no notification is possible after unpark_all()
+      } else if (release_pages) {
+        released += pool_release_free_pages(p);
+      }
+      p = next;
+    }
+    current_[c] = avail_[c].head ? avail_[c].head : &g_empty_pool;
+  }
+  return released;
+}
+
+}  // namespace trimalloc

@@ -1,0 +1,181 @@
+// ThreadHeap: the per-thread owner of pools, and the small-block fast paths.
+//
+// Every thread allocates from its own heap, found through one initial-exec TLS load; nothing on
+// the fast paths takes a lock or issues an atomic read-modify-write:
+//   malloc: pool = current[class]; pop pool->free.
+//   free:   pool = header_of(p) (arithmetic); if pool->owner is this thread's heap, push on
+//           pool->free; otherwise one CAS onto pool->remote (see pool.h).
+// A thread that has not allocated yet points at g_empty_heap, whose current pools are a shared
+// empty sentinel, so its first malloc falls into the slow path, which creates the real heap.
+//
+// Per class the heap keeps `current` (head of the available list), the available list (pools
+// that have, or may have, blocks to give) and the full list (parked pools; see pool.h for how a
+// remote free brings one back). A pool whose last block is freed goes back to the arena unless
+// it is the class's only available pool (then it is kept, so that a malloc/free loop around an
+// empty heap does not hit the arena lock every time).
+//
+// When a thread exits its pools are abandoned: empty ones go to their arenas, the others onto
+// a global per-class list with owner = null, where the next heap needing that class adopts them
+// (remote frees keep arriving meanwhile). After fork() the child keeps only the forking
+// thread's heap; other threads' pools are left as they were (no thread will touch them again,
+// and their state may be mid-update), which leaks at most what those threads held.
+#pragma once
+#include <atomic>
+#include <cstddef>
+
+#include "arena_map.h"
+#include "fatal.h"
+#include "lock.h"
+#include "pool.h"
+#include "size_class.h"
+
+namespace trimalloc {
+
+struct ClassList {
+  Pool* head = nullptr;
+  Pool* tail = nullptr;
+};
+
+class ThreadHeap {
+ public:
+  constexpr ThreadHeap() noexcept;
+
+  // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted.
+  void* alloc(unsigned cls) noexcept {
+    Pool* pool = current_[cls];
+    Block* b = pool->free;
+    if (__builtin_expect(b != nullptr, 1)) {
+      pool->free = decode_link(pool, b);
+      pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
+                       std::memory_order_relaxed);
+      b->mark = 0;
+      return b;
+    }
+    return alloc_slow(cls);
+  }
+
+  // Free of a block this heap owns (caller checked pool->owner == this and validity).
+  void free_local(Pool* pool, Block* b) noexcept {
+    b->link = encode_link(pool, pool->free);
+    b->mark = free_mark(pool);
+    pool->free = b;
+    std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
+    pool->used.store(used, std::memory_order_relaxed);
+    if (__builtin_expect(used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0))
+      free_slow(pool);
+  }
+
+  // Called by a remote freer that owns a pool's notification (pool.cpp).
+  void push_notified(Pool* pool) noexcept;
+
+  // Slow-path work other modules need.
+  void* alloc_slow(unsigned cls) noexcept;
+  void free_slow(Pool* pool) noexcept;
+  void abandon(bool single_threaded) noexcept;  // thread exit / fork child
+  void reset() noexcept;                         // fresh state for a new or recycled heap
+  // Owner only: returns this heap's empty pools to their arenas (the arena purge that follows
+  // gives their pages back) and, if release_pages, purges free pages of the others (bytes).
+  std::size_t trim_own(bool release_pages) noexcept;
+
+  template <typename Fn>
+  void for_each_pool(Fn&& fn) noexcept {
+    for (unsigned c = 0; c < kClassCount; ++c) {
+      for (Pool* p = avail_[c].head; p; p = p->next) fn(p);
+      for (Pool* p = full_[c].head; p; p = p->next) fn(p);
+    }
+  }
+
+  // Registry (thread.cpp): every heap ever created, for statistics and trim.
+  ThreadHeap* registry_next = nullptr;
+  ThreadHeap* free_next = nullptr;  // on the recycled-heaps list
+  std::atomic<bool> live{false};
+
+ private:
+  void drain_notified() noexcept;
+  void release_to_arena(Pool* pool) noexcept;
+  void unpark_all() noexcept;
+  bool park_full(Pool* pool) noexcept;
+  void list_push_front(ClassList& list, Pool* pool) noexcept;
+  void list_remove(ClassList& list, Pool* pool) noexcept;
+  void make_current(unsigned cls, Pool* pool) noexcept;
+  void* pop_from(Pool* pool) noexcept;
+
+  Pool* current_[kClassCount];
+  ClassList avail_[kClassCount];
+  ClassList full_[kClassCount];
+  std::atomic<Pool*> notified_{nullptr};
+};
+
+// The sentinel pool every current_[] starts on: no free blocks, so the fast path falls through.
+extern Pool g_empty_pool;
+extern ThreadHeap g_empty_heap;
+
+constexpr ThreadHeap::ThreadHeap() noexcept : current_{} {
+  for (auto& p : current_) p = &g_empty_pool;
+}
+
+// This thread's heap; &g_empty_heap until the first allocation (and again after thread exit).
+extern __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec")));
+
+// --- thread.cpp ---
+bool engine_init() noexcept;                     // idempotent; false if the OS refused memory
+ThreadHeap* heap_for_this_thread() noexcept;     // creates the heap on first use; null on ENOMEM
+template <typename Fn>
+void for_each_heap(Fn&& fn) noexcept;            // every registered heap, live or not
+ThreadHeap* registry_head() noexcept;
+
+// Abandoned pools (heap.cpp).
+Pool* adopt_abandoned(unsigned cls, ThreadHeap* heap) noexcept;
+void add_abandoned(Pool* pool) noexcept;
+// Collects remote frees of abandoned pools, returns empty ones to their arenas and (if
+// release_pages) purges free pages of the rest; bytes released.
+std::size_t trim_abandoned(bool release_pages) noexcept;
+SpinLock& abandoned_lock() noexcept;
+
+// --- the engine's entry points for allocator/ ---
+inline bool small_owns(const void* p) noexcept { return g_arena_map.contains(SlotKind::kSmall, p); }
+
+inline void* small_alloc(unsigned cls) noexcept { return tl_heap->alloc(cls); }
+
+[[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
+void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
+
+// The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
+inline Pool* checked_pool(const void* p, const char* call) noexcept {
+  Pool* pool = pool_of(p);
+  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
+  if (__builtin_expect(block_index(pool, offset) < 0, 0)) report_bad_small_free(call, p);
+  return pool;
+}
+
+// free() of a pointer known to be in a small arena. `call` names the public function.
+inline void small_free(void* p, const char* call) noexcept {
+  Pool* pool = checked_pool(p, call);
+  Block* b = static_cast<Block*>(p);
+  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
+  // A free mark, or a block on a dormant page (invariant D), means "already free": confirm.
+  if (__builtin_expect(b->mark == free_mark(pool) ||
+                           (pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1,
+                       0)) {
+    small_free_suspect(pool, b, call);
+    return;
+  }
+  ThreadHeap* heap = tl_heap;
+  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) == heap, 1))
+    heap->free_local(pool, b);
+  else {
+    b->mark = free_mark(pool);
+    pool_push_remote(pool, b);
+  }
+}
+
+inline std::size_t small_usable_size(const void* p, const char* call) noexcept {
+  return checked_pool(p, call)->block_size;
+}
+
+template <typename Fn>
+void for_each_heap(Fn&& fn) noexcept {
+  for (ThreadHeap* h = registry_head(); h != nullptr; h = h->registry_next) fn(h);
+}
+
+}  // namespace trimalloc

@@ -1,0 +1,33 @@
+// Platform layer: the only place that talks to the kernel about memory.
+//
+// Everything above this file sees four operations: reserve an aligned, zero-filled, committed
+// region; release it; purge pages (give them back while keeping the address range, so that the
+// next touch reads zeros); and the page size. A test hook makes reserve() fail on demand so
+// out-of-memory paths can be exercised without exhausting the machine.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace trimalloc::os {
+
+// Returns `size` bytes aligned to `alignment` (a power of two >= the page size), or nullptr
+// with errno = ENOMEM. The memory reads as zero. Never calls malloc.
+void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept;
+
+// Unmaps a region returned by reserve_aligned (or a page-aligned part of one).
+void release(void* p, std::size_t size) noexcept;
+
+// Drops the physical pages of [p, p+size) (both page-aligned); the range stays mapped and reads
+// as zero afterwards. Returns false if the kernel refused.
+bool purge(void* p, std::size_t size) noexcept;
+
+std::size_t page_size() noexcept;
+
+// Bytes currently reserved through this layer (for statistics).
+std::size_t reserved_bytes() noexcept;
+
+// Test hook: the next `count` calls to reserve_aligned fail with ENOMEM (count < 0: all fail
+// until reset with 0).
+void inject_reserve_failures(long count) noexcept;
+
+}  // namespace trimalloc::os

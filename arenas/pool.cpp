@@ -1,0 +1,195 @@
+#include "pool.h"
+
+#include "fatal.h"
+#include "heap.h"
+#include "os.h"
+#include "random.h"
+
+namespace trimalloc {
+
+void report_corrupt_free_list(const Pool*, const Block* block) noexcept {
+  fatal("malloc", "free list corrupted (write after free?) at block", block);
+}
+
+void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
+  std::uint32_t size = static_cast<std::uint32_t>(class_block_size(cls));
+  pool->free = nullptr;
+  pool->block_size = size;
+  pool->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
+  pool->used.store(0, std::memory_order_relaxed);
+  pool->capacity = static_cast<std::uint16_t>(kPoolSize / size);
+  pool->size_class = static_cast<std::uint8_t>(cls);
+  // Invariant D from the start: nothing is carved, whether the pages are fresh or reused.
+  pool->dormant.store(kAllPagesDormant, std::memory_order_relaxed);
+  pool->key = random_word() | 1;
+  pool->next = pool->prev = nullptr;
+  pool->remote.store(0, std::memory_order_relaxed);
+  pool->notify_next.store(nullptr, std::memory_order_relaxed);
+  pool->queued.store(false, std::memory_order_relaxed);
+  pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+  pool->owner.store(owner, std::memory_order_release);
+}
+
+namespace {
+// First and last page a block overlaps.
+inline unsigned first_page(std::uintptr_t start) { return static_cast<unsigned>(start >> kPageShift); }
+inline unsigned last_page(std::uintptr_t start, std::uint32_t size) {
+  return static_cast<unsigned>((start + size - 1) >> kPageShift);
+}
+inline std::uint8_t pages_mask(unsigned first, unsigned last) {
+  return static_cast<std::uint8_t>(((1u << (last + 1)) - 1) & ~((1u << first) - 1));
+}
+}  // namespace
+
+bool pool_revive_page(Pool* pool) noexcept {
+  std::uint8_t dormant = pool->dormant.load(std::memory_order_relaxed);
+  if (dormant == 0) return false;
+  unsigned page = static_cast<unsigned>(__builtin_ctz(dormant));
+  dormant = static_cast<std::uint8_t>(dormant & ~(1u << page));
+  pool->dormant.store(dormant, std::memory_order_relaxed);
+
+  // Push, highest address first, every block that overlaps this page and no other dormant page,
+  // so the list hands blocks out in address order (better locality, and low pages fill first).
+  const std::uint32_t size = pool->block_size;
+  const std::uintptr_t base = pool_data(pool);
+  std::uintptr_t page_start = std::uintptr_t{page} << kPageShift;
+  long first = static_cast<long>(page_start / size);
+  long last = static_cast<long>((page_start + kPageSize - 1) / size);
+  if (last >= pool->capacity) last = pool->capacity - 1;
+  Block* head = pool->free;
+  for (long j = last; j >= first; --j) {
+    std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
+    if (pages_mask(first_page(start), last_page(start, size)) & dormant) continue;
+    Block* b = reinterpret_cast<Block*>(base + start);
+    b->link = encode_link(pool, head);
+    b->mark = free_mark(pool);
+    head = b;
+  }
+  pool->free = head;
+  return true;
+}
+
+std::size_t pool_collect_remote(Pool* pool) noexcept {
+  if ((pool->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) == 0) return 0;
+  // Keep kNotifying (a notification may be in flight); drop the list and kWantNotify.
+  std::uintptr_t head = pool->remote.fetch_and(kNotifying, std::memory_order_acquire) & ~kRemoteFlags;
+  if (head == 0) return 0;
+  Block* first = reinterpret_cast<Block*>(head);
+  Block* tail = first;
+  std::size_t n = 1;
+  for (Block* next; (next = decode_link(pool, tail)) != nullptr; tail = next) ++n;
+  tail->link = encode_link(pool, pool->free);
+  pool->free = first;
+  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - n),
+                   std::memory_order_relaxed);
+  return n;
+}
+
+void pool_push_remote(Pool* pool, Block* block) noexcept {
+  std::uintptr_t head = pool->remote.load(std::memory_order_relaxed);
+  std::uintptr_t desired;
+  do {
+    block->link = encode_link(pool, reinterpret_cast<Block*>(head & ~kRemoteFlags));
+    desired = reinterpret_cast<std::uintptr_t>(block) | (head & kNotifying);
+    // Take the notification only if nobody else is delivering one for this pool.
+    if ((head & kRemoteFlags) == kWantNotify) desired |= kNotifying;
+    else desired |= head & kWantNotify;
+  } while (!pool->remote.compare_exchange_weak(head, desired, std::memory_order_release,
+                                               std::memory_order_relaxed));
+  if ((head & kRemoteFlags) != kWantNotify) return;
+
+  // We own the notification: the owner parked this pool as full and wants to hear about it.
+  ThreadHeap* owner = pool->owner.load(std::memory_order_acquire);
+  if (owner != nullptr && !pool->queued.exchange(true, std::memory_order_acq_rel)) {
+    owner->push_notified(pool);
+  }
+  pool->remote.fetch_and(~kNotifying, std::memory_order_release);
+}
+
+void pool_cancel_notify(Pool* pool, bool single_threaded) noexcept {
+  std::uintptr_t v = pool->remote.load(std::memory_order_acquire);
+  for (;;) {
+    if ((v & kNotifying) && !single_threaded) {
+      __builtin_ia32_pause();
+      v = pool->remote.load(std::memory_order_acquire);
+      continue;
+    }
+    if (pool->remote.compare_exchange_weak(v, v & ~kRemoteFlags, std::memory_order_acq_rel,
+                                           std::memory_order_acquire))
+      return;
+  }
+}
+
+bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
+  for (const Block* b = pool->free; b != nullptr; b = decode_link(pool, b))
+    if (b == block) return true;
+  std::uintptr_t head = pool->remote.load(std::memory_order_acquire) & ~kRemoteFlags;
+  for (const Block* b = reinterpret_cast<const Block*>(head); b != nullptr; b = decode_link(pool, b))
+    if (b == block) return true;
+  return false;
+}
+
+std::size_t pool_release_free_pages(Pool* pool) noexcept {
+  const std::uint32_t size = pool->block_size;
+  const std::uint16_t capacity = pool->capacity;
+  const std::uintptr_t base = pool_data(pool);
+  std::uint8_t dormant = pool->dormant.load(std::memory_order_relaxed);
+  if (dormant == kAllPagesDormant) return 0;
+
+  // Which blocks are free: listed, or already dormant (they overlap a dormant page).
+  std::uint64_t is_free[kPoolSize / kClassGranule / 64] = {};
+  for (const Block* b = pool->free; b != nullptr; b = decode_link(pool, b)) {
+    std::size_t j = (reinterpret_cast<std::uintptr_t>(b) - base) / size;
+    is_free[j >> 6] |= std::uint64_t{1} << (j & 63);
+  }
+  // A page can go when every block overlapping it is free.
+  std::uint8_t releasable = 0;
+  for (unsigned page = 0; page < kPagesPerPool; ++page) {
+    if (dormant & (1u << page)) continue;
+    std::uintptr_t page_start = std::uintptr_t{page} << kPageShift;
+    std::size_t first = page_start / size;
+    std::size_t last = (page_start + kPageSize - 1) / size;
+    if (last >= capacity) last = capacity - 1;
+    bool all_free = true;
+    for (std::size_t j = first; j <= last && all_free; ++j) {
+      bool listed = (is_free[j >> 6] >> (j & 63)) & 1;
+      std::uintptr_t start = j * size;
+      bool asleep = pages_mask(first_page(start), last_page(start, size)) & dormant;
+      all_free = listed || asleep;
+    }
+    // The tail of a pool past its last block belongs to the last page; a page holding no block
+    // start at all (first > last) is free by definition.
+    if (all_free) releasable = static_cast<std::uint8_t>(releasable | (1u << page));
+  }
+  if (releasable == 0) return 0;
+
+  // Invariant D: unlink every listed block that touches a page about to become dormant, then
+  // purge. Rebuilding in address order keeps allocation low-address-first.
+  dormant = static_cast<std::uint8_t>(dormant | releasable);
+  Block* head = nullptr;
+  for (std::size_t j = capacity; j-- > 0;) {
+    if (!((is_free[j >> 6] >> (j & 63)) & 1)) continue;
+    std::uintptr_t start = j * size;
+    if (pages_mask(first_page(start), last_page(start, size)) & dormant) continue;
+    Block* b = reinterpret_cast<Block*>(base + start);
+    b->link = encode_link(pool, head);
+    head = b;
+  }
+  pool->free = head;
+  pool->dormant.store(dormant, std::memory_order_relaxed);
+
+  std::size_t purged = 0;
+  for (unsigned page = 0; page < kPagesPerPool; ++page) {
+    if (!(releasable & (1u << page))) continue;
+    // Coalesce runs of adjacent pages into one madvise.
+    unsigned end = page;
+    while (end + 1 < kPagesPerPool && (releasable & (1u << (end + 1)))) ++end;
+    std::size_t bytes = std::size_t{end - page + 1} << kPageShift;
+    os::purge(reinterpret_cast<void*>(base + (std::uintptr_t{page} << kPageShift)), bytes);
+    purged += bytes;
+    page = end;
+  }
+  return purged;
+}
+
+}  // namespace trimalloc

@@ -1,0 +1,151 @@
+// Pools: 16 KiB runs of equal-sized blocks, the unit a thread heap owns.
+//
+// Layout. An arena is a 1 MiB-aligned 1 MiB region cut into 64 slots of 16 KiB. Slot 0 holds
+// metadata: the arena header and one 256-byte Pool header per slot (header i describes slot i;
+// header 0's place is taken by the arena header). Slots 1..63 are pool data. Keeping headers
+// out of line means (a) a pointer's header is found by arithmetic alone — arena = p & ~(1 MiB-1),
+// header = arena + ((p >> 14) & 63) * 256 — (b) every data page of a pool can be given back to
+// the kernel, and (c) a stray write past a block cannot reach a header.
+//
+// Blocks and their lists. Every block of a pool is, at any moment, in exactly one of four places:
+//   live     - handed to the program;
+//   free     - on `free`, the owner's singly linked list (link in the block's first word);
+//   remote   - on `remote`, pushed by a thread that is not the owner (Treiber stack);
+//   dormant  - overlapping a page whose bit is set in `dormant`: on no list at all.
+// Invariant D: a dormant page holds no live block and no listed block. Fresh pools start with
+// every page dormant, so a pool is carved one page at a time when blocks are needed (never
+// touching memory early), and page-level release (trim) is the same operation backwards: make a
+// page dormant, then madvise it away. `used` counts live + remote blocks; it is written only by
+// the owner, so "used == 0" means every block is free or dormant and the pool can go back to
+// its arena.
+//
+// Links are stored XOR-ed with a per-pool random key and checked when popped (a popped link
+// must stay inside the same pool), so a use-after-free write into a free block is caught rather
+// than turned into an arbitrary allocation. A freed block's second word holds a mark derived
+// from the key; a free that finds the mark already there is checked as a double free.
+//
+// Ownership. `owner` is the heap allowed to touch the owner-only fields. It changes only from
+// the owner itself (abandon: owner -> null) or under the abandoned-list lock (adopt: null ->
+// heap), so a thread that reads owner == its own heap can trust it without a fence.
+//
+// Full-pool notification (mimalloc's delayed free, simplified). A pool with nothing to hand out
+// is parked on its heap's full list and stops being looked at. Before parking, the owner sets
+// kWantNotify in `remote`; the first remote free that sees it clears it, sets kNotifying, pushes
+// the pool on the owner's `notified` stack (once: `queued` guards membership) and clears
+// kNotifying. An owner that abandons the pool first waits for kNotifying to clear, so no thread
+// ever pushes onto a heap that has gone away.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "arena_map.h"
+#include "size_class.h"
+
+namespace trimalloc {
+
+class ThreadHeap;
+
+inline constexpr unsigned kPoolShift = 14;
+inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 16 KiB
+inline constexpr unsigned kPoolsPerArena = kSlotSize / kPoolSize;        // 64, slot 0 = metadata
+inline constexpr unsigned kPageShift = 12;
+inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
+inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 4
+inline constexpr std::size_t kPoolHeaderSize = 256;
+inline constexpr std::uint8_t kAllPagesDormant = (1u << kPagesPerPool) - 1;
+
+// Low bits of Pool::remote (blocks are 16-aligned, so the list pointer never uses them).
+inline constexpr std::uintptr_t kWantNotify = 1;
+inline constexpr std::uintptr_t kNotifying = 2;
+inline constexpr std::uintptr_t kRemoteFlags = kWantNotify | kNotifying;
+
+struct Block {
+  std::uintptr_t link;  // encoded next block
+  std::uintptr_t mark;  // free_mark(pool) while free, 0 while live
+};
+
+enum class PoolState : std::uint8_t {
+  kFree,       // belongs to its arena, not in use
+  kAvail,      // owned by a heap, on its class's available list
+  kFull,       // owned by a heap, parked on its full list
+  kAbandoned,  // its heap's thread exited; on the global abandoned list of its class
+};
+
+struct alignas(64) Pool {
+  // --- cache line 0: owner-only (read racily by statistics) ---
+  Block* free;                 // owner's free list
+  std::uint32_t block_size;    // 0 while the pool is kFree
+  std::uint32_t reciprocal;    // ceil(2^32 / block_size): block index without division
+  std::atomic<std::uint16_t> used;
+  std::uint16_t capacity;      // blocks in the pool; 0 while kFree
+  std::uint8_t size_class;
+  std::atomic<std::uint8_t> dormant;  // bit per 4 KiB page, see invariant D
+  std::atomic<PoolState> state;
+  std::uint8_t index;          // slot index in the arena, 1..63
+  std::uintptr_t key;          // link-encoding secret
+  Pool* next;                  // heap class list / abandoned list / (unused while free)
+  Pool* prev;
+  std::atomic<ThreadHeap*> owner;
+  std::uint64_t freed_at_ms;   // when it went back to its arena dirty (decay)
+
+  // --- cache line 1: written by other threads ---
+  alignas(64) std::atomic<std::uintptr_t> remote;
+  std::atomic<Pool*> notify_next;
+  std::atomic<bool> queued;
+};
+static_assert(sizeof(Pool) <= kPoolHeaderSize, "pool headers must fit the metadata slot");
+
+inline std::uintptr_t arena_base_of(const void* p) noexcept {
+  return reinterpret_cast<std::uintptr_t>(p) & ~(kSlotSize - 1);
+}
+inline Pool* pool_of(const void* p) noexcept {
+  std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+  return reinterpret_cast<Pool*>(arena_base_of(p) +
+                                 ((a >> kPoolShift) & (kPoolsPerArena - 1)) * kPoolHeaderSize);
+}
+inline std::uintptr_t pool_data(const Pool* pool) noexcept {
+  return arena_base_of(pool) + std::uintptr_t{pool->index} * kPoolSize;
+}
+
+inline std::uintptr_t free_mark(const Pool* pool) noexcept {
+  return ~pool->key ^ 0x9e3779b97f4a7c15u;
+}
+inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept {
+  return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
+}
+
+// Decodes a popped link; a value that leaves the pool means the free block was overwritten.
+[[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
+inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
+  std::uintptr_t next = block->link ^ pool->key;
+  if (__builtin_expect(((next ^ reinterpret_cast<std::uintptr_t>(block)) >> kPoolShift) != 0, 0)) {
+    if (next != 0) report_corrupt_free_list(pool, block);
+  }
+  return reinterpret_cast<Block*>(next);
+}
+
+// Block index of `offset` within its pool if it starts a block, else -1 (interior/foreign).
+inline long block_index(const Pool* pool, std::uintptr_t offset) noexcept {
+  std::uint32_t i = static_cast<std::uint32_t>((offset * pool->reciprocal) >> 32);
+  if (i * pool->block_size != offset || i >= pool->capacity) return -1;
+  return i;
+}
+
+// --- pool.cpp ---
+void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept;
+// Carves the lowest dormant page into the free list. False if no page is dormant.
+bool pool_revive_page(Pool* pool) noexcept;
+// Moves the remote list onto the free list; returns how many blocks came back.
+std::size_t pool_collect_remote(Pool* pool) noexcept;
+// Makes every page that holds no live block dormant and purges it; returns bytes purged.
+// Owner (or lock holder for abandoned pools) only; remote list must be collected first.
+std::size_t pool_release_free_pages(Pool* pool) noexcept;
+// True if `block` is on the free or remote list (slow; used to confirm a suspected double free).
+bool pool_block_is_free(const Pool* pool, const Block* block) noexcept;
+// Clears kWantNotify and waits out an in-flight notification (owner only).
+void pool_cancel_notify(Pool* pool, bool single_threaded) noexcept;
+// Remote free: push `block` on the pool's remote list, notifying the owner if it asked.
+void pool_push_remote(Pool* pool, Block* block) noexcept;
+
+}  // namespace trimalloc
