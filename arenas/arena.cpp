@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "os.h"
+#include "trim.h"
 
 namespace trimalloc {
 
@@ -13,7 +14,8 @@ ArenaSet g_arenas;
 std::uint64_t now_ms() noexcept {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000 +
+         static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
 }
 
 namespace {
@@ -48,7 +50,8 @@ Arena* ArenaSet::create_arena() noexcept {
   a->free_pools = kAllPoolSlots;
   a->dirty_pools = 0;
   a->nfree = kPoolSlotsPerArena;
-  for (unsigned i = 1; i < kPoolsPerArena; ++i) header_of(a, i)->index = static_cast<std::uint8_t>(i);
+  for (unsigned i = 1; i < kPoolsPerArena; ++i)
+    header_of(a, i)->index = static_cast<std::uint8_t>(i);
   g_arena_map.set(SlotKind::kSmall, a, kSlotSize, true);
   ++arena_count_;
   return a;
@@ -72,6 +75,7 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     }
     std::uint64_t dirty = a->dirty_pools & a->free_pools;
     unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty ? dirty : a->free_pools));
+    if (dirty) dirty_count_.fetch_sub(1, std::memory_order_relaxed);
     a->free_pools &= ~(std::uint64_t{1} << i);
     a->dirty_pools &= ~(std::uint64_t{1} << i);
     --a->nfree;
@@ -97,21 +101,34 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
   bool dirty = pool->dormant.load(std::memory_order_relaxed) != kAllPagesDormant;
   std::uint64_t bit = std::uint64_t{1} << pool->index;
 
-  LockGuard guard(lock_);
+  {
+    LockGuard guard(lock_);
+    if (release_pool_locked(a, bit, dirty)) return;
+  }
+  if (dirty && g_on_dirty_pool) g_on_dirty_pool();
+}
+
+bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noexcept {
   bucket_remove(a);
   a->free_pools |= bit;
-  if (dirty) a->dirty_pools |= bit;
+  if (dirty) {
+    a->dirty_pools |= bit;
+    dirty_count_.fetch_add(1, std::memory_order_relaxed);
+  }
   ++a->nfree;
   if (a->nfree == kPoolSlotsPerArena && (nonempty_ >> kPoolSlotsPerArena)) {
     // A second completely free arena: give it back now. Keeping one empty arena absorbs a
     // program that repeatedly frees and reallocates a pool's worth; more would only hold RSS.
     g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
+    dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
+                           std::memory_order_relaxed);
     os::release(a, kSlotSize);
     --arena_count_;
     ++released_count_;
-    return;
+    return true;
   }
   bucket_insert(a);
+  return false;
 }
 
 std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept {
@@ -126,7 +143,9 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
     } else {
       bucket_remove(a);
       g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
-      released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
+      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools));
+      released += dirty * kPoolSize;
+      dirty_count_.fetch_sub(dirty, std::memory_order_relaxed);
       os::release(a, kSlotSize);
       --arena_count_;
       ++released_count_;
@@ -143,6 +162,7 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
         if (pool->freed_at_ms > cutoff_ms) continue;
         os::purge(reinterpret_cast<void*>(pool_data(pool)), kPoolSize);
         a->dirty_pools &= ~(std::uint64_t{1} << i);
+        dirty_count_.fetch_sub(1, std::memory_order_relaxed);
         released += kPoolSize;
       }
     }
@@ -156,7 +176,8 @@ ArenaCounts ArenaSet::counts() noexcept {
   for (Arena* head : buckets_) {
     for (Arena* a = head; a != nullptr; a = a->next) {
       ++c.arenas;
-      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
+      std::size_t dirty =
+          static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
       c.pools_in_use += kPoolSlotsPerArena - a->nfree;
       c.pools_free_dirty += dirty;
       c.pools_free_clean += a->nfree - dirty;

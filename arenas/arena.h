@@ -10,6 +10,7 @@
 // All of this runs under one lock, but only on a heap's slow path (once per pool: 32..1024
 // allocations), never on malloc's or free's fast path.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -19,7 +20,8 @@
 namespace trimalloc {
 
 struct Arena {
-  Pool none;  // header slot 0 describes the metadata slot: all zero, so pointers into it are invalid
+  Pool
+      none;  // header slot 0 describes the metadata slot: all zero, so pointers into it are invalid
   Arena* next;
   Arena* prev;
   std::uint64_t free_pools;   // bit i: slot i is not in use (bits 1..63 only)
@@ -32,7 +34,7 @@ inline constexpr std::uint64_t kAllPoolSlots = ~std::uint64_t{1};  // slots 1..6
 inline constexpr unsigned kPoolSlotsPerArena = kPoolsPerArena - 1;
 
 struct ArenaCounts {
-  std::size_t arenas = 0;         // mapped arenas
+  std::size_t arenas = 0;  // mapped arenas
   std::size_t pools_in_use = 0;
   std::size_t pools_free_dirty = 0;
   std::size_t pools_free_clean = 0;
@@ -54,9 +56,13 @@ class ArenaSet {
   void for_each_pool_in_use(Fn&& fn) noexcept;
 
   SpinLock& lock() noexcept { return lock_; }
+  // Free pools whose pages may be resident (maintained under the lock, read without it).
+  std::size_t dirty_pools() const noexcept { return dirty_count_.load(std::memory_order_relaxed); }
 
  private:
   Arena* create_arena() noexcept;
+  // True if the arena was unmapped as a result.
+  bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noexcept;
   void bucket_insert(Arena* a) noexcept;
   void bucket_remove(Arena* a) noexcept;
 
@@ -65,6 +71,7 @@ class ArenaSet {
   std::uint64_t nonempty_ = 0;           // bit n: buckets_[n] != nullptr
   std::size_t arena_count_ = 0;
   std::size_t released_count_ = 0;
+  std::atomic<std::size_t> dirty_count_{0};
 };
 
 extern ArenaSet g_arenas;

@@ -1,9 +1,12 @@
 #include "heap.h"
 
+#include <sched.h>
+
 #include <cerrno>
 
 #include "arena.h"
 #include "lock.h"
+#include "trim.h"
 
 namespace trimalloc {
 
@@ -19,18 +22,29 @@ void abandoned_push(Pool* pool) {
   ClassList& list = g_abandoned[pool->size_class];
   pool->prev = nullptr;
   pool->next = list.head;
-  if (list.head) list.head->prev = pool; else list.tail = pool;
+  if (list.head)
+    list.head->prev = pool;
+  else
+    list.tail = pool;
   list.head = pool;
 }
 void abandoned_remove(Pool* pool) {
   ClassList& list = g_abandoned[pool->size_class];
-  if (pool->prev) pool->prev->next = pool->next; else list.head = pool->next;
-  if (pool->next) pool->next->prev = pool->prev; else list.tail = pool->prev;
+  if (pool->prev)
+    pool->prev->next = pool->next;
+  else
+    list.head = pool->next;
+  if (pool->next)
+    pool->next->prev = pool->prev;
+  else
+    list.tail = pool->prev;
   pool->next = pool->prev = nullptr;
 }
 }  // namespace
 
-SpinLock& abandoned_lock() noexcept { return g_abandoned_lock; }
+SpinLock& abandoned_lock() noexcept {
+  return g_abandoned_lock;
+}
 
 void report_bad_small_free(const char* call, const void* p) noexcept {
   fatal(call, "invalid pointer (not the start of a trimalloc block)", p);
@@ -43,9 +57,28 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   // The owner can confirm by walking its lists; another thread cannot read them safely and
   // trusts the 64-bit mark (a live block has mark 0 unless the program wrote this exact value).
   ThreadHeap* heap = tl_heap;
+  if (pool->owner.load(std::memory_order_relaxed) != heap) fatal(call, "double free of", b);
+  heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
   heap->free_local(pool, b);
+  heap->leave();
+}
+
+void ThreadHeap::wait_for_visitor() noexcept {
+  // Step out (busy = 0) so the visitor can finish, then step in again exactly as enter() does.
+  do {
+    busy_.store(0, std::memory_order_release);
+    while (visited_.load(std::memory_order_acquire) != 0) sched_yield();
+#if defined(__SANITIZE_THREAD__)
+    busy_.store(1, std::memory_order_seq_cst);
+  } while (visited_.load(std::memory_order_seq_cst) != 0);
+#else
+    busy_.store(1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  } while (visited_.load(std::memory_order_relaxed) != 0);
+#endif
+  std::atomic_thread_fence(std::memory_order_acquire);  // see what the visitor wrote
 }
 
 // --- lists ---
@@ -53,13 +86,22 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
 void ThreadHeap::list_push_front(ClassList& list, Pool* pool) noexcept {
   pool->prev = nullptr;
   pool->next = list.head;
-  if (list.head) list.head->prev = pool; else list.tail = pool;
+  if (list.head)
+    list.head->prev = pool;
+  else
+    list.tail = pool;
   list.head = pool;
 }
 
 void ThreadHeap::list_remove(ClassList& list, Pool* pool) noexcept {
-  if (pool->prev) pool->prev->next = pool->next; else list.head = pool->next;
-  if (pool->next) pool->next->prev = pool->prev; else list.tail = pool->prev;
+  if (pool->prev)
+    pool->prev->next = pool->next;
+  else
+    list.head = pool->next;
+  if (pool->next)
+    pool->next->prev = pool->prev;
+  else
+    list.tail = pool->prev;
   pool->next = pool->prev = nullptr;
 }
 
@@ -116,7 +158,10 @@ void ThreadHeap::drain_notified() noexcept {
         Pool* h = avail_[cls].head;
         p->prev = h;
         p->next = h->next;
-        if (h->next) h->next->prev = p; else avail_[cls].tail = p;
+        if (h->next)
+          h->next->prev = p;
+        else
+          avail_[cls].tail = p;
         h->next = p;
       } else {
         list_push_front(avail_[cls], p);
@@ -144,13 +189,20 @@ bool ThreadHeap::park_full(Pool* pool) noexcept {
 
 void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   if (this == &g_empty_heap) {
+    leave();
     ThreadHeap* heap = heap_for_this_thread();
     if (!heap) {
       errno = ENOMEM;
       return nullptr;
     }
-    return heap->alloc(cls);
+    void* p = heap->alloc(cls);
+    enter();  // alloc() will leave() the empty heap
+    return p;
   }
+  last_slow_ms.store(now_ms(), std::memory_order_relaxed);
+  if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
+      g_on_maintenance)
+    g_on_maintenance();
   drain_notified();
 
   // 1. The current pool: blocks other threads gave back, then a page not carved yet.

@@ -14,6 +14,16 @@
 // it is the class's only available pool (then it is kept, so that a malloc/free loop around an
 // empty heap does not hit the arena lock every time).
 //
+// Visiting. A heap's pools are owner-only, but an idle thread (a Python program that did
+// `del big_list` and sleeps) must still give memory back. A visitor (the decay thread, or
+// tm_trim(TM_TRIM_ALL) on another thread) may act as the owner while the owner is outside the
+// allocator. Owner: busy = 1, compiler barrier, read `visited` (no fence: two plain stores and a
+// load per call). Visitor: visited = 1, membarrier(PRIVATE_EXPEDITED) - which puts a full fence
+// into every running thread of the process - then read `busy`. Either the visitor sees busy == 1
+// and backs off, or the owner's next read of `visited` sees 1 and it waits until the visit is
+// over. Where membarrier is unavailable visits are simply not made (see visit.h); TSan builds
+// use seq_cst operations instead, which TSan can model.
+//
 // When a thread exits its pools are abandoned: empty ones go to their arenas, the others onto
 // a global per-class list with owner = null, where the next heap needing that class adopts them
 // (remote frees keep arriving meanwhile). After fork() the child keeps only the forking
@@ -42,16 +52,47 @@ class ThreadHeap {
 
   // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted.
   void* alloc(unsigned cls) noexcept {
+    enter();
     Pool* pool = current_[cls];
     Block* b = pool->free;
+    void* result;
     if (__builtin_expect(b != nullptr, 1)) {
       pool->free = decode_link(pool, b);
       pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
                        std::memory_order_relaxed);
       b->mark = 0;
-      return b;
+      result = b;
+    } else {
+      result = alloc_slow(cls);
     }
-    return alloc_slow(cls);
+    leave();
+    return result;
+  }
+
+  // Owner side of the visit handshake (see the top of this file). `busy_` is a depth: the
+  // allocator can re-enter itself (pthread_create starting the decay thread from inside free
+  // calls malloc), and only the outermost enter() may wait for a visitor - an inner one waiting
+  // would let the visitor in while the outer call is half done.
+  void enter() noexcept {
+    std::uint32_t depth = busy_.load(std::memory_order_relaxed);
+#if defined(__SANITIZE_THREAD__)
+    busy_.fetch_add(1, std::memory_order_seq_cst);
+    if (__builtin_expect(visited_.load(std::memory_order_seq_cst) != 0, 0) && depth == 0)
+      wait_for_visitor();
+#else
+    busy_.store(depth + 1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (__builtin_expect(visited_.load(std::memory_order_relaxed) != 0, 0) && depth == 0)
+      wait_for_visitor();
+#endif
+  }
+  void leave() noexcept {
+    busy_.store(busy_.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+  }
+  // Visitor side: true if the caller may now act as this heap's owner, until end_visit().
+  bool begin_visit() noexcept;
+  void end_visit() noexcept {
+    visited_.store(0, std::memory_order_release);
   }
 
   // Free of a block this heap owns (caller checked pool->owner == this and validity).
@@ -61,7 +102,8 @@ class ThreadHeap {
     pool->free = b;
     std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
     pool->used.store(used, std::memory_order_relaxed);
-    if (__builtin_expect(used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0))
+    if (__builtin_expect(
+            used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0))
       free_slow(pool);
   }
 
@@ -72,7 +114,7 @@ class ThreadHeap {
   void* alloc_slow(unsigned cls) noexcept;
   void free_slow(Pool* pool) noexcept;
   void abandon(bool single_threaded) noexcept;  // thread exit / fork child
-  void reset() noexcept;                         // fresh state for a new or recycled heap
+  void reset() noexcept;                        // fresh state for a new or recycled heap
   // Owner only: returns this heap's empty pools to their arenas (the arena purge that follows
   // gives their pages back) and, if release_pages, purges free pages of the others (bytes).
   std::size_t trim_own(bool release_pages) noexcept;
@@ -84,6 +126,12 @@ class ThreadHeap {
       for (Pool* p = full_[c].head; p; p = p->next) fn(p);
     }
   }
+
+  // Owner-written, visitor-read: when the heap last took a slow path, and the free bytes the
+  // decay thread saw in its pools at its last visit (to skip fruitless visits).
+  std::atomic<std::uint64_t> last_slow_ms{0};
+  std::size_t free_bytes_at_visit = 0;
+  std::size_t scan_free_bytes = 0;  // decay thread's scratch
 
   // Registry (thread.cpp): every heap ever created, for statistics and trim.
   ThreadHeap* registry_next = nullptr;
@@ -99,11 +147,14 @@ class ThreadHeap {
   void list_remove(ClassList& list, Pool* pool) noexcept;
   void make_current(unsigned cls, Pool* pool) noexcept;
   void* pop_from(Pool* pool) noexcept;
+  void wait_for_visitor() noexcept;
 
   Pool* current_[kClassCount];
   ClassList avail_[kClassCount];
   ClassList full_[kClassCount];
   std::atomic<Pool*> notified_{nullptr};
+  std::atomic<std::uint32_t> busy_{0};
+  std::atomic<std::uint8_t> visited_{0};
 };
 
 // The sentinel pool every current_[] starts on: no free blocks, so the fast path falls through.
@@ -118,10 +169,10 @@ constexpr ThreadHeap::ThreadHeap() noexcept : current_{} {
 extern __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec")));
 
 // --- thread.cpp ---
-bool engine_init() noexcept;                     // idempotent; false if the OS refused memory
-ThreadHeap* heap_for_this_thread() noexcept;     // creates the heap on first use; null on ENOMEM
+bool engine_init() noexcept;                  // idempotent; false if the OS refused memory
+ThreadHeap* heap_for_this_thread() noexcept;  // creates the heap on first use; null on ENOMEM
 template <typename Fn>
-void for_each_heap(Fn&& fn) noexcept;            // every registered heap, live or not
+void for_each_heap(Fn&& fn) noexcept;  // every registered heap, live or not
 ThreadHeap* registry_head() noexcept;
 
 // Abandoned pools (heap.cpp).
@@ -133,9 +184,13 @@ std::size_t trim_abandoned(bool release_pages) noexcept;
 SpinLock& abandoned_lock() noexcept;
 
 // --- the engine's entry points for allocator/ ---
-inline bool small_owns(const void* p) noexcept { return g_arena_map.contains(SlotKind::kSmall, p); }
+inline bool small_owns(const void* p) noexcept {
+  return g_arena_map.contains(SlotKind::kSmall, p);
+}
 
-inline void* small_alloc(unsigned cls) noexcept { return tl_heap->alloc(cls); }
+inline void* small_alloc(unsigned cls) noexcept {
+  return tl_heap->alloc(cls);
+}
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
@@ -154,19 +209,27 @@ inline void small_free(void* p, const char* call) noexcept {
   Block* b = static_cast<Block*>(p);
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
   // A free mark, or a block on a dormant page (invariant D), means "already free": confirm.
-  if (__builtin_expect(b->mark == free_mark(pool) ||
-                           (pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1,
-                       0)) {
+  if (__builtin_expect(
+          b->mark == free_mark(pool) ||
+              (pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1,
+          0)) {
     small_free_suspect(pool, b, call);
     return;
   }
   ThreadHeap* heap = tl_heap;
-  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) == heap, 1))
-    heap->free_local(pool, b);
-  else {
-    b->mark = free_mark(pool);
-    pool_push_remote(pool, b);
+  for (;;) {
+    if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
+      b->mark = free_mark(pool);
+      pool_push_remote(pool, b);
+      return;
+    }
+    heap->enter();
+    // A visit may have run while we waited in enter(), and moved the pool: look again.
+    if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) == heap, 1)) break;
+    heap->leave();
   }
+  heap->free_local(pool, b);
+  heap->leave();
 }
 
 inline std::size_t small_usable_size(const void* p, const char* call) noexcept {

@@ -30,6 +30,8 @@ void* meta_alloc(std::size_t size) noexcept {
   return p;
 }
 
-std::size_t meta_bytes() noexcept { return g_used.load(std::memory_order_relaxed); }
+std::size_t meta_bytes() noexcept {
+  return g_used.load(std::memory_order_relaxed);
+}
 
 }  // namespace trimalloc

@@ -39,8 +39,8 @@ void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
     return nullptr;
   }
   int saved = errno;
-  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) {
     errno = ENOMEM;
     return nullptr;
@@ -69,7 +69,9 @@ bool purge(void* p, std::size_t size) noexcept {
   return ok;
 }
 
-std::size_t reserved_bytes() noexcept { return g_reserved.load(std::memory_order_relaxed); }
+std::size_t reserved_bytes() noexcept {
+  return g_reserved.load(std::memory_order_relaxed);
+}
 
 void inject_reserve_failures(long count) noexcept {
   g_failures.store(count, std::memory_order_relaxed);

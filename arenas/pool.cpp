@@ -32,7 +32,9 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
 
 namespace {
 // First and last page a block overlaps.
-inline unsigned first_page(std::uintptr_t start) { return static_cast<unsigned>(start >> kPageShift); }
+inline unsigned first_page(std::uintptr_t start) {
+  return static_cast<unsigned>(start >> kPageShift);
+}
 inline unsigned last_page(std::uintptr_t start, std::uint32_t size) {
   return static_cast<unsigned>((start + size - 1) >> kPageShift);
 }
@@ -72,7 +74,8 @@ bool pool_revive_page(Pool* pool) noexcept {
 std::size_t pool_collect_remote(Pool* pool) noexcept {
   if ((pool->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) == 0) return 0;
   // Keep kNotifying (a notification may be in flight); drop the list and kWantNotify.
-  std::uintptr_t head = pool->remote.fetch_and(kNotifying, std::memory_order_acquire) & ~kRemoteFlags;
+  std::uintptr_t head =
+      pool->remote.fetch_and(kNotifying, std::memory_order_acquire) & ~kRemoteFlags;
   if (head == 0) return 0;
   Block* first = reinterpret_cast<Block*>(head);
   Block* tail = first;
@@ -92,8 +95,10 @@ void pool_push_remote(Pool* pool, Block* block) noexcept {
     block->link = encode_link(pool, reinterpret_cast<Block*>(head & ~kRemoteFlags));
     desired = reinterpret_cast<std::uintptr_t>(block) | (head & kNotifying);
     // Take the notification only if nobody else is delivering one for this pool.
-    if ((head & kRemoteFlags) == kWantNotify) desired |= kNotifying;
-    else desired |= head & kWantNotify;
+    if ((head & kRemoteFlags) == kWantNotify)
+      desired |= kNotifying;
+    else
+      desired |= head & kWantNotify;
   } while (!pool->remote.compare_exchange_weak(head, desired, std::memory_order_release,
                                                std::memory_order_relaxed));
   if ((head & kRemoteFlags) != kWantNotify) return;
@@ -124,7 +129,8 @@ bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
   for (const Block* b = pool->free; b != nullptr; b = decode_link(pool, b))
     if (b == block) return true;
   std::uintptr_t head = pool->remote.load(std::memory_order_acquire) & ~kRemoteFlags;
-  for (const Block* b = reinterpret_cast<const Block*>(head); b != nullptr; b = decode_link(pool, b))
+  for (const Block* b = reinterpret_cast<const Block*>(head); b != nullptr;
+       b = decode_link(pool, b))
     if (b == block) return true;
   return false;
 }

@@ -48,7 +48,7 @@ class ThreadHeap;
 
 inline constexpr unsigned kPoolShift = 14;
 inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 16 KiB
-inline constexpr unsigned kPoolsPerArena = kSlotSize / kPoolSize;        // 64, slot 0 = metadata
+inline constexpr unsigned kPoolsPerArena = kSlotSize / kPoolSize;       // 64, slot 0 = metadata
 inline constexpr unsigned kPageShift = 12;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
 inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 4
@@ -74,20 +74,20 @@ enum class PoolState : std::uint8_t {
 
 struct alignas(64) Pool {
   // --- cache line 0: owner-only (read racily by statistics) ---
-  Block* free;                 // owner's free list
-  std::uint32_t block_size;    // 0 while the pool is kFree
-  std::uint32_t reciprocal;    // ceil(2^32 / block_size): block index without division
+  Block* free;               // owner's free list
+  std::uint32_t block_size;  // 0 while the pool is kFree
+  std::uint32_t reciprocal;  // ceil(2^32 / block_size): block index without division
   std::atomic<std::uint16_t> used;
-  std::uint16_t capacity;      // blocks in the pool; 0 while kFree
+  std::uint16_t capacity;  // blocks in the pool; 0 while kFree
   std::uint8_t size_class;
   std::atomic<std::uint8_t> dormant;  // bit per 4 KiB page, see invariant D
   std::atomic<PoolState> state;
-  std::uint8_t index;          // slot index in the arena, 1..63
-  std::uintptr_t key;          // link-encoding secret
-  Pool* next;                  // heap class list / abandoned list / (unused while free)
+  std::uint8_t index;  // slot index in the arena, 1..63
+  std::uintptr_t key;  // link-encoding secret
+  Pool* next;          // heap class list / abandoned list / (unused while free)
   Pool* prev;
   std::atomic<ThreadHeap*> owner;
-  std::uint64_t freed_at_ms;   // when it went back to its arena dirty (decay)
+  std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay)
 
   // --- cache line 1: written by other threads ---
   alignas(64) std::atomic<std::uintptr_t> remote;

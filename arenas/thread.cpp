@@ -35,7 +35,9 @@ void on_thread_exit(void* value) {
   // Later frees from this thread (other TLS destructors, glibc freeing the DTV) take the remote
   // path: its pools are ownerless once abandoned.
   tl_heap = &g_empty_heap;
+  heap->enter();  // a visitor may be working on this heap: let it finish
   heap->abandon(false);
+  heap->leave();
   heap->live.store(false, std::memory_order_release);
   LockGuard guard(g_registry_lock);
   heap->free_next = g_recycled;
@@ -44,6 +46,8 @@ void on_thread_exit(void* value) {
 
 // --- fork: hold every allocator lock across fork(), so the child sees consistent lists ---
 void before_fork() {
+  // Lock order everywhere: visit -> registry -> abandoned -> arenas. (The visit lock itself is
+  // taken by the allocator layer's fork handler, registered after this one, so it runs first.)
   g_registry_lock.lock();
   abandoned_lock().lock();
   g_arenas.lock().lock();
@@ -63,7 +67,10 @@ void after_fork_child() {
     if (h != tl_heap) h->live.store(false, std::memory_order_relaxed);
 }
 
-__attribute__((constructor)) void register_fork_handlers() {
+// Priority 101: before the allocator layer's constructor, so these handlers are registered first
+// and their prepare step runs last (pthread_atfork runs prepares in reverse order), keeping the
+// lock order visit -> registry -> abandoned -> arenas.
+__attribute__((constructor(101))) void register_fork_handlers() {
   engine_init();
   pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
@@ -84,7 +91,9 @@ bool engine_init() noexcept {
   return state == 2;
 }
 
-ThreadHeap* registry_head() noexcept { return g_registry.load(std::memory_order_acquire); }
+ThreadHeap* registry_head() noexcept {
+  return g_registry.load(std::memory_order_acquire);
+}
 
 ThreadHeap* heap_for_this_thread() noexcept {
   if (tl_heap != &g_empty_heap) return tl_heap;

@@ -1,0 +1,94 @@
+#include "trim.h"
+
+#include "arena.h"
+#include "heap.h"
+#include "visit.h"
+
+namespace trimalloc {
+
+void (*g_on_dirty_pool)() noexcept = nullptr;
+void (*g_on_maintenance)() noexcept = nullptr;
+std::atomic<bool> g_maintenance_requested{false};
+
+namespace {
+constexpr std::size_t kVisitWorthBytes = 64 * 1024;
+
+std::size_t trim_own_heap(bool release_pages) noexcept {
+  ThreadHeap* heap = tl_heap;
+  if (heap == &g_empty_heap) return 0;
+  heap->enter();
+  std::size_t released = heap->trim_own(release_pages);
+  heap->leave();
+  return released;
+}
+
+std::size_t trim_other_heaps() noexcept {
+  std::size_t released = 0;
+  ThreadHeap* self = tl_heap;
+  visit_lock();
+  for_each_heap([&](ThreadHeap* h) {
+    if (h == self) return;
+    visit_heap(h, [&](ThreadHeap* v) { released += v->trim_own(true); });
+  });
+  visit_unlock();
+  return released;
+}
+}  // namespace
+
+std::size_t trim_small(TrimLevel level) noexcept {
+  bool pages = level != TrimLevel::kFast;
+  std::size_t released = trim_own_heap(pages);
+  released += trim_abandoned(pages);
+  if (level == TrimLevel::kAll) released += trim_other_heaps();
+  released += g_arenas.purge(UINT64_MAX, 0);
+  return released;
+}
+
+std::size_t dirty_small_bytes() noexcept {
+  return g_arenas.dirty_pools() * kPoolSize;
+}
+
+DecayResult decay_small(std::uint64_t decay_ms) noexcept {
+  DecayResult r;
+  std::uint64_t now = now_ms();
+  std::uint64_t cutoff = now > decay_ms ? now - decay_ms : 0;
+
+  r.released += trim_abandoned(true);
+
+  // Which heaps hold enough free blocks to be worth a visit: one pass over pool headers under
+  // the arena lock (racy reads of `used`, good enough for a heuristic).
+  for_each_heap([](ThreadHeap* h) { h->scan_free_bytes = 0; });
+  g_arenas.for_each_pool_in_use([](Pool* p) {
+    ThreadHeap* owner = p->owner.load(std::memory_order_relaxed);
+    if (owner == nullptr) return;
+    std::size_t free_blocks = p->capacity - p->used.load(std::memory_order_relaxed);
+    owner->scan_free_bytes += free_blocks * p->block_size;
+  });
+  if (visits_supported()) {
+    visit_lock();
+    for_each_heap([&](ThreadHeap* h) {
+      if (!h->live.load(std::memory_order_acquire) || h->scan_free_bytes < kVisitWorthBytes) return;
+      if (h->last_slow_ms.load(std::memory_order_relaxed) > cutoff) {
+        r.work_left = true;  // busy recently: look again once it has been idle long enough
+        return;
+      }
+      // Nothing new since the last visit found what it could: do not visit again.
+      if (h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
+          h->free_bytes_at_visit != 0)
+        return;
+      if (!visit_heap(h, [&](ThreadHeap* v) { r.released += v->trim_own(true); })) {
+        r.work_left = true;
+        return;
+      }
+      h->free_bytes_at_visit = h->scan_free_bytes;
+    });
+    visit_unlock();
+  }
+
+  r.released += g_arenas.purge(cutoff, 0);
+  r.dirty_left = dirty_small_bytes();
+  if (r.dirty_left) r.work_left = true;
+  return r;
+}
+
+}  // namespace trimalloc

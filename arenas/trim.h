@@ -1,0 +1,47 @@
+// Giving small-object memory back to the OS: the policy over pools, heaps and arenas.
+//
+// Where free memory hides, from cheapest to dearest to reach:
+//   1. free pools already back in their arena, pages still resident ("dirty")  -> purge;
+//   2. arenas with no pool in use                                                -> munmap;
+//   3. pools that became empty while a heap kept them (one per class is kept)   -> to arena;
+//   4. free pages inside pools that still hold live blocks                      -> page release
+//      (pool_release_free_pages: make the page dormant, then madvise it);
+//   5. the same in pools of abandoned heaps (exited threads)     -> under the abandoned lock;
+//   6. the same in pools of OTHER live threads                   -> only by visiting (visit.h).
+// Levels of trim_small(): kFast = 1,2,3 (own heap) and 5 without pages; kFull = all but 6;
+// kAll = everything. The decay pass does 1,2 for memory idle longer than the decay time and
+// 4,5,6 for heaps idle that long, so a program that frees and then sleeps shrinks by itself.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace trimalloc {
+
+enum class TrimLevel { kFast = 0, kFull = 1, kAll = 2 };
+
+// Bytes given back to the OS by this call.
+std::size_t trim_small(TrimLevel level) noexcept;
+
+struct DecayResult {
+  std::size_t released = 0;    // bytes given back
+  std::size_t dirty_left = 0;  // free pool bytes still resident in arenas
+  bool work_left = false;      // something will become old enough later: keep ticking
+};
+// One pass of the decay thread: returns memory idle for at least decay_ms.
+DecayResult decay_small(std::uint64_t decay_ms) noexcept;
+
+// Resident bytes of free pools in arenas (the "cache" TRIMALLOC_MAX_CACHED bounds).
+std::size_t dirty_small_bytes() noexcept;
+
+// Hooks the allocator layer installs (the engine does not depend on it):
+// g_on_dirty_pool runs, outside any allocator lock, when a pool goes back to its arena dirty
+// (enforce the cache cap, wake the decay thread). It must not create threads: glibc frees
+// TLS blocks while holding its stack-cache lock, which pthread_create takes.
+// g_on_maintenance runs at the top of an allocation slow path whenever g_maintenance_requested
+// is set: a safe point to start the decay thread (glibc never mallocs under that lock).
+extern void (*g_on_dirty_pool)() noexcept;
+extern void (*g_on_maintenance)() noexcept;
+extern std::atomic<bool> g_maintenance_requested;
+
+}  // namespace trimalloc
