@@ -65,7 +65,8 @@ void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const cha
   }
   if (p == nullptr) return;
   if (!large_owns(p)) report_foreign(call, p);
-  if (size <= kSmallMax && alignment <= kSmallMax) fatal(call, "size does not match the allocation of", p);
+  if (size <= kSmallMax && alignment <= kSmallMax)
+    fatal(call, "size does not match the allocation of", p);
   large_free_sized(p, size, alignment);
 }
 
@@ -79,9 +80,13 @@ using namespace trimalloc;
 
 extern "C" {
 
-void* tm_malloc(size_t size) { return malloc_impl(size); }
+void* tm_malloc(size_t size) {
+  return malloc_impl(size);
+}
 
-void tm_free(void* p) { free_impl(p, "free"); }
+void tm_free(void* p) {
+  free_impl(p, "free");
+}
 
 void* tm_calloc(size_t count, size_t size) {
   size_t total;
@@ -98,7 +103,9 @@ void* tm_calloc(size_t count, size_t size) {
   return large_alloc(total, 0, true);
 }
 
-void* tm_realloc(void* p, size_t size) { return realloc_impl(p, size, "realloc"); }
+void* tm_realloc(void* p, size_t size) {
+  return realloc_impl(p, size, "realloc");
+}
 
 void* tm_reallocarray(void* p, size_t count, size_t size) {
   size_t total;
@@ -109,7 +116,9 @@ void* tm_reallocarray(void* p, size_t count, size_t size) {
   return realloc_impl(p, total, "reallocarray");
 }
 
-void tm_free_sized(void* p, size_t size) { free_sized_impl(p, size, 0, "free_sized"); }
+void tm_free_sized(void* p, size_t size) {
+  free_sized_impl(p, size, 0, "free_sized");
+}
 
 void tm_free_aligned_sized(void* p, size_t alignment, size_t size) {
   free_sized_impl(p, size, alignment, "free_aligned_sized");
@@ -147,7 +156,9 @@ void* tm_memalign(size_t alignment, size_t size) {
   return alloc_aligned(size, alignment ? alignment : 1, false);
 }
 
-void* tm_valloc(size_t size) { return alloc_aligned(size, os_page(), false); }
+void* tm_valloc(size_t size) {
+  return alloc_aligned(size, os_page(), false);
+}
 
 void* tm_pvalloc(size_t size) {
   size_t page = os_page();
@@ -159,7 +170,9 @@ void* tm_pvalloc(size_t size) {
   return alloc_aligned(rounded ? rounded : page, page, false);
 }
 
-size_t tm_usable_size(const void* p) { return usable_size_impl(p, "malloc_usable_size"); }
+size_t tm_usable_size(const void* p) {
+  return usable_size_impl(p, "malloc_usable_size");
+}
 
 int tm_owns(const void* p) {
   if (small_owns(p)) {
@@ -169,6 +182,8 @@ int tm_owns(const void* p) {
   return p != nullptr && g_arena_map.contains(SlotKind::kLarge, p);
 }
 
-const char* tm_version(void) { return "trimalloc 0.1.0"; }
+const char* tm_version(void) {
+  return "trimalloc 0.1.0";
+}
 
 }  // extern "C"

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 
+#include "decay.h"
 #include "heap.h"
 #include "large.h"
 #include "os.h"
@@ -14,7 +15,9 @@ void* realloc_impl(void* p, std::size_t size, const char* call) noexcept;
 std::size_t usable_size_impl(const void* p, const char* call) noexcept;
 void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
 bool valid_alignment(std::size_t alignment) noexcept;
-inline std::size_t os_page() noexcept { return os::page_size(); }
+inline std::size_t os_page() noexcept {
+  return os::page_size();
+}
 
 inline void* malloc_impl(std::size_t size) noexcept {
   if (__builtin_expect(size <= kSmallMax, 1)) return small_alloc(size_class_of(size));
@@ -31,6 +34,7 @@ inline void free_impl(void* p, const char* call) noexcept {
   if (p == nullptr) return;
   if (!large_owns(p)) report_foreign(call, p);
   large_free(p);
+  decay_note_large_free();
 }
 
 }  // namespace trimalloc

@@ -17,7 +17,8 @@ void* tm_je_rallocx(void* p, std::size_t size, int flags);
 std::size_t tm_je_sallocx(const void* p, int flags);
 void tm_je_dallocx(void* p, int flags);
 void tm_je_sdallocx(void* p, std::size_t size, int flags);
-int tm_je_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp, std::size_t newlen);
+int tm_je_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
+                  std::size_t newlen);
 
 // jemalloc reads its compiled-in options from this weak symbol; ours overrides it.
 // No background threads: trimalloc runs its own decay thread and must stay fork-safe.
@@ -41,9 +42,13 @@ struct extent_hooks_s {
 
 namespace trimalloc {
 namespace {
-constexpr int kZero = 0x40;                                  // MALLOCX_ZERO
-constexpr int lg_align(std::size_t a) { return __builtin_ctzll(a); }  // MALLOCX_LG_ALIGN
-constexpr int arena_flag(unsigned a) { return static_cast<int>((a + 1) << 20); }  // MALLOCX_ARENA
+constexpr int kZero = 0x40;  // MALLOCX_ZERO
+constexpr int lg_align(std::size_t a) {
+  return __builtin_ctzll(a);
+}  // MALLOCX_LG_ALIGN
+constexpr int arena_flag(unsigned a) {
+  return static_cast<int>((a + 1) << 20);
+}  // MALLOCX_ARENA
 
 std::atomic<int> g_state{0};  // 0 none, 1 initialising, 2 ready, 3 failed (default arena used)
 int g_arena_flags = 0;
@@ -67,7 +72,9 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
 // Regions are rounded up to whole MiB and may have been split or merged since, so an extent is
 // never a whole mapping we could unmap: decline, and jemalloc keeps it as retained address
 // space (its default on 64-bit Linux anyway). Physical memory goes back through purge_forced.
-bool hook_dalloc(extent_hooks_t*, void*, std::size_t, bool, unsigned) { return true; }
+bool hook_dalloc(extent_hooks_t*, void*, std::size_t, bool, unsigned) {
+  return true;
+}
 void hook_destroy(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) {
   os::purge(addr, size);
 }
@@ -81,8 +88,8 @@ bool hook_split(extent_hooks_t*, void*, std::size_t, std::size_t, std::size_t, b
 bool hook_merge(extent_hooks_t*, void*, std::size_t, void*, std::size_t, bool, unsigned) {
   return false;
 }
-extent_hooks_t g_hooks = {hook_alloc, hook_dalloc, hook_destroy, nullptr, nullptr, nullptr,
-                          hook_purge_forced, hook_split, hook_merge};
+extent_hooks_t g_hooks = {hook_alloc, hook_dalloc,       hook_destroy, nullptr,   nullptr,
+                          nullptr,    hook_purge_forced, hook_split,   hook_merge};
 
 inline bool ready() noexcept {
   return g_state.load(std::memory_order_acquire) >= 2 || large_init();
@@ -137,13 +144,17 @@ void* large_realloc(void* p, std::size_t size) noexcept {
   return q;
 }
 
-void large_free(void* p) noexcept { tm_je_dallocx(p, 0); }
+void large_free(void* p) noexcept {
+  tm_je_dallocx(p, 0);
+}
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
   tm_je_sdallocx(p, size, alignment > 16 ? lg_align(alignment) : 0);
 }
 
-std::size_t large_usable_size(const void* p) noexcept { return tm_je_sallocx(p, 0); }
+std::size_t large_usable_size(const void* p) noexcept {
+  return tm_je_sallocx(p, 0);
+}
 
 bool large_owns(const void* p) noexcept {
   // If jemalloc refused the hooks its memory is not in the map and has to be trusted; before
@@ -158,8 +169,12 @@ int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
   return tm_je_mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
-unsigned large_arena_index() noexcept { return g_arena_index; }
-std::size_t large_mapped_bytes() noexcept { return g_mapped.load(std::memory_order_relaxed); }
+unsigned large_arena_index() noexcept {
+  return g_arena_index;
+}
+std::size_t large_mapped_bytes() noexcept {
+  return g_mapped.load(std::memory_order_relaxed);
+}
 
 std::size_t large_purge() noexcept {
   if (!ready()) return 0;

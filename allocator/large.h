@@ -24,7 +24,8 @@ bool large_owns(const void* p) noexcept;
 // (estimated from jemalloc's resident counter before and after).
 std::size_t large_purge() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
-int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp, std::size_t newlen) noexcept;
+int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
+                  std::size_t newlen) noexcept;
 unsigned large_arena_index() noexcept;
 std::size_t large_mapped_bytes() noexcept;  // bytes the extent hooks have mapped
 

@@ -11,10 +11,18 @@ using namespace trimalloc;
 
 #define TM_EXPORT extern "C" __attribute__((visibility("default")))
 
-TM_EXPORT void* malloc(size_t size) noexcept { return malloc_impl(size); }
-TM_EXPORT void free(void* p) noexcept { free_impl(p, "free"); }
-TM_EXPORT void* calloc(size_t count, size_t size) noexcept { return tm_calloc(count, size); }
-TM_EXPORT void* realloc(void* p, size_t size) noexcept { return realloc_impl(p, size, "realloc"); }
+TM_EXPORT void* malloc(size_t size) noexcept {
+  return malloc_impl(size);
+}
+TM_EXPORT void free(void* p) noexcept {
+  free_impl(p, "free");
+}
+TM_EXPORT void* calloc(size_t count, size_t size) noexcept {
+  return tm_calloc(count, size);
+}
+TM_EXPORT void* realloc(void* p, size_t size) noexcept {
+  return realloc_impl(p, size, "realloc");
+}
 TM_EXPORT void* reallocarray(void* p, size_t count, size_t size) noexcept {
   return tm_reallocarray(p, count, size);
 }
@@ -24,13 +32,25 @@ TM_EXPORT int posix_memalign(void** out, size_t alignment, size_t size) noexcept
 TM_EXPORT void* aligned_alloc(size_t alignment, size_t size) noexcept {
   return tm_aligned_alloc(alignment, size);
 }
-TM_EXPORT void* memalign(size_t alignment, size_t size) noexcept { return tm_memalign(alignment, size); }
-TM_EXPORT void* valloc(size_t size) noexcept { return tm_valloc(size); }
-TM_EXPORT void* pvalloc(size_t size) noexcept { return tm_pvalloc(size); }
-TM_EXPORT size_t malloc_usable_size(void* p) noexcept { return usable_size_impl(p, "malloc_usable_size"); }
-TM_EXPORT void free_sized(void* p, size_t size) noexcept { free_sized_impl(p, size, 0, "free_sized"); }
+TM_EXPORT void* memalign(size_t alignment, size_t size) noexcept {
+  return tm_memalign(alignment, size);
+}
+TM_EXPORT void* valloc(size_t size) noexcept {
+  return tm_valloc(size);
+}
+TM_EXPORT void* pvalloc(size_t size) noexcept {
+  return tm_pvalloc(size);
+}
+TM_EXPORT size_t malloc_usable_size(void* p) noexcept {
+  return usable_size_impl(p, "malloc_usable_size");
+}
+TM_EXPORT void free_sized(void* p, size_t size) noexcept {
+  free_sized_impl(p, size, 0, "free_sized");
+}
 TM_EXPORT void free_aligned_sized(void* p, size_t alignment, size_t size) noexcept {
   free_sized_impl(p, size, alignment, "free_aligned_sized");
 }
 // Obsolete, still called by old code.
-TM_EXPORT void cfree(void* p) noexcept { free_impl(p, "cfree"); }
+TM_EXPORT void cfree(void* p) noexcept {
+  free_impl(p, "cfree");
+}

@@ -44,15 +44,29 @@ inline void* new_nothrow(std::size_t size, std::size_t alignment) noexcept {
   void* p = allocate(size, alignment);
   return __builtin_expect(p != nullptr, 1) ? p : new_failed(size, alignment, true);
 }
-constexpr std::size_t al(std::align_val_t a) { return static_cast<std::size_t>(a); }
+constexpr std::size_t al(std::align_val_t a) {
+  return static_cast<std::size_t>(a);
+}
 }  // namespace
 
-TM_EXPORT void* operator new(std::size_t n) { return new_impl(n, 0); }
-TM_EXPORT void* operator new[](std::size_t n) { return new_impl(n, 0); }
-TM_EXPORT void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return new_nothrow(n, 0); }
-TM_EXPORT void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return new_nothrow(n, 0); }
-TM_EXPORT void* operator new(std::size_t n, std::align_val_t a) { return new_impl(n, al(a)); }
-TM_EXPORT void* operator new[](std::size_t n, std::align_val_t a) { return new_impl(n, al(a)); }
+TM_EXPORT void* operator new(std::size_t n) {
+  return new_impl(n, 0);
+}
+TM_EXPORT void* operator new[](std::size_t n) {
+  return new_impl(n, 0);
+}
+TM_EXPORT void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  return new_nothrow(n, 0);
+}
+TM_EXPORT void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
+  return new_nothrow(n, 0);
+}
+TM_EXPORT void* operator new(std::size_t n, std::align_val_t a) {
+  return new_impl(n, al(a));
+}
+TM_EXPORT void* operator new[](std::size_t n, std::align_val_t a) {
+  return new_impl(n, al(a));
+}
 TM_EXPORT void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noexcept {
   return new_nothrow(n, al(a));
 }
@@ -60,9 +74,15 @@ TM_EXPORT void* operator new[](std::size_t n, std::align_val_t a, const std::not
   return new_nothrow(n, al(a));
 }
 
-TM_EXPORT void operator delete(void* p) noexcept { free_impl(p, "operator delete"); }
-TM_EXPORT void operator delete[](void* p) noexcept { free_impl(p, "operator delete[]"); }
-TM_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept { free_impl(p, "operator delete"); }
+TM_EXPORT void operator delete(void* p) noexcept {
+  free_impl(p, "operator delete");
+}
+TM_EXPORT void operator delete[](void* p) noexcept {
+  free_impl(p, "operator delete[]");
+}
+TM_EXPORT void operator delete(void* p, const std::nothrow_t&) noexcept {
+  free_impl(p, "operator delete");
+}
 TM_EXPORT void operator delete[](void* p, const std::nothrow_t&) noexcept {
   free_impl(p, "operator delete[]");
 }
@@ -72,8 +92,12 @@ TM_EXPORT void operator delete(void* p, std::size_t n) noexcept {
 TM_EXPORT void operator delete[](void* p, std::size_t n) noexcept {
   free_sized_impl(p, n, 0, "operator delete[]");
 }
-TM_EXPORT void operator delete(void* p, std::align_val_t) noexcept { free_impl(p, "operator delete"); }
-TM_EXPORT void operator delete[](void* p, std::align_val_t) noexcept { free_impl(p, "operator delete[]"); }
+TM_EXPORT void operator delete(void* p, std::align_val_t) noexcept {
+  free_impl(p, "operator delete");
+}
+TM_EXPORT void operator delete[](void* p, std::align_val_t) noexcept {
+  free_impl(p, "operator delete[]");
+}
 TM_EXPORT void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
   free_impl(p, "operator delete");
 }

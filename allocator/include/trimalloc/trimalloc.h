@@ -56,6 +56,27 @@ TM_API size_t tm_usable_size(const void* p);
  * (small pool block or jemalloc block of trimalloc's arena). Never faults, for any p. */
 TM_API int tm_owns(const void* p);
 
+/* --- Giving memory back (see README: "Giving memory back") ---
+ * tm_trim returns the number of bytes it gave back to the OS. Levels:
+ *   TM_TRIM_FAST  empty pools of the calling thread, abandoned pools of exited threads, free
+ *                 pools and empty arenas: cheap, no page scanning;
+ *   TM_TRIM_FULL  also every page without a live block inside the calling thread's pools and
+ *                 the abandoned ones, and jemalloc's dirty pages (and this thread's jemalloc
+ *                 cache) for large blocks;
+ *   TM_TRIM_ALL   also the pools of every other live thread, visited while it is outside the
+ *                 allocator (it never stops; one busy at that moment is skipped).
+ * An unknown level returns 0 with errno = EINVAL. malloc_trim(0) is TM_TRIM_ALL. */
+enum { TM_TRIM_FAST = 0, TM_TRIM_FULL = 1, TM_TRIM_ALL = 2 };
+TM_API size_t tm_trim(int level);
+
+/* Options (also TRIMALLOC_<NAME> environment variables, see README):
+ *   "decay_ms"          free memory idle this long returns to the OS by itself (-1 = never);
+ *   "max_cached"        bytes of free, resident memory kept for reuse before purging at once;
+ *   "background_thread" 1 = a lazily started thread does the decay, 0 = allocation slow paths.
+ * Both return 0, or EINVAL for an unknown name or a value out of range. */
+TM_API int tm_option_set(const char* name, long long value);
+TM_API int tm_option_get(const char* name, long long* value);
+
 /* Version string, e.g. "trimalloc 0.1.0". */
 TM_API const char* tm_version(void);
 

@@ -1,0 +1,191 @@
+#include "decay.h"
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+
+#include "arena.h"
+#include "large.h"
+#include "options.h"
+#include "trim.h"
+#include "visit.h"
+
+namespace trimalloc {
+namespace {
+std::atomic<bool> g_constructed{false};  // pthread_create is safe only after start-up
+std::atomic<bool> g_started{false};
+std::atomic<bool> g_sleeping{false};  // asleep with no timeout: a free must wake it
+std::atomic<std::uint32_t> g_wake_seq{0};
+std::atomic<std::size_t> g_released{0};
+std::atomic<std::uint64_t> g_last_inline_ms{0};
+
+void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t value, long timeout_ms) {
+  timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_PRIVATE, value,
+          timeout_ms < 0 ? nullptr : &ts, nullptr, 0);
+}
+void wake() {
+  g_wake_seq.fetch_add(1, std::memory_order_release);
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&g_wake_seq), FUTEX_WAKE_PRIVATE, 1, nullptr,
+          nullptr, 0);
+}
+
+// jemalloc's side: let its decay curve purge our arena, report what it still holds dirty.
+std::size_t large_dirty_bytes() {
+  std::uint64_t epoch = 1;
+  std::size_t len = sizeof epoch;
+  large_mallctl("epoch", &epoch, &len, &epoch, len);
+  char name[64];
+  std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", large_arena_index());
+  std::size_t pages = 0;
+  len = sizeof pages;
+  if (large_mallctl(name, &pages, &len, nullptr, 0) != 0) return 0;
+  return pages * 4096;
+}
+std::size_t large_decay() {
+  std::size_t before = large_dirty_bytes();
+  if (before == 0) return 0;
+  char name[64];
+  std::snprintf(name, sizeof name, "arena.%u.decay", large_arena_index());
+  large_mallctl(name, nullptr, nullptr, nullptr, 0);
+  std::size_t after = large_dirty_bytes();
+  return before > after ? before - after : 0;
+}
+
+// One decay pass; true if something is left that will need another pass later.
+bool decay_pass() {
+  long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  if (decay < 0) return false;
+  DecayResult r = decay_small(static_cast<std::uint64_t>(decay));
+  std::size_t large = large_decay();
+  g_released.fetch_add(r.released + large, std::memory_order_relaxed);
+  return r.work_left || large_dirty_bytes() != 0;
+}
+
+void* decay_main(void*) {
+  pthread_setname_np(pthread_self(), "trimalloc-decay");
+  for (;;) {
+    std::uint32_t seq = g_wake_seq.load(std::memory_order_acquire);
+    bool more = decay_pass();
+    long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+    if (more) {
+      long tick = decay > 40 ? static_cast<long>(decay / 4) : 10;
+      futex_wait(&g_wake_seq, seq, tick);
+    } else {
+      // Nothing left to return: sleep until a free produces something (no periodic wake-ups
+      // in an idle process).
+      g_sleeping.store(true, std::memory_order_seq_cst);
+      if (g_wake_seq.load(std::memory_order_seq_cst) == seq) futex_wait(&g_wake_seq, seq, -1);
+      g_sleeping.store(false, std::memory_order_relaxed);
+    }
+  }
+  return nullptr;
+}
+
+void start_thread() {
+  if (!g_constructed.load(std::memory_order_acquire)) return;
+  if (g_started.exchange(true, std::memory_order_acq_rel)) return;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  // The thread must never take the program's signals.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t tid;
+  int rc = pthread_create(&tid, &attr, decay_main, nullptr);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) g_started.store(false, std::memory_order_release);  // try again next time
+}
+
+// Runs at a malloc slow path when a start was requested (see trim.h for why not in free).
+void on_maintenance() noexcept {
+  g_maintenance_requested.store(false, std::memory_order_relaxed);
+  if (g_options.decay_ms.load(std::memory_order_relaxed) < 0) return;
+  if (g_options.background_thread.load(std::memory_order_relaxed)) {
+    start_thread();
+    return;
+  }
+  // No thread allowed: decay from here, at most every decay/4 ms.
+  std::uint64_t now = now_ms();
+  long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  std::uint64_t last = g_last_inline_ms.load(std::memory_order_relaxed);
+  if (now - last < static_cast<std::uint64_t>(decay / 4)) {
+    g_maintenance_requested.store(true, std::memory_order_relaxed);
+    return;
+  }
+  g_last_inline_ms.store(now, std::memory_order_relaxed);
+  if (decay_pass()) g_maintenance_requested.store(true, std::memory_order_relaxed);
+}
+
+void request() {
+  if (!g_started.load(std::memory_order_relaxed)) {
+    g_maintenance_requested.store(true, std::memory_order_relaxed);
+  } else if (g_sleeping.load(std::memory_order_relaxed)) {
+    wake();
+  }
+}
+
+void on_dirty_pool() noexcept {
+  decay_note_dirty_pool();
+}
+
+void before_fork() {
+  visit_lock();
+}
+void after_fork_parent() {
+  visit_unlock();
+}
+void after_fork_child() {
+  visit_reset_after_fork();
+  // The decay thread did not survive fork(): the child starts its own when it needs one.
+  g_started.store(false, std::memory_order_relaxed);
+  g_sleeping.store(false, std::memory_order_relaxed);
+  g_maintenance_requested.store(true, std::memory_order_relaxed);
+}
+}  // namespace
+
+void decay_init() noexcept {
+  g_on_dirty_pool = on_dirty_pool;
+  g_on_maintenance = on_maintenance;
+  long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  // jemalloc decays our arena on the same clock (its -1 also means "never").
+  if (large_init()) {
+    ssize_t ms = static_cast<ssize_t>(decay);
+    char name[64];
+    std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", large_arena_index());
+    large_mallctl(name, nullptr, nullptr, &ms, sizeof ms);
+  }
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+  g_constructed.store(true, std::memory_order_release);
+}
+
+void decay_note_large_free() noexcept {
+  if (!g_started.load(std::memory_order_relaxed) || g_sleeping.load(std::memory_order_relaxed))
+    request();
+}
+
+void decay_note_dirty_pool() noexcept {
+  long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  std::size_t cap = static_cast<std::size_t>(g_options.max_cached.load(std::memory_order_relaxed));
+  if (decay == 0 || dirty_small_bytes() > cap) g_released.fetch_add(g_arenas.purge(UINT64_MAX, 1));
+  if (decay > 0) request();
+}
+
+bool decay_thread_running() noexcept {
+  return g_started.load(std::memory_order_acquire);
+}
+std::size_t decay_released_bytes() noexcept {
+  return g_released.load(std::memory_order_relaxed);
+}
+
+}  // namespace trimalloc

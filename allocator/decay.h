@@ -1,0 +1,22 @@
+// Automatic return of idle memory.
+//
+// A background thread, started lazily the first time memory worth returning appears (a pool
+// going back to its arena dirty, or a large block freed), wakes every decay_ms/4, returns
+// memory idle longer than decay_ms (trim.h's decay pass, plus jemalloc's own decay for our
+// arena), and sleeps without a timeout once nothing is left to return, until the next free
+// wakes it. It is fork-safe: fork() holds the visit lock (so no visit is half done) and the
+// child starts a new thread lazily, like the parent did. With TRIMALLOC_BACKGROUND_THREAD=0
+// the same pass runs from allocation slow paths instead (no thread, less prompt).
+#pragma once
+#include <cstddef>
+
+namespace trimalloc {
+
+void decay_init() noexcept;             // from the library constructor: hooks, atfork
+void decay_note_large_free() noexcept;  // cheap; wakes the thread if it is asleep
+// Enforces TRIMALLOC_MAX_CACHED and wakes/starts the thread; called when a pool goes dirty.
+void decay_note_dirty_pool() noexcept;
+bool decay_thread_running() noexcept;
+std::size_t decay_released_bytes() noexcept;  // total returned by the decay thread so far
+
+}  // namespace trimalloc

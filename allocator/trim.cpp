@@ -1,0 +1,51 @@
+// Explicit release calls: tm_trim (levels, see trimalloc.h), glibc's malloc_trim and mallopt,
+// and the library constructor that reads options and arms the decay machinery.
+#include <malloc.h>
+
+#include <cerrno>
+
+#include "decay.h"
+#include "large.h"
+#include "options.h"
+#include "trim.h"
+#include "trimalloc/trimalloc.h"
+#include "visit.h"
+
+using namespace trimalloc;
+
+namespace {
+__attribute__((constructor(200))) void allocator_start() {
+  options_init();
+  visits_init();
+  decay_init();
+}
+}  // namespace
+
+extern "C" size_t tm_trim(int level) {
+  if (level < TM_TRIM_FAST || level > TM_TRIM_ALL) {
+    errno = EINVAL;
+    return 0;
+  }
+  size_t released = trim_small(static_cast<TrimLevel>(level));
+  if (level != TM_TRIM_FAST) released += large_purge();
+  return released;
+}
+
+#ifdef TRIMALLOC_OVERRIDE_MALLOC
+// glibc: release free memory to the OS; 1 if any was released. `pad` (bytes to keep at the
+// top of the main heap) has no equivalent here and is accepted as glibc accepts it.
+extern "C" __attribute__((visibility("default"))) int malloc_trim(size_t) noexcept {
+  return tm_trim(TM_TRIM_ALL) > 0 ? 1 : 0;
+}
+
+// glibc's options: M_TRIM_THRESHOLD maps to the cache cap (free memory kept before it is
+// returned); the others tune glibc's own arenas/mmap policy, have no meaning here and are
+// accepted harmlessly, as glibc does for options it does not know. 1 = success.
+extern "C" __attribute__((visibility("default"))) int mallopt(int param, int value) noexcept {
+  if (param == M_TRIM_THRESHOLD) {
+    if (value < 0) return 0;
+    tm_option_set("max_cached", value);
+  }
+  return 1;
+}
+#endif
