@@ -21,9 +21,26 @@ def rss_of(pid):
         return None
 
 
+def rss_and_hwm_of(pid):
+    """(RSS, high-water mark VmHWM) of a live process in bytes, or None once it is gone."""
+    rss = hwm = None
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+                elif line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                    break
+    except (OSError, IndexError, ValueError):
+        return None
+    return (rss, hwm) if rss is not None and hwm is not None else None
+
+
 class Run:
     """What run_sampled saw: exit code (negative: killed by that signal), RSS samples
-    [(t, bytes)], the kernel's peak RSS of the process (bytes), wall seconds, start time."""
+    [(t, bytes)], peak RSS in bytes (the kernel's high-water mark at the last sample; None if the
+    process ended before the first sample), wall seconds, start time."""
 
     def __init__(self, returncode, samples, peak_rss, wall, start):
         self.returncode, self.samples, self.peak_rss = returncode, samples, peak_rss
@@ -39,23 +56,26 @@ def run_sampled(argv, env=None, interval=0.005, stdout=None, stderr=None, on_sta
     """Runs argv, sampling its RSS every `interval` seconds until it exits.
 
     Raises FileNotFoundError/PermissionError when argv[0] cannot be executed. `on_start(pid)` is
-    called once the process runs. The peak comes from the kernel (wait4's ru_maxrss), so it is exact
-    even between samples."""
+    called once the process runs. The peak is the kernel's VmHWM of the program, so it also counts
+    peaks between samples (wait4's ru_maxrss would not do: it includes the forked copy of this
+    process from before the exec)."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=stdout, stderr=stderr)
     samples = []
+    hwm = None
     if on_start:
         on_start(proc.pid)
-    status = rusage = None
+    status = None
     try:
         while True:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            pid, st, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid == proc.pid:
-                status, rusage = st, ru
+                status = st
                 break
-            rss = rss_of(proc.pid)
-            if rss is not None:
-                samples.append((time.monotonic(), rss))
+            got = rss_and_hwm_of(proc.pid)
+            if got is not None and got[0] > 0:  # 0: exiting, memory already gone
+                samples.append((time.monotonic(), got[0]))
+                hwm = got[1]
             time.sleep(interval)
     except BaseException:
         proc.kill()
@@ -65,7 +85,8 @@ def run_sampled(argv, env=None, interval=0.005, stdout=None, stderr=None, on_sta
     wall = time.monotonic() - start
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code  # reaped here: keep Popen from waiting again
-    return Run(code, samples, rusage.ru_maxrss * 1024, wall, start)
+    peak = max([hwm or 0] + [rss for _, rss in samples]) if samples else None
+    return Run(code, samples, peak, wall, start)
 
 
 def write_csv(path, samples, start, extra=None):

@@ -1,0 +1,96 @@
+"""Tests of the bench/compare harness itself (smoke mode: tiny sizes, the figures mean nothing).
+
+    TRIMALLOC_BUILD=<cmake build dir> TRIMALLOC_LIB=<libtrimalloc.so> python3 -m unittest test_compare
+"""
+import csv
+import os
+import struct
+import subprocess
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+COMPARE = os.path.join(os.path.dirname(HERE), "compare")
+BUILD = os.environ.get("TRIMALLOC_BUILD", "")
+LIB = os.environ.get("TRIMALLOC_LIB", "")
+ALL = {"glibc", "jemalloc", "mimalloc", "tcmalloc", "trimalloc"}
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", "%s is not a PNG" % path
+    assert head[12:16] == b"IHDR", "%s has no IHDR chunk" % path
+    return struct.unpack(">II", head[16:24])
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def compare(args):
+    return subprocess.run([COMPARE, "--smoke", "--build", BUILD] + args, capture_output=True, text=True,
+                          timeout=240)
+
+
+@unittest.skipUnless(BUILD and LIB, "set TRIMALLOC_BUILD and TRIMALLOC_LIB (ctest does)")
+class CompareTest(unittest.TestCase):
+    def test_quick_run_has_every_allocator_and_valid_plots(self):
+        with tempfile.TemporaryDirectory() as out:
+            r = compare(["--only", "micro,docs,py-docs", "--trimalloc", LIB, "--out", out])
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            with open(os.path.join(out, "results.csv")) as f:
+                rows = list(csv.DictReader(f))
+            seen = {}
+            for row in rows:
+                seen.setdefault(row["workload"], set()).add(row["allocator"])
+                float(row["value"])  # every value is a number
+            self.assertEqual(seen["docs"], ALL)
+            self.assertEqual(seen["py-docs"], ALL | {"pymalloc"})
+            micro = [w for w in seen if w.startswith("micro:")]
+            self.assertTrue(micro, "no micro benchmark rows")
+            for w in micro:
+                self.assertEqual(seen[w], ALL, w)
+            metrics = {(row["workload"], row["allocator"], row["metric"]) for row in rows}
+            for a in ALL:
+                for m in ("rss_peak", "rss_after_free", "rss_after_idle", "rss_after_release", "time_s"):
+                    self.assertIn(("docs", a, m), metrics)
+            for name in ("rss_docs.png", "rss_py-docs.png", "micro.png", "ratio_time.png"):
+                w, h = png_size(os.path.join(out, name))
+                self.assertGreater(w, 100, name)
+                self.assertGreater(h, 100, name)
+            with open(os.path.join(out, "rss_docs.csv")) as f:
+                series = list(csv.DictReader(f))
+            self.assertEqual({row["allocator"] for row in series}, ALL)
+            self.assertTrue({"freed", "idle", "release"} <= {row["event"] for row in series})
+            report = read(os.path.join(out, "report.md"))
+            self.assertIn("## Targets", report)
+            self.assertIn("smoke mode", report)
+            self.assertRegex(report, r"\| (PASS|MISSED) \|")
+            self.assertIn("| docs | trimalloc |", r.stdout)  # the table is printed too
+
+    def test_missing_trimalloc_is_reported_not_hidden(self):
+        with tempfile.TemporaryDirectory() as out:
+            r = compare(["--only", "docs", "--allocators", "glibc,trimalloc",
+                         "--trimalloc", "/nonexistent/libtrimalloc.so", "--out", out])
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+            report = read(os.path.join(out, "report.md"))
+            self.assertIn("/nonexistent/libtrimalloc.so does not exist", report)
+            self.assertIn("No target could be checked", report)
+            self.assertIn("NOT MEASURED", report)
+            self.assertNotIn("| PASS |", report)
+
+    def test_wrong_allocator_is_a_failed_run(self):
+        # A "trimalloc" that is really jemalloc: the programs notice, and compare fails the run.
+        jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+        if not os.path.exists(jemalloc):
+            self.skipTest("libjemalloc2 is not installed")
+        with tempfile.TemporaryDirectory() as out:
+            r = compare(["--only", "docs", "--allocators", "trimalloc", "--trimalloc", jemalloc, "--out", out])
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("ran under 'jemalloc', not trimalloc", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
