@@ -1,0 +1,490 @@
+// The cycle collector: CPython 3.12's generational collector (Modules/gcmodule.c), for C++.
+//
+// ---------------------------------------------------------------------------------------------
+// Model
+//
+// Every object made by gc::make<T>() carries a reference count, and most objects die the moment
+// their count reaches zero (heap.cpp). What counting cannot free is a cycle: a->next = a keeps
+// a's count at one forever. The collector finds such objects without scanning stacks and without
+// registered roots, by the argument CPython makes:
+//
+//   an object's count is the number of Refs pointing at it. If we subtract, for every tracked
+//   object in the set being collected, the references *other objects in the set* hold to it
+//   (their trace() reports them), what remains is the number of references from outside the
+//   set: from the stack, globals, plain containers, or older generations. Objects with a
+//   remainder above zero are certainly alive; so is everything they reach. The rest is garbage.
+//
+// This is exact, not conservative, as long as trace() reports each strong Ref it owns once.
+// A Ref that trace() forgets makes its target look held from outside: the collector leaks
+// rather than frees a live object (validate_trace() in debug.cpp hunts for such fields).
+//
+// ---------------------------------------------------------------------------------------------
+// Data structures (heap.hpp)
+//
+// Instead of CPython's doubly linked list through a 16-byte GC header, each heap keeps a table
+// of slot words (object pointer | 4 flag bits) and each object stores its slot index next to its
+// count: 8 bytes in the object plus 8 in the table. The table is ordered oldest segment first:
+//   [ permanent | generation 2 | generation 1 | generation 0 ]
+// so "generation k and all younger ones" is a suffix and needs no list merging; promoting the
+// survivors of a collection is moving one boundary; make() appends; a dying object's hole is
+// filled from the end of its segment and each younger one (Heap::untrack, at most four moves).
+// The scans below walk that suffix in table order, which is allocation order: for objects made
+// in sequence it is also the order of their blocks in trimalloc's pools, so scanning reads
+// memory mostly forward (bench/gc measures table order against a shuffled order).
+//
+// Scratch per collected object lives in Heap::gc_refs, indexed by table position, not in the
+// object, so the header stays 8 bytes; it is 4 bytes per object for the duration of a
+// collection, reused by the next one, and released after an unusually large one.
+//
+// Invariants, outside a collection:
+//   I1  every tracked object has exactly one slot; table[o->slot_] points at o;
+//   I2  an object is tracked from the end of make() until release() untracks it;
+//   I3  objects of this heap are referenced only from this thread (debug builds check).
+// During a collection, objects found unreachable are detached: their slot_ carries kDetached
+// and indexes Heap::unreachable, and the collection holds one reference to each of them until
+// it decides their fate, so no user code it runs can free one early.
+//
+// ---------------------------------------------------------------------------------------------
+// One collection of generation g (collect_generation below), in CPython's order:
+//
+//   1. update_refs     gc_refs[i] = count of object i, for the suffix [begin(g), size)
+//   2. subtract_refs   trace() every object; each reported edge into the suffix decrements
+//   3. reachability    gc_refs > 0 are roots; mark everything they reach, with an explicit
+//                      worklist (a 10-million-node chain must not recurse 10 million deep)
+//   4. legacy          unreachable objects whose type has a legacy finalizer, and everything
+//                      they reach, are uncollectable (Python before 3.4): kept, and later
+//                      appended to garbage()
+//   5. partition       survivors are compacted in place and the boundary moves, so they now
+//                      belong to generation g+1; the unreachable are detached and held
+//   6. weak refs       weak references with callbacks to unreachable objects are cleared; the
+//                      callbacks of those not themselves reported by unreachable objects run
+//   7. finalize        finalize() on every unreachable object that has one and has not run it
+//                      (PEP 442: a flag in the slot word, so never twice, even if resurrected)
+//   8. resurrection    if user code ran in 6 or 7, redo steps 1-3 on the unreachable set with
+//                      the collection's own hold discounted; whatever is now held from outside,
+//                      and everything it reaches, goes back to the table
+//   9. weak refs       every remaining weak reference to the unreachable is cleared, including
+//                      ones finalizers created
+//  10. clear           trace() each object once more, this time moving out every Ref it reports,
+//                      then drop the collection's holds: counts reach zero and destructors run
+//                      with those members already null (CPython's tp_clear). DEBUG_SAVEALL
+//                      instead moves the unreachable into garbage().
+//  11. uncollectable   legacy objects still alive after 10 go to garbage()
+//
+// Automatic collection follows CPython's thresholds: generation 0 is collected when the count of
+// allocations minus deallocations exceeds threshold 0, generation k+1 when generation k has been
+// collected more than threshold k+1 times, and a full collection only when the objects that
+// entered generation 2 since the last full one exceed 25% of those that survived it, so that
+// building a large live structure costs linear, not quadratic, time.
+// ---------------------------------------------------------------------------------------------
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+
+#include "heap.hpp"
+
+namespace trimalloc::gc::detail {
+
+namespace {
+
+constexpr std::uint32_t kReachable = 0xffffffffu;
+constexpr std::uint32_t kUncollectable = 0xfffffffeu;
+constexpr std::uint32_t kMaxCount = 0xfffffffdu;
+// A collection of more objects than this frees its scratch afterwards instead of keeping it.
+constexpr std::size_t kKeepScratch = std::size_t{1} << 16;
+
+// The objects one pass works on: table positions [base, base + n), or, with base == kDetached,
+// Heap::unreachable[0, n). Either way, "slot_ - base < n" tells whether an edge stays inside.
+struct Scan {
+  Heap* heap;
+  std::uint32_t base;
+  std::uint32_t n;
+  std::uint32_t markable_max;  // marking: gc_refs at or below this get `mark`
+  std::uint32_t mark;
+
+  Object* at(std::uint32_t i) const noexcept {
+    return object_of(base == kDetached ? heap->unreachable[i] : heap->table[base + i]);
+  }
+  std::uint32_t index_of(const Object* o) const noexcept { return Access::slot(o) - base; }
+};
+
+Scan& scan_of(Tracer& t) {
+  return *static_cast<Scan*>(TracerAccess::context(t));
+}
+
+void subtract_edge(Tracer& t, Object* target) {
+  Scan& s = scan_of(t);
+  std::uint32_t i = s.index_of(target);
+  // Never below zero: a trace() that reports more than the object holds must not make an
+  // outside-held object look like garbage.
+  if (i < s.n && s.heap->gc_refs[i] != 0) --s.heap->gc_refs[i];
+}
+
+void mark_edge(Tracer& t, Object* target) {
+  Scan& s = scan_of(t);
+  std::uint32_t i = s.index_of(target);
+  if (i < s.n && s.heap->gc_refs[i] <= s.markable_max) {
+    s.heap->gc_refs[i] = s.mark;
+    s.heap->worklist.push_back(i);
+  }
+}
+
+// Steps 1 and 2: gc_refs[i] = count - discount - references from inside the scan.
+void subtract_internal_refs(Scan& scan, std::uint32_t discount) {
+  Heap& heap = *scan.heap;
+  heap.gc_refs.resize(scan.n);
+  for (std::uint32_t i = 0; i < scan.n; ++i) {
+    std::uint32_t count = Access::refcount(scan.at(i)) - discount;
+    heap.gc_refs[i] = count < kMaxCount ? count : kMaxCount;
+  }
+  Tracer tracer = TracerAccess::make(subtract_edge, nullptr, &scan);
+  for (std::uint32_t i = 0; i < scan.n; ++i) Access::trace(scan.at(i), tracer);
+}
+
+// Step 3 (and 4 with other marks): everything reachable from the worklist gets `scan.mark`.
+void propagate(Scan& scan) {
+  Heap& heap = *scan.heap;
+  Tracer tracer = TracerAccess::make(mark_edge, nullptr, &scan);
+  while (!heap.worklist.empty()) {
+    std::uint32_t i = heap.worklist.back();
+    heap.worklist.pop_back();
+    Access::trace(scan.at(i), tracer);
+  }
+}
+
+void mark_reachable_from_outside(Scan& scan) {
+  Heap& heap = *scan.heap;
+  heap.worklist.clear();
+  for (std::uint32_t i = 0; i < scan.n; ++i) {
+    if (heap.gc_refs[i] != 0 && heap.gc_refs[i] != kReachable) {
+      heap.gc_refs[i] = kReachable;
+      heap.worklist.push_back(i);
+    }
+  }
+  scan.markable_max = kMaxCount;
+  scan.mark = kReachable;
+  propagate(scan);
+}
+
+void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
+  record->held_by_garbage = true;
+}
+void ignore_edge(Tracer&, Object*) {}
+
+// Steps 6 and 9. Returns whether any callback was due (user code may have run).
+bool handle_weakrefs(Heap& heap, bool callbacks_only) {
+  std::vector<WeakRecord*> due;
+  for (std::uintptr_t& word : heap.unreachable) {
+    if (!(word & kHasWeakRefs)) continue;
+    std::vector<WeakRecord*> taken = take_weakrefs(heap, object_of(word), callbacks_only);
+    due.insert(due.end(), taken.begin(), taken.end());
+  }
+  if (due.empty()) return false;
+  // A weak reference that is a member of an unreachable object is garbage itself; its callback
+  // would run on behalf of an object that is about to vanish (CPython skips those too). We know
+  // it is one when the unreachable object's trace() reports it.
+  Tracer tracer = TracerAccess::make(ignore_edge, note_weak_held_by_garbage, nullptr);
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    Access::trace(object_of(heap.unreachable[i]), tracer);
+  }
+  run_weak_callbacks(due);
+  return true;
+}
+
+// Step 8: objects a finalizer or callback made reachable again go back to the table.
+void handle_resurrected(Heap& heap, int survivor_segment) {
+  Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size()), 0, 0};
+  subtract_internal_refs(scan, 1);  // 1: the collection's own hold
+  mark_reachable_from_outside(scan);
+  std::uint32_t kept = 0;
+  for (std::uint32_t i = 0; i < scan.n; ++i) {
+    std::uintptr_t word = heap.unreachable[i];
+    Object* o = object_of(word);
+    if (heap.gc_refs[i] == kReachable) {
+      heap.reattach(o, word, survivor_segment);
+      --Access::refcount(o);  // cannot reach zero: something outside holds it or its referrer
+    } else {
+      heap.unreachable[kept] = word;
+      Access::slot(o) = kDetached | kept;
+      ++kept;
+    }
+  }
+  heap.unreachable.resize(kept);
+}
+
+// Step 10: break the cycles, then let counting free the objects.
+void delete_garbage(Heap& heap, int survivor_segment) {
+  if (heap.debug & DEBUG_SAVEALL) {
+    for (std::uintptr_t word : heap.unreachable) {
+      Object* o = object_of(word);
+      heap.reattach(o, word, survivor_segment);
+      heap.garbage.push_back(Ref<Object>(o));
+      --Access::refcount(o);
+    }
+    heap.unreachable.clear();
+    return;
+  }
+  std::vector<Ref<Object>> taken;
+  Tracer clearer = TracerAccess::make(ignore_edge, nullptr, nullptr, &taken);
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    Access::trace(object_of(heap.unreachable[i]), clearer);
+    // Released after trace() returns, so that no destructor runs inside the user's trace().
+    // These may free objects outside the unreachable set, never one inside it (held).
+    taken.clear();
+  }
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    std::uintptr_t word = heap.unreachable[i];
+    Object* o = object_of(word);
+    if (Access::refcount(o) == 1) {
+      Access::refcount(o) = 0;
+      release(o);
+    } else {
+      // Still referenced after its cycle was cleared: by a Ref that trace() does not report, or
+      // re-referenced by a destructor. Not ours to free; it survives like any live object.
+      heap.reattach(o, word, survivor_segment);
+      --Access::refcount(o);
+    }
+  }
+  heap.unreachable.clear();
+}
+
+void print_generation_sizes(Heap& heap) {
+  std::fprintf(stderr, "gc: objects in each generation: %u %u %u\n",
+               heap.segment_end(kGen0) - heap.begin[kGen0],
+               heap.segment_end(kGen1) - heap.begin[kGen1],
+               heap.segment_end(kGen2) - heap.begin[kGen2]);
+  std::fprintf(stderr, "gc: objects in permanent generation: %u\n", heap.begin[kGen2]);
+}
+
+// CPython's gc_collect_main. Returns {unreachable freed, uncollectable}.
+std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generation) {
+  auto started = std::chrono::steady_clock::now();
+  if (heap.debug & DEBUG_STATS) {
+    std::fprintf(stderr, "gc: collecting generation %d...\n", generation);
+    print_generation_sizes(heap);
+  }
+  if (heap.debug & DEBUG_VALIDATE) print_validation(heap);
+
+  if (generation + 1 < 3) ++heap.count[generation + 1];
+  for (int i = 0; i <= generation; ++i) heap.count[i] = 0;
+
+  // Steps 1-3 over the suffix that holds generation `generation` and every younger one.
+  const std::uint32_t base = heap.begin[segment_of_generation(generation)];
+  Scan scan{&heap, base, heap.table.size() - base, 0, 0};
+  subtract_internal_refs(scan, 0);
+  mark_reachable_from_outside(scan);
+
+  // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
+  bool any_legacy = false;
+  for (std::uint32_t i = 0; i < scan.n; ++i) {
+    if (heap.gc_refs[i] == 0 && (heap.table[base + i] & kLegacy)) {
+      heap.gc_refs[i] = kUncollectable;
+      heap.worklist.push_back(i);
+      any_legacy = true;
+    }
+  }
+  if (any_legacy) {
+    scan.markable_max = 0;
+    scan.mark = kUncollectable;
+    propagate(scan);
+  }
+
+  // Step 5: compact survivors, detach and hold the unreachable.
+  std::vector<Ref<Object>> uncollectable;
+  heap.unreachable.clear();
+  std::uint32_t kept = base;
+  for (std::uint32_t i = 0; i < scan.n; ++i) {
+    std::uintptr_t word = heap.table[base + i];
+    Object* o = object_of(word);
+    if (heap.gc_refs[i] == 0) {
+      Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
+      heap.unreachable.push_back(word);
+      ++Access::refcount(o);
+      continue;
+    }
+    heap.table[kept] = word;
+    Access::slot(o) = kept++;
+    if (heap.gc_refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(o));
+  }
+  heap.table.truncate(kept);
+  const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;
+  for (int s = survivor_segment + 1; s <= kGen0; ++s) heap.begin[s] = kept;
+  if (generation == 1) heap.long_lived_pending += kept - base;
+  if (generation == 2) {
+    heap.long_lived_pending = 0;
+    heap.long_lived_total = kept - base;
+  }
+  if (scan.n > kKeepScratch) {
+    std::vector<std::uint32_t>().swap(heap.gc_refs);
+    std::vector<std::uint32_t>().swap(heap.worklist);
+  }
+
+  if (heap.debug & DEBUG_COLLECTABLE) {
+    for (std::uintptr_t word : heap.unreachable) print_object_line("collectable", object_of(word));
+  }
+
+  // Steps 6-8: user code runs from here on.
+  bool user_code_ran = handle_weakrefs(heap, true);
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    std::uintptr_t& word = heap.unreachable[i];
+    if ((word & (kHasFinalizer | kFinalized)) != kHasFinalizer) continue;
+    word |= kFinalized;
+    run_finalizer(object_of(word));
+    user_code_ran = true;
+  }
+  if (user_code_ran) handle_resurrected(heap, survivor_segment);
+
+  // Steps 9-10.
+  handle_weakrefs(heap, false);
+  const std::size_t collected = heap.unreachable.size();
+  delete_garbage(heap, survivor_segment);
+
+  // Step 11. An uncollectable object whose only referrers were freed in step 10 was not in a
+  // cycle after all; dropping our Ref lets counting run its finalizer and free it.
+  std::size_t n_uncollectable = 0;
+  for (Ref<Object>& o : uncollectable) {
+    if (refcount(*o) == 1) continue;
+    ++n_uncollectable;
+    if (heap.debug & DEBUG_UNCOLLECTABLE) print_object_line("uncollectable", o.get());
+    heap.garbage.push_back(o);
+  }
+  uncollectable.clear();
+
+  GenerationStats& stats = heap.stats[generation];
+  ++stats.collections;
+  stats.collected += collected;
+  stats.uncollectable += n_uncollectable;
+  if (heap.debug & DEBUG_STATS) {
+    double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    std::fprintf(stderr, "gc: done, %zu unreachable, %zu uncollectable, %.4fs elapsed\n",
+                 collected + n_uncollectable, n_uncollectable, seconds);
+  }
+  return {collected, n_uncollectable};
+}
+
+void invoke_callbacks(Heap& heap, Phase phase, const CollectionInfo& info) {
+  if (heap.callbacks.empty()) return;
+  // A copy: a callback may add or remove callbacks.
+  auto callbacks = heap.callbacks;
+  for (auto& [id, callback] : callbacks) {
+    try {
+      callback(phase, info);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "gc: exception ignored in gc callback: %s\n", e.what());
+    } catch (...) {
+      std::fprintf(stderr, "gc: exception ignored in gc callback\n");
+    }
+  }
+}
+
+std::size_t collect_with_callbacks(Heap& heap, int generation) {
+  heap.collecting = true;
+  auto started = std::chrono::steady_clock::now();
+  CollectionInfo info;
+  info.generation = generation;
+  invoke_callbacks(heap, Phase::start, info);
+  auto [collected, uncollectable] = collect_generation(heap, generation);
+  info.collected = collected;
+  info.uncollectable = uncollectable;
+  info.duration = std::chrono::steady_clock::now() - started;
+  invoke_callbacks(heap, Phase::stop, info);
+  heap.collecting = false;
+  return collected + uncollectable;
+}
+
+}  // namespace
+
+void collect_generations(Heap& heap) noexcept {
+  for (int generation = 2; generation >= 0; --generation) {
+    if (heap.count[generation] <= heap.threshold[generation]) continue;
+    // The full-collection damper (CPython issue #4074): see the comment at the top.
+    if (generation == 2 && heap.long_lived_pending < heap.long_lived_total / 4) continue;
+    collect_with_callbacks(heap, generation);
+    break;
+  }
+}
+
+}  // namespace trimalloc::gc::detail
+
+namespace trimalloc::gc {
+
+using detail::current_heap;
+using detail::Heap;
+
+std::size_t collect(int generation) {
+  if (generation < 0 || generation > 2) {
+    throw std::invalid_argument("gc::collect: generation must be 0, 1 or 2");
+  }
+  Heap& heap = current_heap();
+  if (heap.collecting) return 0;
+  return detail::collect_with_callbacks(heap, generation);
+}
+
+void enable() {
+  current_heap().enabled = true;
+}
+void disable() {
+  current_heap().enabled = false;
+}
+bool is_enabled() {
+  return current_heap().enabled;
+}
+
+void set_threshold(std::size_t threshold0, std::size_t threshold1, std::size_t threshold2) {
+  current_heap().threshold = {threshold0, threshold1, threshold2};
+}
+std::array<std::size_t, 3> get_threshold() {
+  return current_heap().threshold;
+}
+std::array<std::size_t, 3> get_count() {
+  return current_heap().count;
+}
+std::array<GenerationStats, 3> get_stats() {
+  return current_heap().stats;
+}
+
+void set_debug(int flags) {
+  current_heap().debug = flags;
+}
+int get_debug() {
+  return current_heap().debug;
+}
+
+std::vector<Ref<Object>>& garbage() {
+  return current_heap().garbage;
+}
+
+CallbackId add_callback(Callback callback) {
+  Heap& heap = current_heap();
+  CallbackId id = heap.next_callback_id++;
+  heap.callbacks.emplace_back(id, std::move(callback));
+  return id;
+}
+
+bool remove_callback(CallbackId id) {
+  auto& callbacks = current_heap().callbacks;
+  for (auto it = callbacks.begin(); it != callbacks.end(); ++it) {
+    if (it->first == id) {
+      callbacks.erase(it);
+      return true;
+    }
+  }
+  return false;
+}
+
+void freeze() {
+  Heap& heap = current_heap();
+  for (int s = detail::kGen2; s <= detail::kGen0; ++s) heap.begin[s] = heap.table.size();
+  heap.count[0] = 0;
+}
+
+void unfreeze() {
+  current_heap().begin[detail::kGen2] = 0;
+}
+
+std::size_t get_freeze_count() {
+  return current_heap().begin[detail::kGen2];
+}
+
+}  // namespace trimalloc::gc

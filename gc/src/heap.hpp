@@ -1,0 +1,153 @@
+// The per-thread heap: the slot table that tracks every object, the generation boundaries, the
+// weak reference lists and the collector's settings. Internal to trimalloc_gc.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "trimalloc/gc.hpp"
+
+namespace trimalloc::gc::detail {
+
+// Object::slot_ of an object the running collection has detached from the table: the low bits
+// index Heap::unreachable instead. Keeps the table below 2^31 slots.
+inline constexpr std::uint32_t kDetached = 0x80000000u;
+
+inline Object* object_of(std::uintptr_t word) noexcept {
+  return reinterpret_cast<Object*>(word & ~kFlagMask);
+}
+inline std::uintptr_t word_of(Object* o, std::uintptr_t flags) noexcept {
+  return reinterpret_cast<std::uintptr_t>(o) | flags;
+}
+
+// A vector of slot words in fixed 32 KiB chunks: growing never copies (a 10-million object heap
+// would otherwise copy 80 MB at each doubling) and never leaves more than one unused chunk
+// behind when the heap shrinks, so the memory of a collected structure really comes back.
+class SlotTable {
+ public:
+  static constexpr std::uint32_t kChunkBits = 12;
+  static constexpr std::uint32_t kChunkSlots = 1u << kChunkBits;
+
+  SlotTable() = default;
+  SlotTable(const SlotTable&) = delete;
+  SlotTable& operator=(const SlotTable&) = delete;
+  ~SlotTable();
+
+  std::uint32_t size() const noexcept { return size_; }
+  std::uintptr_t& operator[](std::uint32_t i) noexcept {
+    return chunks_[i >> kChunkBits][i & (kChunkSlots - 1)];
+  }
+  std::uint32_t push_back(std::uintptr_t word) {
+    if (size_ == chunks_.size() * kChunkSlots) grow();
+    (*this)[size_] = word;
+    return size_++;
+  }
+  void truncate(std::uint32_t new_size) noexcept;
+
+ private:
+  void grow();
+  std::vector<std::uintptr_t*> chunks_;
+  std::uint32_t size_ = 0;
+};
+
+// The table is cut into four segments, oldest first, so that "generation k and every younger
+// one" is always one contiguous suffix of the table:
+//   [0, begin[1])          permanent generation (freeze())
+//   [begin[1], begin[2])   generation 2
+//   [begin[2], begin[3])   generation 1
+//   [begin[3], size)       generation 0, where make() appends
+enum Segment : int { kPermanent = 0, kGen2 = 1, kGen1 = 2, kGen0 = 3 };
+inline int segment_of_generation(int generation) noexcept {
+  return kGen0 - generation;
+}
+
+struct Heap {
+  SlotTable table;
+  std::array<std::uint32_t, 4> begin{0, 0, 0, 0};
+
+  // Objects a running collection found unreachable (slot words, flags included), detached from
+  // the table so that user code run by the collection cannot move them around.
+  std::vector<std::uintptr_t> unreachable;
+
+  bool enabled = true;
+  bool collecting = false;
+  int debug = 0;
+  std::array<std::size_t, 3> threshold{700, 10, 10};
+  std::array<std::size_t, 3> count{0, 0, 0};
+  std::array<GenerationStats, 3> stats{};
+  std::size_t long_lived_total = 0;
+  std::size_t long_lived_pending = 0;
+  std::vector<Ref<Object>> garbage;
+  std::vector<std::pair<CallbackId, Callback>> callbacks;
+  CallbackId next_callback_id = 1;
+
+  // Heads of the per-object weak record lists; only objects flagged kHasWeakRefs are here.
+  std::unordered_map<const Object*, WeakRecord*> weak_lists;
+
+  // Trashcan: destruction nested deeper than this is queued and run by the outermost release.
+  static constexpr std::uint32_t kTrashcanDepth = 50;
+  std::uint32_t destroy_depth = 0;
+  std::vector<Object*> deferred_destroy;
+
+  std::uint32_t constructing = 0;  // make() calls in progress on this thread
+
+  // Collector scratch, reused between collections (see collector.cpp).
+  std::vector<std::uint32_t> gc_refs;
+  std::vector<std::uint32_t> worklist;
+
+  ~Heap();
+
+  std::uint32_t segment_end(int segment) const noexcept {
+    return segment == kGen0 ? table.size() : begin[segment + 1];
+  }
+  int segment_of(std::uint32_t index) const noexcept {
+    return index >= begin[kGen0]   ? kGen0
+           : index >= begin[kGen1] ? kGen1
+           : index >= begin[kGen2] ? kGen2
+                                   : kPermanent;
+  }
+
+  // The slot word of `o` (in the table, or in `unreachable` while detached), or null if `o` is
+  // not tracked by this heap.
+  std::uintptr_t* find_word(const Object* o) noexcept;
+  // Same, but `o` must be tracked here: aborts naming the object otherwise (wrong thread).
+  std::uintptr_t& word(const Object* o) noexcept;
+
+  void track(Object* o, std::uintptr_t flags);
+  void untrack(Object* o) noexcept;
+  // Puts a detached object back into the table, in `segment`.
+  void reattach(Object* o, std::uintptr_t word, int segment);
+  void move_to_segment(std::uint32_t index, int segment) noexcept;
+  void destroy(Object* o) noexcept;
+};
+
+Heap& current_heap();
+
+// Runs user code the way CPython's unraisable hook does: an exception is reported, not thrown.
+void run_finalizer(Object* o) noexcept;
+
+// Clears every weak reference to `o` and runs their callbacks (the count-reached-zero path).
+void clear_weakrefs(Heap& heap, Object* o) noexcept;
+// The two halves of that, for the collector, which decides in between whose callbacks may run.
+std::vector<WeakRecord*> take_weakrefs(Heap& heap, Object* o, bool callbacks_only);
+void run_weak_callbacks(const std::vector<WeakRecord*>& records) noexcept;
+
+// Collector entry points (collector.cpp).
+void collect_generations(Heap& heap) noexcept;
+
+// Debug output (debug.cpp).
+void print_object_line(const char* what, const Object* o) noexcept;
+void print_validation(Heap& heap) noexcept;
+
+struct TracerAccess {
+  static Tracer make(Tracer::VisitFn visit, Tracer::WeakVisitFn weak_visit, void* context,
+                     std::vector<Ref<Object>>* taken = nullptr) noexcept {
+    return Tracer(visit, weak_visit, context, taken);
+  }
+  static void* context(Tracer& t) noexcept { return t.context_; }
+};
+
+[[noreturn]] void fatal(const char* message, const Object* o) noexcept;
+
+}  // namespace trimalloc::gc::detail

@@ -1,0 +1,315 @@
+// Reference counting and cycle collection: the documents' scenarios.
+#include <memory>
+
+#include "gc_test_util.hpp"
+
+using namespace gctest;
+
+namespace {
+
+using CyclesTest = GcTest;
+
+TEST_F(CyclesTest, CountingFreesAcyclicObjectsAtOnce) {
+  gc::Ref<Node> a = gc::make<Node>(1);
+  a->next = gc::make<Node>(2);
+  EXPECT_EQ(live_nodes, 2);
+  EXPECT_EQ(gc::refcount(a), 1u);
+  a = nullptr;
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_EQ(gc::collect(), 0u);
+}
+
+TEST_F(CyclesTest, SelfCycleIsFoundByCollect) {
+  gc::Ref<Node> a = gc::make<Node>();
+  a->next = a;
+  EXPECT_EQ(gc::refcount(a), 2u);
+  a = nullptr;
+  EXPECT_EQ(live_nodes, 1);      // the count never reaches zero ...
+  EXPECT_EQ(gc::collect(), 1u);  // ... the collector finds it
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
+TEST_F(CyclesTest, TwoObjectCycleWithoutFinalizers) {
+  {
+    gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(live_nodes, 2);
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, TwoObjectCycleWithFinalizersRunsEachOnce) {
+  {
+    gc::Ref<Node> a = gc::make<Finalized>(), b = gc::make<Finalized>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(finalized_nodes, 2);
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::garbage().empty());  // PEP 442: finalizers no longer block collection
+  EXPECT_EQ(gc::collect(), 0u);
+  EXPECT_EQ(finalized_nodes, 2);
+}
+
+TEST_F(CyclesTest, LiveCycleHeldFromOutsideSurvives) {
+  gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+  a->next = b;
+  b->next = a;
+  b = nullptr;
+  EXPECT_EQ(gc::collect(), 0u);
+  EXPECT_EQ(live_nodes, 2);
+  EXPECT_EQ(a->next->next, a);
+  a->next = nullptr;  // breaking the cycle by hand frees both by counting
+  EXPECT_EQ(live_nodes, 1);
+}
+
+TEST_F(CyclesTest, LegacyFinalizerCycleGoesToGarbage) {
+  const gc::GenerationStats before = gc::get_stats()[2];
+  {
+    gc::Ref<Node> a = gc::make<Legacy>(), b = gc::make<Legacy>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);  // found unreachable, but not freed
+  EXPECT_EQ(live_nodes, 2);
+  EXPECT_EQ(finalized_nodes, 0);  // Python 2 never ran __del__ for a cycle
+  ASSERT_EQ(gc::garbage().size(), 2u);
+  EXPECT_EQ(gc::get_stats()[2].uncollectable - before.uncollectable, 2u);
+  EXPECT_EQ(gc::get_stats()[2].collected - before.collected, 0u);
+  EXPECT_EQ(gc::get_stats()[2].collections - before.collections, 1u);
+
+  // The documents' remedy: break the cycle by hand, then empty gc.garbage.
+  gc::ref_cast<Node>(gc::garbage()[0])->next = nullptr;
+  gc::garbage().clear();
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_EQ(finalized_nodes, 2);  // counting ran each legacy finalizer once
+}
+
+TEST_F(CyclesTest, LegacyObjectMakesItsWholeCycleUncollectable) {
+  {
+    gc::Ref<Node> a = gc::make<Legacy>(), b = gc::make<Node>(), c = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+    b->children.push_back(c);  // reachable from the legacy cycle: kept with it
+  }
+  EXPECT_EQ(gc::collect(), 3u);
+  EXPECT_EQ(gc::garbage().size(), 3u);
+  EXPECT_EQ(live_nodes, 3);
+  for (auto& o : gc::garbage()) gc::ref_cast<Node>(o)->next = nullptr;
+  gc::garbage().clear();
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, LegacyObjectHangingOffACollectableCycleIsFreed) {
+  {
+    gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+    a->children.push_back(gc::make<Legacy>());  // not in a cycle itself
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_TRUE(gc::garbage().empty());
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_EQ(finalized_nodes, 1);
+}
+
+TEST_F(CyclesTest, ParentChildrenTreeWithStrongBackReferences) {
+  struct TreeNode : Node {
+    gc::Ref<TreeNode> up;
+    void trace(gc::Tracer& t) override {
+      Node::trace(t);
+      t(up);
+    }
+  };
+  {
+    gc::Ref<TreeNode> root = gc::make<TreeNode>();
+    for (int i = 0; i < 5; ++i) {
+      auto child = gc::make<TreeNode>();
+      child->up = root;
+      for (int j = 0; j < 3; ++j) {
+        auto grandchild = gc::make<TreeNode>();
+        grandchild->up = child;
+        child->children.push_back(grandchild);
+      }
+      root->children.push_back(child);
+    }
+    EXPECT_EQ(gc::collect(), 0u);  // all alive through root
+  }
+  EXPECT_EQ(live_nodes, 21);
+  EXPECT_EQ(gc::collect(), 21u);
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, ParentChildrenTreeWithWeakBackReferencesNeedsNoCollector) {
+  {
+    gc::Ref<Node> root = gc::make<Node>();
+    for (int i = 0; i < 5; ++i) {
+      auto child = gc::make<Node>();
+      child->parent = root;
+      root->children.push_back(child);
+    }
+    EXPECT_EQ(root->children[0]->parent.lock(), root);
+  }
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_EQ(gc::collect(), 0u);
+}
+
+struct Resurrector : Node {
+  static inline gc::Ref<Node> saved;
+  static inline int finalize_calls = 0;
+  void finalize() override {
+    ++finalize_calls;
+    saved = gc::Ref<Node>(this);
+  }
+};
+
+TEST_F(CyclesTest, ResurrectionInFinalizeKeepsObjectAndNeverFinalizesTwice) {
+  Resurrector::finalize_calls = 0;
+  {
+    gc::Ref<Node> a = gc::make<Resurrector>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 0u);  // resurrected objects are not counted as collected
+  EXPECT_EQ(Resurrector::finalize_calls, 1);
+  ASSERT_TRUE(Resurrector::saved);
+  EXPECT_EQ(live_nodes, 2);  // b is reachable from the resurrected a, so it stays too
+  EXPECT_TRUE(gc::is_finalized(Resurrector::saved));
+  EXPECT_EQ(Resurrector::saved->next->next, Resurrector::saved);
+  EXPECT_TRUE(gc::is_tracked(Resurrector::saved));
+
+  Resurrector::saved = nullptr;  // garbage again
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(Resurrector::finalize_calls, 1);  // PEP 442: once per object
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, ResurrectionWhenCountReachesZero) {
+  Resurrector::finalize_calls = 0;
+  gc::make<Resurrector>();  // dropped at once
+  EXPECT_EQ(Resurrector::finalize_calls, 1);
+  ASSERT_TRUE(Resurrector::saved);
+  EXPECT_EQ(gc::refcount(Resurrector::saved), 1u);
+  Resurrector::saved = nullptr;
+  EXPECT_EQ(Resurrector::finalize_calls, 1);
+  EXPECT_EQ(live_nodes, 0);
+}
+
+struct Checker : Node {
+  static inline int saw_null_next = 0;
+  ~Checker() override { saw_null_next += next == nullptr; }
+};
+
+TEST_F(CyclesTest, DestructorsRunWithCycleMembersAlreadyCleared) {
+  Checker::saw_null_next = 0;
+  {
+    gc::Ref<Node> a = gc::make<Checker>(), b = gc::make<Checker>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(Checker::saw_null_next, 2);
+}
+
+TEST_F(CyclesTest, YoungCollectionPromotesSurvivorsAndLeavesOldCyclesAlone) {
+  gc::Ref<Node> keep = gc::make<Node>();
+  gc::collect(0);  // keep moves to generation 1
+  EXPECT_EQ(gc::get_objects(1).size(), 1u);
+  {
+    gc::Ref<Node> a = gc::make<Node>();
+    a->next = a;
+    keep->next = a;
+  }
+  EXPECT_EQ(gc::collect(0), 0u);  // a is referenced from the older generation
+  keep->next = nullptr;           // a: now an unreachable self-cycle, in generation 1
+  EXPECT_EQ(gc::get_objects(1).size(), 2u);
+  EXPECT_EQ(gc::collect(0), 0u);  // generation 0 does not include it
+  EXPECT_EQ(gc::collect(1), 1u);
+  EXPECT_EQ(gc::collect(2), 0u);
+  EXPECT_EQ(gc::get_objects(2).size(), 1u);  // keep survived twice
+}
+
+TEST_F(CyclesTest, TenMillionNodeChainIsReleasedWithoutDeepRecursion) {
+  constexpr int kNodes = 10'000'000;
+  {
+    gc::Ref<Node> head = gc::make<Node>();
+    Node* tail = head.get();
+    for (int i = 1; i < kNodes; ++i) {
+      tail->next = gc::make<Node>();
+      tail = tail->next.get();
+    }
+    EXPECT_EQ(live_nodes, kNodes);
+  }  // counting frees all of it from one destructor: the trashcan keeps the stack flat
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
+TEST_F(CyclesTest, LongCyclicChainIsCollectedWithoutDeepRecursion) {
+  constexpr int kNodes = 2'000'000;
+  {
+    gc::Ref<Node> head = gc::make<Node>();
+    Node* tail = head.get();
+    for (int i = 1; i < kNodes; ++i) {
+      tail->next = gc::make<Node>();
+      tail->next->prev = gc::Ref<Node>(tail);
+      tail = tail->next.get();
+    }
+  }
+  EXPECT_EQ(live_nodes, kNodes);
+  EXPECT_EQ(gc::collect(), static_cast<std::size_t>(kNodes));
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, DebugSaveAllKeepsUnreachableInGarbage) {
+  gc::set_debug(gc::DEBUG_SAVEALL);
+  {
+    gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(gc::garbage().size(), 2u);
+  EXPECT_EQ(live_nodes, 2);
+  gc::set_debug(0);
+  gc::garbage().clear();
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(live_nodes, 0);
+}
+
+TEST_F(CyclesTest, ConstructorExceptionFreesTheBlock) {
+  struct Throws : Node {
+    Throws() { throw std::runtime_error("no"); }
+  };
+  EXPECT_THROW(gc::make<Throws>(), std::runtime_error);
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+  // The heap still knows it is not inside make(): automatic collection still happens.
+  gc::enable();
+  gc::set_threshold(5);
+  for (int i = 0; i < 10; ++i) gc::make<Node>();
+  EXPECT_GE(gc::get_stats()[0].collections, 1u);
+}
+
+TEST_F(CyclesTest, RefBasics) {
+  gc::Ref<Finalized> f = gc::make<Finalized>();
+  gc::Ref<Node> n = f;  // upcast
+  EXPECT_EQ(n, f);
+  EXPECT_EQ(gc::refcount(f), 2u);
+  EXPECT_EQ(gc::ref_cast<Finalized>(n), f);
+  EXPECT_EQ(gc::ref_cast<Legacy>(n), nullptr);
+  gc::Ref<Node> moved = std::move(n);
+  EXPECT_FALSE(n);
+  EXPECT_EQ(gc::refcount(f), 2u);
+  moved.reset();
+  EXPECT_EQ(gc::refcount(f), 1u);
+  EXPECT_EQ(f->value, 0);
+  EXPECT_EQ((*f).value, 0);
+  EXPECT_TRUE(gc::is_tracked(f));
+  EXPECT_FALSE(gc::is_finalized(f));
+}
+
+}  // namespace
