@@ -246,6 +246,8 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     }
   }
   heap.unreachable.clear();
+  if (heap.unreachable.capacity() > kKeepScratch)
+    std::vector<std::uintptr_t>().swap(heap.unreachable);
 }
 
 void print_generation_sizes(Heap& heap) {
