@@ -58,11 +58,25 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   // trusts the 64-bit mark (a live block has mark 0 unless the program wrote this exact value).
   ThreadHeap* heap = tl_heap;
   if (pool->owner.load(std::memory_order_relaxed) != heap) fatal(call, "double free of", b);
-  heap->enter();
+  std::uint32_t depth = heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
-  heap->free_local(pool, b);
-  heap->leave();
+  heap->free_local(pool, b, depth);
+}
+
+void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_t depth) noexcept {
+  ThreadHeap* heap = tl_heap;
+  if (depth == 0) heap->wait_for_visitor();
+  // The visit may have handed the pool on (released it if it had been emptied, which cannot
+  // happen while `b` is live, or abandoned it): re-check ownership before acting as owner.
+  if (pool->owner.load(std::memory_order_relaxed) != heap) {
+    heap->leave(depth);
+    (void)call;
+    b->mark = free_mark(pool);
+    pool_push_remote(pool, b);
+    return;
+  }
+  heap->free_local(pool, b, depth);
 }
 
 void ThreadHeap::wait_for_visitor() noexcept {
@@ -187,17 +201,29 @@ bool ThreadHeap::park_full(Pool* pool) noexcept {
 
 // --- allocation slow path ---
 
+void* ThreadHeap::alloc_slow_and_leave(unsigned cls, std::uint32_t depth) noexcept {
+  void* p = alloc_slow(cls);
+  leave(depth);
+  return p;
+}
+
+void* ThreadHeap::alloc_after_visit(unsigned cls, std::uint32_t depth) noexcept {
+  if (depth == 0) wait_for_visitor();
+  Pool* pool = current_[cls];
+  void* p = pool->free ? pop_from(pool) : alloc_slow(cls);
+  leave(depth);
+  return p;
+}
+
 void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   if (this == &g_empty_heap) {
-    leave();
+    // The shared empty heap's busy count means nothing (many threads pass through it).
     ThreadHeap* heap = heap_for_this_thread();
     if (!heap) {
       errno = ENOMEM;
       return nullptr;
     }
-    void* p = heap->alloc(cls);
-    enter();  // alloc() will leave() the empty heap
-    return p;
+    return heap->alloc(cls);
   }
   last_slow_ms.store(now_ms(), std::memory_order_relaxed);
   if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
@@ -243,6 +269,11 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
 }
 
 // --- free slow path: a pool became empty, or a full pool got a block back ---
+
+void ThreadHeap::free_slow_and_leave(Pool* pool, std::uint32_t depth) noexcept {
+  free_slow(pool);
+  leave(depth);
+}
 
 void ThreadHeap::free_slow(Pool* pool) noexcept {
   unsigned cls = pool->size_class;

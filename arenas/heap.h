@@ -50,41 +50,53 @@ class ThreadHeap {
  public:
   constexpr ThreadHeap() noexcept;
 
-  // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted.
+  // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted. Both
+  // cold paths are tail calls that leave() themselves, so the hot path needs no stack frame.
   void* alloc(unsigned cls) noexcept {
-    enter();
+    std::uint32_t depth = enter_fast();
+    if (__builtin_expect(visitor_present(), 0)) return alloc_after_visit(cls, depth);
     Pool* pool = current_[cls];
     Block* b = pool->free;
-    void* result;
-    if (__builtin_expect(b != nullptr, 1)) {
-      pool->free = decode_link(pool, b);
-      pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
-                       std::memory_order_relaxed);
-      b->mark = 0;
-      result = b;
-    } else {
-      result = alloc_slow(cls);
-    }
-    leave();
-    return result;
+    if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls, depth);
+    pool->free = decode_link(pool, b);
+    pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
+                     std::memory_order_relaxed);
+    b->mark = 0;
+    leave(depth);
+    return b;
   }
 
   // Owner side of the visit handshake (see the top of this file). `busy_` is a depth: the
-  // allocator can re-enter itself (pthread_create starting the decay thread from inside free
-  // calls malloc), and only the outermost enter() may wait for a visitor - an inner one waiting
+  // allocator can re-enter itself (pthread_create starting the decay thread from inside malloc
+  // calls malloc), and only the outermost entry may wait for a visitor - an inner one waiting
   // would let the visitor in while the outer call is half done.
-  void enter() noexcept {
+  // enter_fast() announces the entry and returns the previous depth; the caller must then check
+  // visited_ (enter() does both).
+  std::uint32_t enter_fast() noexcept {
     std::uint32_t depth = busy_.load(std::memory_order_relaxed);
 #if defined(__SANITIZE_THREAD__)
-    busy_.fetch_add(1, std::memory_order_seq_cst);
-    if (__builtin_expect(visited_.load(std::memory_order_seq_cst) != 0, 0) && depth == 0)
-      wait_for_visitor();
+    busy_.store(depth + 1, std::memory_order_seq_cst);
 #else
     busy_.store(depth + 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
-    if (__builtin_expect(visited_.load(std::memory_order_relaxed) != 0, 0) && depth == 0)
-      wait_for_visitor();
 #endif
+    return depth;
+  }
+  bool visitor_present() const noexcept {
+#if defined(__SANITIZE_THREAD__)
+    return visited_.load(std::memory_order_seq_cst) != 0;
+#else
+    return visited_.load(std::memory_order_relaxed) != 0;
+#endif
+  }
+  std::uint32_t enter() noexcept {
+    std::uint32_t depth = enter_fast();
+    if (__builtin_expect(visitor_present(), 0) && depth == 0) wait_for_visitor();
+    return depth;
+  }
+  void wait_for_visitor() noexcept;  // outermost entry found visited_ set
+  void leave(std::uint32_t depth) noexcept {
+    busy_.store(depth, std::memory_order_release);
   }
   void leave() noexcept {
     busy_.store(busy_.load(std::memory_order_relaxed) - 1, std::memory_order_release);
@@ -95,8 +107,8 @@ class ThreadHeap {
     visited_.store(0, std::memory_order_release);
   }
 
-  // Free of a block this heap owns (caller checked pool->owner == this and validity).
-  void free_local(Pool* pool, Block* b) noexcept {
+  // Free of a block this heap owns, inside enter_fast()/visitor check; leaves with `depth`.
+  void free_local(Pool* pool, Block* b, std::uint32_t depth) noexcept {
     b->link = encode_link(pool, pool->free);
     b->mark = free_mark(pool);
     pool->free = b;
@@ -104,7 +116,8 @@ class ThreadHeap {
     pool->used.store(used, std::memory_order_relaxed);
     if (__builtin_expect(
             used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0))
-      free_slow(pool);
+      return free_slow_and_leave(pool, depth);
+    leave(depth);
   }
 
   // Called by a remote freer that owns a pool's notification (pool.cpp).
@@ -112,7 +125,10 @@ class ThreadHeap {
 
   // Slow-path work other modules need.
   void* alloc_slow(unsigned cls) noexcept;
+  void* alloc_slow_and_leave(unsigned cls, std::uint32_t depth) noexcept;
+  void* alloc_after_visit(unsigned cls, std::uint32_t depth) noexcept;
   void free_slow(Pool* pool) noexcept;
+  void free_slow_and_leave(Pool* pool, std::uint32_t depth) noexcept;
   void abandon(bool single_threaded) noexcept;  // thread exit / fork child
   void reset() noexcept;                        // fresh state for a new or recycled heap
   // Owner only: returns this heap's empty pools to their arenas (the arena purge that follows
@@ -147,7 +163,6 @@ class ThreadHeap {
   void list_remove(ClassList& list, Pool* pool) noexcept;
   void make_current(unsigned cls, Pool* pool) noexcept;
   void* pop_from(Pool* pool) noexcept;
-  void wait_for_visitor() noexcept;
 
   Pool* current_[kClassCount];
   ClassList avail_[kClassCount];
@@ -194,6 +209,7 @@ inline void* small_alloc(unsigned cls) noexcept {
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
+void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_t depth) noexcept;
 
 // The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
 inline Pool* checked_pool(const void* p, const char* call) noexcept {
@@ -217,19 +233,15 @@ inline void small_free(void* p, const char* call) noexcept {
     return;
   }
   ThreadHeap* heap = tl_heap;
-  for (;;) {
-    if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
-      b->mark = free_mark(pool);
-      pool_push_remote(pool, b);
-      return;
-    }
-    heap->enter();
-    // A visit may have run while we waited in enter(), and moved the pool: look again.
-    if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) == heap, 1)) break;
-    heap->leave();
+  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
+    b->mark = free_mark(pool);
+    return pool_push_remote(pool, b);
   }
-  heap->free_local(pool, b);
-  heap->leave();
+  std::uint32_t depth = heap->enter_fast();
+  // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
+  if (__builtin_expect(heap->visitor_present(), 0))
+    return small_free_after_visit(pool, b, call, depth);
+  heap->free_local(pool, b, depth);
 }
 
 inline std::size_t small_usable_size(const void* p, const char* call) noexcept {
