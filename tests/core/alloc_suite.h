@@ -561,7 +561,9 @@ TYPED_TEST_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock) {
     ASSERT_NE(p, nullptr);
     EXPECT_TRUE(tm_owns(p));
     for (std::size_t off : {16u, 64u, 512u, 4096u, 8192u}) {
-      if (off < n) EXPECT_FALSE(tm_owns(p + off)) << "tm_owns(malloc(" << n << ") + " << off << ")";
+      if (off < n) {
+        EXPECT_FALSE(tm_owns(p + off)) << "tm_owns(malloc(" << n << ") + " << off << ")";
+      }
     }
     A::free(p);
   }
