@@ -1,0 +1,130 @@
+// Automatic return of idle memory (issue 3), in a process of its own: the decay thread must not
+// exist while the heap is small, must appear once the heap has grown (started from an
+// allocation path, never from free), and must give back freed memory - free pools, free pages
+// of an idle thread's pools, jemalloc's dirty pages - within a few decay periods, with no trim
+// call at all, even though the program never allocates again after freeing.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <trimalloc/trimalloc.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "resident.h"
+
+using namespace trimtest;
+
+namespace {
+bool decay_thread_exists() {
+  DIR* d = opendir("/proc/self/task");
+  bool found = false;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream comm(std::string("/proc/self/task/") + e->d_name + "/comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name == "trimalloc-decay") found = true;
+  }
+  closedir(d);
+  return found;
+}
+
+// Polls until fewer than `limit` of `pages` are resident or `seconds` pass; returns the count.
+std::size_t wait_resident_below(const std::set<std::uintptr_t>& pages, std::size_t limit,
+                                double seconds) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  std::size_t n;
+  while ((n = resident_pages(pages)) > limit && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  return n;
+}
+}  // namespace
+
+TEST(Decay, StartsLazilyAndReturnsIdleMemoryWithoutACall) {
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  // A small heap, some of it freed: no thread.
+  {
+    std::vector<void*> small;
+    for (int i = 0; i < 20000; ++i) small.push_back(tm_malloc(100));
+    for (void* p : small) tm_free(p);
+  }
+  EXPECT_FALSE(decay_thread_exists()) << "started for a heap of a few hundred KiB";
+  std::vector<void*> blocks;
+  for (int i = 0; i < 300000; ++i) {
+    void* p = tm_malloc(64);
+    fill(p, 64);
+    blocks.push_back(p);
+  }
+  EXPECT_TRUE(decay_thread_exists()) << "a 19 MiB heap should have its decay thread";
+
+  // Free all but one block in 256 (three pages in four hold no survivor).
+  std::set<std::uintptr_t> free_pages, live_pages;
+  std::vector<void*> keep;
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    if (i % 256 == 0) {
+      keep.push_back(blocks[i]);
+      live_pages.insert(page_of(blocks[i]));
+    } else {
+      free_pages.insert(page_of(blocks[i]));
+    }
+  }
+  for (auto pg : live_pages) free_pages.erase(pg);
+  for (std::size_t i = 0; i < blocks.size(); ++i)
+    if (i % 256) tm_free(blocks[i]);
+  // And some large blocks, freed: jemalloc's dirty pages must go too.
+  std::set<std::uintptr_t> large_pages;
+  std::vector<void*> large;
+  for (int i = 0; i < 32; ++i) {
+    void* p = tm_malloc(512 * 1024);
+    std::memset(p, 1, 512 * 1024);
+    for (std::size_t off = 0; off < 512 * 1024; off += 4096)
+      large_pages.insert(page_of(static_cast<char*>(p) + off));
+    large.push_back(p);
+  }
+  for (void* p : large) tm_free(p);
+  // No allocation from here on: the sleeping thread is woken by the frees alone.
+
+  auto t0 = std::chrono::steady_clock::now();
+  std::size_t left = wait_resident_below(free_pages, free_pages.size() / 20, 5.0);
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(decay_thread_exists());
+  EXPECT_LE(left, free_pages.size() / 20)
+      << "small free pages still resident after " << took << " s";
+  EXPECT_LE(wait_resident_below(large_pages, large_pages.size() / 20, 5.0),
+            large_pages.size() / 20);
+  EXPECT_LT(took, 3.0);
+  for (void* p : keep) {
+    ASSERT_TRUE(check(p, 64));
+    tm_free(p);
+  }
+}
+
+TEST(Decay, OffMeansOff) {
+  ASSERT_EQ(tm_option_set("decay_ms", -1), 0);
+  std::set<std::uintptr_t> free_pages;
+  std::vector<void*> blocks, keep;
+  for (int i = 0; i < 200000; ++i) blocks.push_back(tm_malloc(96));
+  for (auto* p : blocks) std::memset(p, 3, 96);
+  std::set<std::uintptr_t> live;
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    if (i % 512 == 0) {
+      keep.push_back(blocks[i]);
+      live.insert(page_of(blocks[i]));
+      live.insert(page_of(static_cast<char*>(blocks[i]) + 95));
+    } else {
+      free_pages.insert(page_of(blocks[i]));
+      free_pages.insert(page_of(static_cast<char*>(blocks[i]) + 95));
+    }
+  }
+  for (auto pg : live) free_pages.erase(pg);
+  for (std::size_t i = 0; i < blocks.size(); ++i)
+    if (i % 512) tm_free(blocks[i]);
+  std::size_t before = resident_pages(free_pages);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_GT(resident_pages(free_pages), before * 9 / 10) << "released with decay_ms = -1";
+  for (void* p : keep) tm_free(p);
+}

@@ -1,0 +1,273 @@
+// tm_trim levels (issue 3): each level releases what it promises, no more reach than promised,
+// data survives, allocation after a trim works, trim is idempotent, and trimming races safely
+// with allocation and remote frees in other threads. Automatic decay is off in this binary
+// (decay_tests covers it) so that every release observed here is the trim's own doing.
+#include <gtest/gtest.h>
+#include <trimalloc/trimalloc.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "resident.h"
+
+using namespace trimtest;
+
+namespace {
+struct NoDecay : ::testing::Environment {
+  void SetUp() override { ASSERT_EQ(tm_option_set("decay_ms", -1), 0); }
+};
+const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new NoDecay);
+
+// Allocates `count` blocks of `size` and frees all but every `keep_every`-th (0 = free all).
+// Returns survivors; `pages` gets the pages of freed blocks that hold no survivor.
+std::vector<void*> sparse_heap(std::size_t count, std::size_t size, std::size_t keep_every,
+                               std::set<std::uintptr_t>* free_pages) {
+  std::vector<void*> all(count), keep;
+  for (auto& p : all) {
+    p = tm_malloc(size);
+    fill(p, size);
+  }
+  std::set<std::uintptr_t> live_pages;
+  for (std::size_t i = 0; i < count; ++i)
+    if (keep_every && i % keep_every == 0) {
+      keep.push_back(all[i]);
+      // A block may straddle two pages; both hold a live byte.
+      live_pages.insert(page_of(all[i]));
+      live_pages.insert(page_of(static_cast<char*>(all[i]) + size - 1));
+    }
+  for (std::size_t i = 0; i < count; ++i)
+    if (!(keep_every && i % keep_every == 0)) {
+      free_pages->insert(page_of(all[i]));
+      free_pages->insert(page_of(static_cast<char*>(all[i]) + size - 1));
+    }
+  for (auto pg : live_pages) free_pages->erase(pg);
+  for (std::size_t i = 0; i < count; ++i)
+    if (!(keep_every && i % keep_every == 0)) tm_free(all[i]);
+  return keep;
+}
+}  // namespace
+
+TEST(Trim, InvalidLevelIsEinval) {
+  errno = 0;
+  EXPECT_EQ(tm_trim(3), 0u);
+  EXPECT_EQ(errno, EINVAL);
+  errno = 0;
+  EXPECT_EQ(tm_trim(-1), 0u);
+  EXPECT_EQ(errno, EINVAL);
+}
+
+TEST(Trim, FastReturnsFullyFreedMemory) {
+  std::set<std::uintptr_t> pages;
+  sparse_heap(200000, 64, 0, &pages);  // ~12 MiB, all freed
+  tm_trim(TM_TRIM_FAST);
+  std::size_t resident = resident_pages(pages);
+  // Only the class's one retained pool may stay (its pages were never purged): 4 pages.
+  EXPECT_LE(resident, 8u) << "of " << pages.size() << " pages";
+}
+
+TEST(Trim, FullReleasesFreePagesOfPartlyUsedPoolsFastDoesNot) {
+  std::set<std::uintptr_t> free_pages;
+  // 64-byte blocks: 64 per page; keeping one in 256 leaves 3 of every 4 pages without a survivor.
+  auto keep = sparse_heap(256 * 1024, 64, 256, &free_pages);
+  ASSERT_GT(free_pages.size(), 2000u);
+  std::size_t before = resident_pages(free_pages);
+  tm_trim(TM_TRIM_FAST);
+  std::size_t after_fast = resident_pages(free_pages);
+  EXPECT_GT(after_fast, before * 9 / 10) << "FAST must not scan pages of partly used pools";
+  size_t released = tm_trim(TM_TRIM_FULL);
+  std::size_t after_full = resident_pages(free_pages);
+  EXPECT_LE(after_full, free_pages.size() / 20) << "FULL must release >= 95% of the free pages";
+  EXPECT_GE(released, (before - after_full) * 4096 * 9 / 10);
+  for (void* p : keep) {
+    EXPECT_TRUE(check(p, 64));
+    tm_free(p);
+  }
+}
+
+TEST(Trim, IsIdempotentAndDataSurvives) {
+  std::set<std::uintptr_t> free_pages;
+  auto keep = sparse_heap(100000, 48, 97, &free_pages);
+  tm_trim(TM_TRIM_FULL);
+  EXPECT_EQ(tm_trim(TM_TRIM_FULL), 0u) << "a second trim with nothing freed in between";
+  for (void* p : keep) ASSERT_TRUE(check(p, 48));
+  // Allocation after a trim revives released pages: the blocks are usable and distinct.
+  std::vector<void*> again;
+  for (int i = 0; i < 100000; ++i) {
+    void* p = tm_malloc(48);
+    ASSERT_NE(p, nullptr);
+    fill(p, 48);
+    again.push_back(p);
+  }
+  for (void* p : again) ASSERT_TRUE(check(p, 48));
+  for (void* p : keep) ASSERT_TRUE(check(p, 48));
+  for (void* p : again) tm_free(p);
+  for (void* p : keep) tm_free(p);
+}
+
+TEST(Trim, LargeBlocksFullPurgesJemallocDirtyPages) {
+  std::vector<void*> blocks;
+  std::set<std::uintptr_t> pages;
+  for (int i = 0; i < 64; ++i) {
+    void* p = tm_malloc(256 * 1024);
+    std::memset(p, 1, 256 * 1024);
+    for (std::size_t off = 0; off < 256 * 1024; off += 4096)
+      pages.insert(page_of(static_cast<char*>(p) + off));
+    blocks.push_back(p);
+  }
+  for (void* p : blocks) tm_free(p);
+  tm_trim(TM_TRIM_FULL);
+  EXPECT_LE(resident_pages(pages), pages.size() / 20);
+}
+
+TEST(Trim, AllReachesAnIdleThreadFullDoesNot) {
+  std::set<std::uintptr_t> free_pages;
+  std::vector<void*> keep;
+  std::mutex m;
+  std::condition_variable cv;
+  bool built = false, done = false;
+  std::thread owner([&] {
+    keep = sparse_heap(256 * 1024, 64, 256, &free_pages);
+    {
+      std::lock_guard<std::mutex> g(m);
+      built = true;
+    }
+    cv.notify_all();
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return done; });  // idle, holding its heap: it never calls malloc again
+  });
+  {
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return built; });
+  }
+  std::size_t before = resident_pages(free_pages);
+  tm_trim(TM_TRIM_FULL);
+  EXPECT_GT(resident_pages(free_pages), before * 9 / 10) << "FULL only covers the calling thread";
+  tm_trim(TM_TRIM_ALL);
+  EXPECT_LE(resident_pages(free_pages), free_pages.size() / 20) << "ALL visits idle threads";
+  {
+    std::lock_guard<std::mutex> g(m);
+    done = true;
+  }
+  cv.notify_all();
+  owner.join();
+  for (void* p : keep) {
+    ASSERT_TRUE(check(p, 64));
+    tm_free(p);
+  }
+}
+
+TEST(Trim, ExitedThreadsPoolsAreReleased) {
+  std::set<std::uintptr_t> free_pages;
+  std::vector<void*> keep;
+  std::thread([&] { keep = sparse_heap(256 * 1024, 80, 300, &free_pages); }).join();
+  tm_trim(TM_TRIM_FULL);
+  EXPECT_LE(resident_pages(free_pages), free_pages.size() / 20);
+  for (void* p : keep) {
+    ASSERT_TRUE(check(p, 80));
+    tm_free(p);
+  }
+}
+
+// Threads allocate, write patterns, hand blocks to each other to verify and free, while the
+// main thread trims at every level in a loop. Any byte lost or any block handed out twice shows
+// up as a pattern mismatch.
+TEST(Trim, RacesWithAllocationAndRemoteFrees) {
+  constexpr int kThreads = 4;
+  std::atomic<bool> stop{false};
+  std::atomic<long> bad{0}, verified{0};
+  struct Mailbox {
+    std::mutex m;
+    std::vector<std::pair<void*, std::size_t>> items;
+  } boxes[kThreads];
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t)
+    workers.emplace_back([&, t] {
+      unsigned seed = 12345u + t;
+      std::vector<std::pair<void*, std::size_t>> mine;
+      while (!stop.load(std::memory_order_relaxed)) {
+        for (int i = 0; i < 256; ++i) {
+          seed = seed * 1103515245u + 12345u;
+          std::size_t n = 1 + (seed >> 8) % 700;
+          void* p = tm_malloc(n);
+          fill(p, n);
+          mine.emplace_back(p, n);
+        }
+        // Keep a third, send a third to a neighbour, free a third here.
+        std::vector<std::pair<void*, std::size_t>> send;
+        for (std::size_t i = 0; i < mine.size();) {
+          if (i % 3 == 0) {
+            send.push_back(mine[i]);
+            mine[i] = mine.back();
+            mine.pop_back();
+          } else if (i % 3 == 1) {
+            if (!check(mine[i].first, mine[i].second)) ++bad;
+            tm_free(mine[i].first);
+            mine[i] = mine.back();
+            mine.pop_back();
+          } else {
+            ++i;
+          }
+        }
+        {
+          std::lock_guard<std::mutex> g(boxes[(t + 1) % kThreads].m);
+          auto& dst = boxes[(t + 1) % kThreads].items;
+          dst.insert(dst.end(), send.begin(), send.end());
+        }
+        std::vector<std::pair<void*, std::size_t>> got;
+        {
+          std::lock_guard<std::mutex> g(boxes[t].m);
+          got.swap(boxes[t].items);
+        }
+        for (auto& [p, n] : got) {
+          if (!check(p, n)) ++bad;
+          tm_free(p);
+          ++verified;
+        }
+        if (mine.size() > 20000) {
+          for (auto& [p, n] : mine) {
+            if (!check(p, n)) ++bad;
+            tm_free(p);
+          }
+          mine.clear();
+        }
+      }
+      for (auto& [p, n] : mine) {
+        if (!check(p, n)) ++bad;
+        tm_free(p);
+      }
+    });
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  int trims = 0;
+  while (std::chrono::steady_clock::now() < until) {
+    tm_trim(trims % 3);
+    ++trims;
+  }
+  stop = true;
+  for (auto& w : workers) w.join();
+  for (auto& b : boxes)
+    for (auto& [p, n] : b.items) {
+      if (!check(p, n)) ++bad;
+      tm_free(p);
+    }
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(verified.load(), 1000);
+  EXPECT_GT(trims, 10);
+}
+
+TEST(Options, SetAndGetValidateNamesAndRanges) {
+  long long v = 0;
+  EXPECT_EQ(tm_option_get("decay_ms", &v), 0);
+  EXPECT_EQ(v, -1);
+  EXPECT_EQ(tm_option_set("decay_ms", -2), EINVAL);
+  EXPECT_EQ(tm_option_set("no_such_option", 1), EINVAL);
+  EXPECT_EQ(tm_option_get("no_such_option", &v), EINVAL);
+  EXPECT_EQ(tm_option_set("background_thread", 2), EINVAL);
+  EXPECT_EQ(tm_option_set("max_cached", 1 << 20), 0);
+  EXPECT_EQ(tm_option_get("max_cached", &v), 0);
+  EXPECT_EQ(v, 1 << 20);
+  EXPECT_EQ(tm_option_set("max_cached", 64ll << 20), 0);
+}
