@@ -25,6 +25,8 @@ std::atomic<bool> g_sleeping{false};  // asleep with no timeout: a free must wak
 std::atomic<std::uint32_t> g_wake_seq{0};
 std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
+// A heap smaller than this never gets a decay thread (what it could return is not worth one).
+constexpr std::size_t kHeapWorthAThread = 8 << 20;
 
 void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t value, long timeout_ms) {
   timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000};
@@ -107,12 +109,19 @@ void start_thread() {
   if (rc != 0) g_started.store(false, std::memory_order_release);  // try again next time
 }
 
+// The thread is worth having once the heap is big enough that returning memory matters. It is
+// started on an allocation slow path (never from free(): glibc frees TLS blocks while holding
+// the stack-cache lock that pthread_create takes), and sleeps until a free gives it work.
+bool heap_is_big() {
+  return g_arenas.counts_mapped_bytes() + large_mapped_bytes() >= kHeapWorthAThread;
+}
+
 // Runs at a malloc slow path when a start was requested (see trim.h for why not in free).
 void on_maintenance() noexcept {
   g_maintenance_requested.store(false, std::memory_order_relaxed);
   if (g_options.decay_ms.load(std::memory_order_relaxed) < 0) return;
   if (g_options.background_thread.load(std::memory_order_relaxed)) {
-    start_thread();
+    if (!g_started.load(std::memory_order_relaxed) && heap_is_big()) start_thread();
     return;
   }
   // No thread allowed: decay from here, at most every decay/4 ms.
@@ -127,12 +136,13 @@ void on_maintenance() noexcept {
   if (decay_pass()) g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
+// From free paths: wake the thread if it sleeps. (Starting it is left to allocation paths.)
 void request() {
-  if (!g_started.load(std::memory_order_relaxed)) {
-    g_maintenance_requested.store(true, std::memory_order_relaxed);
-  } else if (g_sleeping.load(std::memory_order_relaxed)) {
+  if (g_sleeping.load(std::memory_order_relaxed))
     wake();
-  }
+  else if (!g_started.load(std::memory_order_relaxed) &&
+           !g_options.background_thread.load(std::memory_order_relaxed))
+    g_maintenance_requested.store(true, std::memory_order_relaxed);  // inline decay
 }
 
 void on_dirty_pool() noexcept {
@@ -150,12 +160,13 @@ void after_fork_child() {
   // The decay thread did not survive fork(): the child starts its own when it needs one.
   g_started.store(false, std::memory_order_relaxed);
   g_sleeping.store(false, std::memory_order_relaxed);
-  g_maintenance_requested.store(true, std::memory_order_relaxed);
+  g_maintenance_requested.store(true, std::memory_order_relaxed);  // re-checks heap size
 }
 }  // namespace
 
 void decay_init() noexcept {
   g_on_dirty_pool = on_dirty_pool;
+  g_on_heap_growth = decay_note_heap_growth;
   g_on_maintenance = on_maintenance;
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
   // jemalloc decays our arena on the same clock (its -1 also means "never").
@@ -170,15 +181,22 @@ void decay_init() noexcept {
 }
 
 void decay_note_large_free() noexcept {
-  if (!g_started.load(std::memory_order_relaxed) || g_sleeping.load(std::memory_order_relaxed))
+  if (g_sleeping.load(std::memory_order_relaxed) || !g_started.load(std::memory_order_relaxed))
     request();
+}
+
+void decay_note_heap_growth() noexcept {
+  if (!g_started.load(std::memory_order_relaxed))
+    g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
 void decay_note_dirty_pool() noexcept {
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
   std::size_t cap = static_cast<std::size_t>(g_options.max_cached.load(std::memory_order_relaxed));
-  if (decay == 0 || dirty_small_bytes() > cap) g_released.fetch_add(g_arenas.purge(UINT64_MAX, 1));
-  if (decay > 0) request();
+  if (decay == 0 || dirty_small_bytes() > cap)
+    g_released.fetch_add(g_arenas.purge(UINT64_MAX, 1));
+  else if (decay > 0)
+    request();
 }
 
 bool decay_thread_running() noexcept {

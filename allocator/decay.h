@@ -1,7 +1,8 @@
 // Automatic return of idle memory.
 //
-// A background thread, started lazily the first time memory worth returning appears (a pool
-// going back to its arena dirty, or a large block freed), wakes every decay_ms/4, returns
+// A background thread, started lazily once the heap has grown past 8 MiB (a smaller heap has
+// nothing worth a thread), sleeps on a futex until a free leaves memory to return, then wakes
+// every decay_ms/4, returns
 // memory idle longer than decay_ms (trim.h's decay pass, plus jemalloc's own decay for our
 // arena), and sleeps without a timeout once nothing is left to return, until the next free
 // wakes it. It is fork-safe: fork() holds the visit lock (so no visit is half done) and the
@@ -12,8 +13,9 @@
 
 namespace trimalloc {
 
-void decay_init() noexcept;             // from the library constructor: hooks, atfork
-void decay_note_large_free() noexcept;  // cheap; wakes the thread if it is asleep
+void decay_init() noexcept;              // from the library constructor: hooks, atfork
+void decay_note_large_free() noexcept;   // cheap; wakes the thread if it is asleep
+void decay_note_heap_growth() noexcept;  // a new arena or jemalloc region: maybe start it
 // Enforces TRIMALLOC_MAX_CACHED and wakes/starts the thread; called when a pool goes dirty.
 void decay_note_dirty_pool() noexcept;
 bool decay_thread_running() noexcept;

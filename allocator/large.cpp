@@ -6,8 +6,10 @@
 #include <cstdio>
 
 #include "arena_map.h"
+#include "decay.h"
 #include "fatal.h"
 #include "os.h"
+#include "trim.h"
 
 // The renamed jemalloc API (same ABI as <jemalloc/jemalloc.h>, which cannot be included here:
 // it declares malloc() and friends under their plain names).
@@ -65,6 +67,7 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
   if (p == nullptr) return nullptr;
   g_arena_map.set(SlotKind::kLarge, p, span, true);
   g_mapped.fetch_add(span, std::memory_order_relaxed);
+  decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
   *zero = true;
   *commit = true;
   return p;
@@ -128,6 +131,9 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
     errno = ENOMEM;
     return nullptr;
   }
+  if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
+      g_on_maintenance)
+    g_on_maintenance();
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   void* p = tm_je_mallocx(size, flags);
   if (p == nullptr) errno = ENOMEM;

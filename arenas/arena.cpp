@@ -54,6 +54,8 @@ Arena* ArenaSet::create_arena() noexcept {
     header_of(a, i)->index = static_cast<std::uint8_t>(i);
   g_arena_map.set(SlotKind::kSmall, a, kSlotSize, true);
   ++arena_count_;
+  mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
+  if (g_on_heap_growth) g_on_heap_growth();
   return a;
 }
 
@@ -124,6 +126,7 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noex
                            std::memory_order_relaxed);
     os::release(a, kSlotSize);
     --arena_count_;
+    mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
     ++released_count_;
     return true;
   }
@@ -148,6 +151,7 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
       dirty_count_.fetch_sub(dirty, std::memory_order_relaxed);
       os::release(a, kSlotSize);
       --arena_count_;
+      mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
       ++released_count_;
     }
     a = next;

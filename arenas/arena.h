@@ -58,6 +58,10 @@ class ArenaSet {
   SpinLock& lock() noexcept { return lock_; }
   // Free pools whose pages may be resident (maintained under the lock, read without it).
   std::size_t dirty_pools() const noexcept { return dirty_count_.load(std::memory_order_relaxed); }
+  // Bytes of arenas currently mapped (read without the lock).
+  std::size_t counts_mapped_bytes() const noexcept {
+    return mapped_.load(std::memory_order_relaxed);
+  }
 
  private:
   Arena* create_arena() noexcept;
@@ -72,6 +76,7 @@ class ArenaSet {
   std::size_t arena_count_ = 0;
   std::size_t released_count_ = 0;
   std::atomic<std::size_t> dirty_count_{0};
+  std::atomic<std::size_t> mapped_{0};
 };
 
 extern ArenaSet g_arenas;

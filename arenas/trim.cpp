@@ -8,6 +8,7 @@ namespace trimalloc {
 
 void (*g_on_dirty_pool)() noexcept = nullptr;
 void (*g_on_maintenance)() noexcept = nullptr;
+void (*g_on_heap_growth)() noexcept = nullptr;
 std::atomic<bool> g_maintenance_requested{false};
 
 namespace {

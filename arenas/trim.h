@@ -40,8 +40,10 @@ std::size_t dirty_small_bytes() noexcept;
 // TLS blocks while holding its stack-cache lock, which pthread_create takes.
 // g_on_maintenance runs at the top of an allocation slow path whenever g_maintenance_requested
 // is set: a safe point to start the decay thread (glibc never mallocs under that lock).
+// g_on_heap_growth runs, under the arena lock, when an arena is mapped: it may only set flags.
 extern void (*g_on_dirty_pool)() noexcept;
 extern void (*g_on_maintenance)() noexcept;
+extern void (*g_on_heap_growth)() noexcept;
 extern std::atomic<bool> g_maintenance_requested;
 
 }  // namespace trimalloc
