@@ -78,6 +78,7 @@
 // building a large live structure costs linear, not quadratic, time.
 // ---------------------------------------------------------------------------------------------
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <stdexcept>
 
@@ -87,11 +88,16 @@ namespace trimalloc::gc::detail {
 
 namespace {
 
-constexpr std::uint32_t kReachable = 0xffffffffu;
-constexpr std::uint32_t kUncollectable = 0xfffffffeu;
-constexpr std::uint32_t kMaxCount = 0xfffffffdu;
-// A collection of more objects than this frees its scratch afterwards instead of keeping it.
+// gc_refs marks (see kLastMark); any value above them is an unmarked object's count.
+constexpr std::int32_t kReachable = INT32_MIN;
+constexpr std::int32_t kUncollectable = INT32_MIN + 1;
+static_assert(kUncollectable == kLastMark);
+constexpr std::uint32_t kMaxCount = 0x7fffffffu;
+// Scratch buffers up to this many entries are always kept between collections.
 constexpr std::size_t kKeepScratch = std::size_t{1} << 16;
+bool marked(std::int32_t value) {
+  return value <= kLastMark;
+}
 
 // The objects one pass works on: table positions [base, base + n), or, with base == kDetached,
 // Heap::unreachable[0, n). Either way, "slot_ - base < n" tells whether an edge stays inside.
@@ -99,71 +105,56 @@ struct Scan {
   Heap* heap;
   std::uint32_t base;
   std::uint32_t n;
-  std::uint32_t markable_max;  // marking: gc_refs at or below this get `mark`
-  std::uint32_t mark;
 
   Object* at(std::uint32_t i) const noexcept {
     return object_of(base == kDetached ? heap->unreachable[i] : heap->table[base + i]);
   }
-  std::uint32_t index_of(const Object* o) const noexcept { return Access::slot(o) - base; }
 };
 
-Scan& scan_of(Tracer& t) {
-  return *static_cast<Scan*>(TracerAccess::context(t));
-}
-
-void subtract_edge(Tracer& t, Object* target) {
-  Scan& s = scan_of(t);
-  std::uint32_t i = s.index_of(target);
-  // Never below zero: a trace() that reports more than the object holds must not make an
-  // outside-held object look like garbage.
-  if (i < s.n && s.heap->gc_refs[i] != 0) --s.heap->gc_refs[i];
-}
-
-void mark_edge(Tracer& t, Object* target) {
-  Scan& s = scan_of(t);
-  std::uint32_t i = s.index_of(target);
-  if (i < s.n && s.heap->gc_refs[i] <= s.markable_max) {
-    s.heap->gc_refs[i] = s.mark;
-    s.heap->worklist.push_back(i);
-  }
-}
-
-// Steps 1 and 2: gc_refs[i] = count - discount - references from inside the scan.
-void subtract_internal_refs(Scan& scan, std::uint32_t discount) {
+// Steps 1 and 2 in one pass, so each object is read once: gc_refs[i] gets object i's count
+// (less `discount`) added and, through trace(), one subtracted per edge into the scan. Entries
+// may dip below zero until the edges into them from later objects have all been counted.
+void subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Heap& heap = *scan.heap;
-  heap.gc_refs.resize(scan.n);
+  heap.gc_refs.assign(scan.n, 0);
+  std::int32_t* refs = heap.gc_refs.data();
+  Tracer subtracter = TracerAccess::subtracter(refs, scan.base, scan.n);
   for (std::uint32_t i = 0; i < scan.n; ++i) {
-    std::uint32_t count = Access::refcount(scan.at(i)) - discount;
-    heap.gc_refs[i] = count < kMaxCount ? count : kMaxCount;
+    Object* o = scan.at(i);
+    std::uint32_t count = Access::refcount(o) - discount;
+    refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+    Access::trace(o, subtracter);
   }
-  Tracer tracer = TracerAccess::make(subtract_edge, nullptr, &scan);
-  for (std::uint32_t i = 0; i < scan.n; ++i) Access::trace(scan.at(i), tracer);
 }
 
-// Step 3 (and 4 with other marks): everything reachable from the worklist gets `scan.mark`.
-void propagate(Scan& scan) {
+// Everything reachable from the worklist gets `mark`.
+void propagate(const Scan& scan, std::int32_t mark) {
   Heap& heap = *scan.heap;
-  Tracer tracer = TracerAccess::make(mark_edge, nullptr, &scan);
+  Tracer marker =
+      TracerAccess::marker(heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist);
   while (!heap.worklist.empty()) {
     std::uint32_t i = heap.worklist.back();
     heap.worklist.pop_back();
-    Access::trace(scan.at(i), tracer);
+    Access::trace(scan.at(i), marker);
   }
 }
 
-void mark_reachable_from_outside(Scan& scan) {
+// Step 3: objects with references from outside are roots; what they reach is reachable. Each
+// root is drained as the scan meets it, which keeps the worklist short and visits objects
+// roughly in table (allocation) order. A trace() that reports more references than an object
+// holds leaves a negative count: such an object has no outside references, but it is still
+// marked if something reachable refers to it.
+void mark_reachable_from_outside(const Scan& scan) {
   Heap& heap = *scan.heap;
+  std::int32_t* refs = heap.gc_refs.data();
   heap.worklist.clear();
   for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (heap.gc_refs[i] != 0 && heap.gc_refs[i] != kReachable) {
-      heap.gc_refs[i] = kReachable;
+    if (refs[i] > 0) {
+      refs[i] = kReachable;
       heap.worklist.push_back(i);
+      propagate(scan, kReachable);
     }
   }
-  scan.markable_max = kMaxCount;
-  scan.mark = kReachable;
-  propagate(scan);
 }
 
 void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
@@ -183,7 +174,7 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
   // A weak reference that is a member of an unreachable object is garbage itself; its callback
   // would run on behalf of an object that is about to vanish (CPython skips those too). We know
   // it is one when the unreachable object's trace() reports it.
-  Tracer tracer = TracerAccess::make(ignore_edge, note_weak_held_by_garbage, nullptr);
+  Tracer tracer = TracerAccess::visitor(ignore_edge, note_weak_held_by_garbage, nullptr);
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
     Access::trace(object_of(heap.unreachable[i]), tracer);
   }
@@ -193,7 +184,7 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 
 // Step 8: objects a finalizer or callback made reachable again go back to the table.
 void handle_resurrected(Heap& heap, int survivor_segment) {
-  Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size()), 0, 0};
+  Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
   subtract_internal_refs(scan, 1);  // 1: the collection's own hold
   mark_reachable_from_outside(scan);
   std::uint32_t kept = 0;
@@ -212,6 +203,17 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.resize(kept);
 }
 
+// The clear pass's visitor; it owns the reference the nulled Ref held.
+void take_reference(Tracer& t, Object* target) {
+  std::uint32_t slot = Access::slot(target);
+  if ((slot & kDetached) && slot != kUntracked) {
+    // Another unreachable object: the collection holds it, so its count cannot reach zero.
+    --Access::refcount(target);
+  } else {
+    static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
+  }
+}
+
 // Step 10: break the cycles, then let counting free the objects.
 void delete_garbage(Heap& heap, int survivor_segment) {
   if (heap.debug & DEBUG_SAVEALL) {
@@ -224,30 +226,36 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     heap.unreachable.clear();
     return;
   }
-  std::vector<Ref<Object>> taken;
-  Tracer clearer = TracerAccess::make(ignore_edge, nullptr, nullptr, &taken);
+  std::vector<Object*> taken;  // owned references to objects outside the unreachable set
+  Tracer clearer = TracerAccess::clearer(take_reference, &taken);
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
     Access::trace(object_of(heap.unreachable[i]), clearer);
-    // Released after trace() returns, so that no destructor runs inside the user's trace().
-    // These may free objects outside the unreachable set, never one inside it (held).
+    for (Object* o : taken) decref(o);  // may free them; never one of the unreachable (held)
     taken.clear();
   }
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t word = heap.unreachable[i];
+    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may add weak refs
     Object* o = object_of(word);
-    if (Access::refcount(o) == 1) {
-      Access::refcount(o) = 0;
-      release(o);
-    } else {
+    if (Access::refcount(o) != 1) {
       // Still referenced after its cycle was cleared: by a Ref that trace() does not report, or
       // re-referenced by a destructor. Not ours to free; it survives like any live object.
       heap.reattach(o, word, survivor_segment);
       --Access::refcount(o);
+      continue;
     }
+    Access::refcount(o) = 0;
+    if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
+      release(o);  // the general path: weak callbacks or a finalizer still to run
+      continue;
+    }
+    heap.untrack(o);
+    heap.destroy(o);
   }
   heap.unreachable.clear();
-  if (heap.unreachable.capacity() > kKeepScratch)
+  if (heap.unreachable.capacity() > kKeepScratch &&
+      heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
     std::vector<std::uintptr_t>().swap(heap.unreachable);
+  }
 }
 
 void print_generation_sizes(Heap& heap) {
@@ -272,41 +280,43 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
 
   // Steps 1-3 over the suffix that holds generation `generation` and every younger one.
   const std::uint32_t base = heap.begin[segment_of_generation(generation)];
-  Scan scan{&heap, base, heap.table.size() - base, 0, 0};
+  const Scan scan{&heap, base, heap.table.size() - base};
   subtract_internal_refs(scan, 0);
   mark_reachable_from_outside(scan);
+  std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
-  bool any_legacy = false;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (heap.gc_refs[i] == 0 && (heap.table[base + i] & kLegacy)) {
-      heap.gc_refs[i] = kUncollectable;
+    if (!marked(refs[i]) && (heap.table[base + i] & kLegacy)) {
+      refs[i] = kUncollectable;
       heap.worklist.push_back(i);
-      any_legacy = true;
     }
   }
-  if (any_legacy) {
-    scan.markable_max = 0;
-    scan.mark = kUncollectable;
-    propagate(scan);
-  }
+  if (!heap.worklist.empty()) propagate(scan, kUncollectable);
 
-  // Step 5: compact survivors, detach and hold the unreachable.
+  // Step 5: compact survivors (a survivor only moves when garbage precedes it), detach and hold
+  // the unreachable.
   std::vector<Ref<Object>> uncollectable;
   heap.unreachable.clear();
+  std::size_t n_unreachable = 0;
+  for (std::uint32_t i = 0; i < scan.n; ++i) n_unreachable += !marked(refs[i]);
+  heap.unreachable.reserve(n_unreachable);
   std::uint32_t kept = base;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     std::uintptr_t word = heap.table[base + i];
-    Object* o = object_of(word);
-    if (heap.gc_refs[i] == 0) {
+    if (!marked(refs[i])) {
+      Object* o = object_of(word);
       Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
       heap.unreachable.push_back(word);
       ++Access::refcount(o);
       continue;
     }
-    heap.table[kept] = word;
-    Access::slot(o) = kept++;
-    if (heap.gc_refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(o));
+    if (kept != base + i) {
+      heap.table[kept] = word;
+      Access::slot(object_of(word)) = kept;
+    }
+    ++kept;
+    if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
   }
   heap.table.truncate(kept);
   const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;
@@ -316,8 +326,10 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     heap.long_lived_pending = 0;
     heap.long_lived_total = kept - base;
   }
-  if (scan.n > kKeepScratch) {
-    std::vector<std::uint32_t>().swap(heap.gc_refs);
+  // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
+  // paid in page faults each time) while the heap is as large; not once it has shrunk.
+  if (heap.gc_refs.capacity() > kKeepScratch && heap.gc_refs.capacity() > 2 * std::size_t{kept}) {
+    std::vector<std::int32_t>().swap(heap.gc_refs);
     std::vector<std::uint32_t>().swap(heap.worklist);
   }
 

@@ -38,7 +38,7 @@ void collect_edge(Tracer& t, Object* target) {
 
 std::vector<Object*> referents_of(const Object& object) {
   std::vector<Object*> targets;
-  Tracer tracer = TracerAccess::make(collect_edge, nullptr, &targets);
+  Tracer tracer = TracerAccess::visitor(collect_edge, nullptr, &targets);
   Access::trace(const_cast<Object*>(&object), tracer);
   return targets;
 }

@@ -10,10 +10,6 @@
 
 namespace trimalloc::gc::detail {
 
-// Object::slot_ of an object the running collection has detached from the table: the low bits
-// index Heap::unreachable instead. Keeps the table below 2^31 slots.
-inline constexpr std::uint32_t kDetached = 0x80000000u;
-
 inline Object* object_of(std::uintptr_t word) noexcept {
   return reinterpret_cast<Object*>(word & ~kFlagMask);
 }
@@ -93,7 +89,7 @@ struct Heap {
   std::uint32_t constructing = 0;  // make() calls in progress on this thread
 
   // Collector scratch, reused between collections (see collector.cpp).
-  std::vector<std::uint32_t> gc_refs;
+  std::vector<std::int32_t> gc_refs;
   std::vector<std::uint32_t> worklist;
 
   ~Heap();
@@ -141,9 +137,24 @@ void print_object_line(const char* what, const Object* o) noexcept;
 void print_validation(Heap& heap) noexcept;
 
 struct TracerAccess {
-  static Tracer make(Tracer::VisitFn visit, Tracer::WeakVisitFn weak_visit, void* context,
-                     std::vector<Ref<Object>>* taken = nullptr) noexcept {
-    return Tracer(visit, weak_visit, context, taken);
+  using Mode = Tracer::Mode;
+  // Calls `visit` for every Ref and `weak_visit` (if any) for every reported WeakRef.
+  static Tracer visitor(Tracer::VisitFn visit, Tracer::WeakVisitFn weak_visit,
+                        void* context) noexcept {
+    return Tracer(Mode::kVisit, 0, 0, 0, nullptr, nullptr, visit, weak_visit, context);
+  }
+  // refs[slot - base] -= 1 for every edge into [base, base + n).
+  static Tracer subtracter(std::int32_t* refs, std::uint32_t base, std::uint32_t n) noexcept {
+    return Tracer(Mode::kSubtract, 0, base, n, refs, nullptr, nullptr, nullptr, nullptr);
+  }
+  // Edges into [base, base + n) not yet marked get `mark` and join the worklist.
+  static Tracer marker(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::int32_t mark,
+                       std::vector<std::uint32_t>* worklist) noexcept {
+    return Tracer(Mode::kMark, mark, base, n, refs, worklist, nullptr, nullptr, nullptr);
+  }
+  // Nulls every reported Ref and hands its reference to `take` (see Tracer::operator()).
+  static Tracer clearer(Tracer::VisitFn take, void* context) noexcept {
+    return Tracer(Mode::kClear, 0, 0, 0, nullptr, nullptr, take, nullptr, context);
   }
   static void* context(Tracer& t) noexcept { return t.context_; }
 };

@@ -33,6 +33,9 @@ struct TypeInfo {
 };
 
 inline constexpr std::uint32_t kUntracked = 0xffffffffu;
+// Object::slot_ of an object the running collection has detached from the table (and holds a
+// reference to): the low bits index Heap::unreachable instead. Keeps tables below 2^31 slots.
+inline constexpr std::uint32_t kDetached = 0x80000000u;
 }  // namespace detail
 
 // Derive from Object, report every strong Ref member in trace(), and create instances with
@@ -87,6 +90,10 @@ struct Access {
   static void destroy(Object* o) noexcept { o->gc_hook_destroy(); }
   static void finalize(Object* o) { o->finalize(); }
   static void trace(Object* o, Tracer& t) { o->trace(t); }
+  template <class T>
+  static T*& pointer(Ref<T>& ref) noexcept {
+    return ref.ptr_;
+  }
 };
 
 // Out of line: the count reached zero. Finalizes, clears weak references, untracks and destroys

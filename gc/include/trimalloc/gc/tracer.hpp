@@ -2,6 +2,8 @@
 // (subtract internal references, propagate reachability, find the weak references garbage holds,
 // and finally break cycles); the Tracer carries the pass, so trace() is written once.
 #pragma once
+#include <climits>
+#include <cstdint>
 #include <ranges>
 #include <type_traits>
 #include <vector>
@@ -11,6 +13,9 @@
 namespace trimalloc::gc {
 
 namespace detail {
+// Collector scratch values at or below this are marks (reachable, uncollectable); anything above
+// is a not yet marked object's remaining count, which may be transiently negative.
+inline constexpr std::int32_t kLastMark = INT32_MIN + 1;
 struct WeakRecord;
 struct TracerAccess;
 template <class T>
@@ -28,14 +33,23 @@ class Tracer {
 
   template <class T>
   void operator()(Ref<T>& ref) {
-    if (!ref) return;
-    // When breaking a cycle the Ref is moved out rather than reset in place, so that no
-    // destructor runs while the user's trace() is still iterating its own members.
-    if (taken_) {
-      taken_->push_back(Ref<Object>(std::move(ref)));
-      return;
+    T* pointer = ref.get();
+    if (!pointer) return;
+    Object* target = detail::as_object(pointer);
+    // The two passes that run over every object of a collection are inline and small, so that
+    // an edge costs a compare and a decrement rather than a call.
+    if (mode_ == Mode::kSubtract) {
+      std::uint32_t i = detail::Access::slot(target) - base_;
+      if (i < n_) --refs_[i];  // else: outside the objects being collected
+    } else if (mode_ == Mode::kMark) {
+      std::uint32_t i = detail::Access::slot(target) - base_;
+      if (i < n_ && refs_[i] > detail::kLastMark) mark(i);
+    } else {
+      // Breaking a cycle: the Ref's reference passes to the visitor, which releases it only
+      // after trace() returns, so that no destructor runs inside the user's trace().
+      if (mode_ == Mode::kClear) detail::Access::pointer(ref) = nullptr;
+      visit_(*this, target);
     }
-    visit_(*this, detail::as_object(ref.get()));
   }
 
   // Reporting WeakRef members is optional. It tells the collector which weak references are
@@ -52,17 +66,36 @@ class Tracer {
 
  private:
   friend struct detail::TracerAccess;
+  enum class Mode : std::uint8_t { kVisit, kSubtract, kMark, kClear };
+  void mark(std::uint32_t i) {
+    refs_[i] = mark_;
+    worklist_->push_back(i);
+  }
   using VisitFn = void (*)(Tracer&, Object*);
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
-  Tracer(VisitFn visit, WeakVisitFn weak_visit, void* context,
-         std::vector<Ref<Object>>* taken) noexcept
-      : visit_(visit), weak_visit_(weak_visit), context_(context), taken_(taken) {}
+  Tracer(Mode mode, std::int32_t mark, std::uint32_t base, std::uint32_t n, std::int32_t* refs,
+         std::vector<std::uint32_t>* worklist, VisitFn visit, WeakVisitFn weak_visit,
+         void* context) noexcept
+      : mode_(mode),
+        mark_(mark),
+        base_(base),
+        n_(n),
+        refs_(refs),
+        worklist_(worklist),
+        visit_(visit),
+        weak_visit_(weak_visit),
+        context_(context) {}
 
-  VisitFn visit_;
+  Mode mode_;
+  std::int32_t mark_;
+  std::uint32_t base_;  // kSubtract/kMark: edges into slots [base_, base_ + n_) count
+  std::uint32_t n_;
+  std::int32_t* refs_;
+  std::vector<std::uint32_t>* worklist_;
+  VisitFn visit_;  // kVisit and kClear
   WeakVisitFn weak_visit_;
   void* context_;
-  std::vector<Ref<Object>>* taken_;  // non-null only in the pass that breaks cycles
 };
 
 }  // namespace trimalloc::gc

@@ -78,7 +78,7 @@ class WeakRef {
 
 template <class T>
 void Tracer::operator()(WeakRef<T>& weak) {
-  if (weak.record_ && weak_visit_ && !taken_) weak_visit_(*this, weak.record_);
+  if (weak.record_ && weak_visit_) weak_visit_(*this, weak.record_);
 }
 
 }  // namespace trimalloc::gc

@@ -1,0 +1,210 @@
+// trimalloc::gc side of bench/gc/run: builds the graphs and times gc::collect().
+//
+//   gc_bench N REPS      prints one line per measurement:  cpp <scenario> <N> <ns per object>
+//
+// Scenarios (the same in gc_bench.py and boehm_bench.cpp):
+//   cycles_garbage   N/2 two-node cycles, unreferenced: collect() finds and frees N objects
+//   list_garbage     a doubly linked list of N nodes, unreferenced
+//   cycles_live      the N/2 cycles, each held from outside: a full collection frees nothing
+//   list_live        the list, its head held from outside
+//   build_auto_on    build the live list with automatic collection on (per object)
+//   build_auto_off   the same with it off
+//   walk_*           the scan-order experiment: read the header of N objects through a table
+//                    in allocation order, a shuffled table, a linked list in allocation order,
+//                    a shuffled linked list (what the table buys over CPython's list)
+// Every figure is the median of REPS runs. The bookkeeping bytes are computed from the layout.
+#include <trimalloc/trimalloc.h>
+#include <trimalloc/gc.hpp>
+
+#include <time.h>
+#include <algorithm>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+namespace gc = trimalloc::gc;
+
+namespace {
+
+struct Node : gc::Object {
+  gc::Ref<Node> next, prev;
+  void trace(gc::Tracer& t) override {
+    t(next);
+    t(prev);
+  }
+};
+
+// Process CPU time, not wall time: the figures stay comparable on a shared, loaded machine, and
+// Boehm's parallel marker threads are counted too.
+struct Clock {
+  using time_point = double;
+  static double now() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+};
+
+double seconds_since(Clock::time_point start) {
+  return Clock::now() - start;
+}
+
+gc::Ref<Node> build_list(std::size_t n) {
+  gc::Ref<Node> head = gc::make<Node>();
+  Node* tail = head.get();
+  for (std::size_t i = 1; i < n; ++i) {
+    tail->next = gc::make<Node>();
+    tail->next->prev = gc::Ref<Node>(tail);
+    tail = tail->next.get();
+  }
+  return head;
+}
+
+std::vector<gc::Ref<Node>> build_cycles(std::size_t n) {
+  std::vector<gc::Ref<Node>> holders;
+  holders.reserve(n / 2);
+  for (std::size_t i = 0; i < n / 2; ++i) {
+    gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+    holders.push_back(std::move(a));
+  }
+  return holders;
+}
+
+// Times `measure` (seconds) REPS times after `setup`, returns the median in ns per object.
+double median_ns(int reps, std::size_t n, const std::function<double()>& run) {
+  std::vector<double> samples;
+  for (int r = 0; r < reps; ++r) samples.push_back(run() * 1e9 / static_cast<double>(n));
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+void report(const char* scenario, std::size_t n, double ns) {
+  std::printf("cpp %s %zu %.2f\n", scenario, n, ns);
+  std::fflush(stdout);
+}
+
+// The scan-order experiment, outside the collector: what reading one word of each of N objects
+// costs through an array of pointers (the slot table) versus a linked list through the objects
+// (CPython's PyGC_Head), each in allocation order and shuffled (a heap after much churn).
+struct Listed {
+  Listed* next;
+  std::uint64_t count;
+  char body[16];
+};
+
+void walk_experiment(std::size_t n, int reps) {
+  std::vector<Listed*> objects(n);
+  for (auto& o : objects) {
+    o = static_cast<Listed*>(tm_malloc(sizeof(Listed)));
+    o->count = 1;
+  }
+  std::vector<Listed*> shuffled = objects;
+  std::shuffle(shuffled.begin(), shuffled.end(), std::mt19937_64(42));
+  auto link = [](std::vector<Listed*>& order) {
+    for (std::size_t i = 0; i + 1 < order.size(); ++i) order[i]->next = order[i + 1];
+    order.back()->next = nullptr;
+    return order.front();
+  };
+  volatile std::uint64_t sink = 0;
+  auto walk_table = [&](const std::vector<Listed*>& order) {
+    return median_ns(reps, n, [&] {
+      auto start = Clock::now();
+      std::uint64_t sum = 0;
+      for (Listed* o : order) sum += o->count;
+      sink = sink + sum;
+      return seconds_since(start);
+    });
+  };
+  auto walk_list = [&](Listed* head) {
+    return median_ns(reps, n, [&] {
+      auto start = Clock::now();
+      std::uint64_t sum = 0;
+      for (Listed* o = head; o; o = o->next) sum += o->count;
+      sink = sink + sum;
+      return seconds_since(start);
+    });
+  };
+  report("walk_table_alloc_order", n, walk_table(objects));
+  report("walk_table_shuffled", n, walk_table(shuffled));
+  report("walk_list_alloc_order", n, walk_list(link(objects)));
+  report("walk_list_shuffled", n, walk_list(link(shuffled)));
+  for (Listed* o : objects) tm_free(o);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: %s N [REPS]\n", argv[0]);
+    return 2;
+  }
+  const std::size_t n = std::strtoull(argv[1], nullptr, 10);
+  const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
+  gc::disable();  // building is not what is measured, except in build_auto_*
+
+  report("cycles_garbage", n, median_ns(reps, n, [&] {
+           build_cycles(n);  // holders dropped at once: N objects in garbage cycles
+           auto start = Clock::now();
+           std::size_t found = gc::collect();
+           double s = seconds_since(start);
+           if (found != n / 2 * 2) std::abort();
+           return s;
+         }));
+  report("list_garbage", n, median_ns(reps, n, [&] {
+           build_list(n);
+           auto start = Clock::now();
+           std::size_t found = gc::collect();
+           double s = seconds_since(start);
+           if (found != n) std::abort();
+           return s;
+         }));
+  {
+    auto holders = build_cycles(n);
+    gc::collect();  // settle everything into the oldest generation first, as in Python
+    report("cycles_live", n, median_ns(reps, n, [&] {
+             auto start = Clock::now();
+             std::size_t found = gc::collect();
+             double s = seconds_since(start);
+             if (found != 0) std::abort();
+             return s;
+           }));
+    holders.clear();
+    gc::collect();
+  }
+  {
+    auto head = build_list(n);
+    gc::collect();
+    report("list_live", n, median_ns(reps, n, [&] {
+             auto start = Clock::now();
+             std::size_t found = gc::collect();
+             double s = seconds_since(start);
+             if (found != 0) std::abort();
+             return s;
+           }));
+    head = nullptr;
+    gc::collect();
+  }
+  for (bool automatic : {true, false}) {
+    report(automatic ? "build_auto_on" : "build_auto_off", n, median_ns(reps, n, [&] {
+             if (automatic) gc::enable();
+             auto start = Clock::now();
+             gc::Ref<Node> head = build_list(n);
+             double s = seconds_since(start);
+             gc::disable();
+             head = nullptr;
+             gc::collect();  // the list's neighbour pairs are cycles: not part of the timing
+             return s;
+           }));
+  }
+  walk_experiment(n, reps);
+  // Header (count + slot index) beyond the vtable pointer, plus one slot word in the table.
+  std::printf("cpp bookkeeping_bytes %zu %zu\n", n,
+              sizeof(gc::Object) - sizeof(void*) + sizeof(std::uintptr_t));
+  return 0;
+}
