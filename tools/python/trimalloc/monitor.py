@@ -155,7 +155,7 @@ def plot_bars(path, title, groups, values, ylabel, log=False, hline=None):
     """Grouped bar chart: groups (x labels), values = {series name: [value or None per group]}."""
     plt = _pyplot()
     width = 0.8 / max(1, len(values))
-    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups) + 3), 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(16, max(8, 0.5 * len(groups) + 3)), 5.5), dpi=100)
     for i, (name, vals) in enumerate(values.items()):
         xs = [g + i * width for g in range(len(groups)) if vals[g] is not None]
         ys = [v for v in vals if v is not None]
