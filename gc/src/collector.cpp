@@ -203,15 +203,10 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.resize(kept);
 }
 
-// The clear pass's visitor; it owns the reference the nulled Ref held.
+// The clear pass's visitor, for references to objects outside the garbage; it owns the
+// reference the nulled Ref held.
 void take_reference(Tracer& t, Object* target) {
-  std::uint32_t slot = Access::slot(target);
-  if ((slot & kDetached) && slot != kUntracked) {
-    // Another unreachable object: the collection holds it, so its count cannot reach zero.
-    --Access::refcount(target);
-  } else {
-    static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
-  }
+  static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
 // Step 10: break the cycles, then let counting free the objects.
@@ -230,7 +225,8 @@ void delete_garbage(Heap& heap, int survivor_segment) {
   Tracer clearer = TracerAccess::clearer(take_reference, &taken);
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
     Access::trace(object_of(heap.unreachable[i]), clearer);
-    for (Object* o : taken) decref(o);  // may free them; never one of the unreachable (held)
+    if (taken.empty()) continue;
+    for (Object* o : taken) decref(o);  // may free objects outside the garbage, nothing else
     taken.clear();
   }
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
@@ -302,9 +298,11 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   for (std::uint32_t i = 0; i < scan.n; ++i) n_unreachable += !marked(refs[i]);
   heap.unreachable.reserve(n_unreachable);
   std::uint32_t kept = base;
+  std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     std::uintptr_t word = heap.table[base + i];
     if (!marked(refs[i])) {
+      unreachable_flags |= word;
       Object* o = object_of(word);
       Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
       heap.unreachable.push_back(word);
@@ -338,18 +336,22 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
 
   // Steps 6-8: user code runs from here on.
-  bool user_code_ran = handle_weakrefs(heap, true);
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t& word = heap.unreachable[i];
-    if ((word & (kHasFinalizer | kFinalized)) != kHasFinalizer) continue;
-    word |= kFinalized;
-    run_finalizer(object_of(word));
-    user_code_ran = true;
+  // Until user code runs, only this collection can add flags to the unreachable, so the union
+  // taken above tells whether the weak reference and finalizer passes have anything to do.
+  bool user_code_ran = (unreachable_flags & kHasWeakRefs) && handle_weakrefs(heap, true);
+  if (unreachable_flags & kHasFinalizer) {
+    for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+      std::uintptr_t& word = heap.unreachable[i];
+      if ((word & (kHasFinalizer | kFinalized)) != kHasFinalizer) continue;
+      word |= kFinalized;
+      run_finalizer(object_of(word));
+      user_code_ran = true;
+    }
   }
   if (user_code_ran) handle_resurrected(heap, survivor_segment);
 
-  // Steps 9-10.
-  handle_weakrefs(heap, false);
+  // Steps 9-10. Once user code has run, a weak reference may have been made to any of them.
+  if (user_code_ran || (unreachable_flags & kHasWeakRefs)) handle_weakrefs(heap, false);
   const std::size_t collected = heap.unreachable.size();
   delete_garbage(heap, survivor_segment);
 

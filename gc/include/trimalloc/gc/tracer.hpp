@@ -44,10 +44,19 @@ class Tracer {
     } else if (mode_ == Mode::kMark) {
       std::uint32_t i = detail::Access::slot(target) - base_;
       if (i < n_ && refs_[i] > detail::kLastMark) mark(i);
+    } else if (mode_ == Mode::kClear) {
+      // Breaking a cycle. An edge to another object of the garbage (detached, and held by the
+      // collection, so its count cannot reach zero here) is dropped at once; any other reference
+      // passes to the visitor, which releases it only after trace() returns, so that no
+      // destructor runs inside the user's trace().
+      detail::Access::pointer(ref) = nullptr;
+      std::uint32_t slot = detail::Access::slot(target);
+      if ((slot & detail::kDetached) && slot != detail::kUntracked) {
+        --detail::Access::refcount(target);
+      } else {
+        visit_(*this, target);
+      }
     } else {
-      // Breaking a cycle: the Ref's reference passes to the visitor, which releases it only
-      // after trace() returns, so that no destructor runs inside the user's trace().
-      if (mode_ == Mode::kClear) detail::Access::pointer(ref) = nullptr;
       visit_(*this, target);
     }
   }
