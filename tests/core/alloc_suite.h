@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace tmtest {
@@ -569,7 +570,31 @@ TYPED_TEST_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock) {
   }
 }
 
-REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600, BorderSizes, ManyBlocksOfOneClassDoNotOverlap,
+// Fresh pools are carved lazily: a new thread that takes one block in each of 31 small classes
+// touches about one page per pool, not whole 16 KiB pools.
+TYPED_TEST_P(Alloc, FreshPoolsAreTouchedLazily) {
+  using A = TypeParam;
+  for (std::size_t c = 16; c <= TM_SMALL_MAX; c += 16) A::free(A::malloc(c));  // one-time set-up
+  std::size_t before = 0, after = 0;
+  std::vector<void*> blocks;
+  blocks.reserve(64);
+  std::thread([&] {
+    blocks.push_back(A::malloc(16));  // the thread's heap exists from here on
+    before = rss_bytes();
+    for (std::size_t c = 32; c <= TM_SMALL_MAX; c += 16) blocks.push_back(A::malloc(c));
+    after = rss_bytes();
+  }).join();
+  for (void* p : blocks) {
+    ASSERT_NE(p, nullptr);
+    A::free(p);
+  }
+  // Lazy: one page per pool plus a little metadata (about 35 pages); eager: 31 x 16 KiB.
+  std::size_t growth = after > before ? after - before : 0;
+  EXPECT_LT(growth, 31 * 2 * page_size()) << "one block in each of 31 small classes made RSS grow by "
+                                          << (growth >> 10) << " KiB";
+}
+
+REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, FreshPoolsAreTouchedLazily, MallocEverySize0To600, BorderSizes, ManyBlocksOfOneClassDoNotOverlap,
                             FreeNullIsNoOp, CallocZeroesReusedMemory, ReallocNullIsMalloc,
                             ReallocWithinClassStaysInPlace, ReallocAcrossClassesAndTheBorderKeepsData,
                             ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
@@ -622,6 +647,32 @@ TYPED_TEST_P(AllocDeathTest, DoubleFreeDelayed) {
         A::free(p);
       },
       this->re(A::free_re, "double free of"));
+}
+
+// The second free comes from another thread (the remote-free path), or both do.
+TYPED_TEST_P(AllocDeathTest, DoubleFreeFromAnotherThread) {
+  using A = TypeParam;
+  const std::string re = this->re(A::free_re, "double free of");
+  EXPECT_DEATH(
+      {
+        void* keep = A::malloc(64);  // keeps the pool from being emptied
+        void* p = A::malloc(64);
+        A::free(p);
+        std::thread([p] { A::free(p); }).join();
+        A::free(keep);
+      },
+      re)
+      << "owner frees, then another thread";
+  EXPECT_DEATH(
+      {
+        void* keep = A::malloc(64);
+        void* p = A::malloc(64);
+        std::thread([p] { A::free(p); }).join();
+        std::thread([p] { A::free(p); }).join();
+        A::free(keep);
+      },
+      re)
+      << "two other threads";
 }
 
 TYPED_TEST_P(AllocDeathTest, FreeOfInteriorPointer) {
@@ -710,7 +761,8 @@ TYPED_TEST_P(AllocDeathTest, FreeSizedOfLargeBlockWithSmallSize) {
   EXPECT_DEATH(A::free_sized(A::malloc(1000), 100), re) << "large block freed with a small size";
 }
 
-REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed, FreeOfInteriorPointer,
+REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed, DoubleFreeFromAnotherThread,
+                            FreeOfInteriorPointer,
                             FreeOfInteriorPointerOfLargeBlock,
                             FreeOfStackAddress, FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
                             FreeSizedOfLargeBlockWithSmallSize);

@@ -99,15 +99,16 @@ inline std::string find_overlap(std::vector<Span> spans) {
   return {};
 }
 
-// Resident set size of this process in bytes (/proc/self/statm, second field).
+// Anonymous resident memory of this process in bytes: resident minus file-backed resident pages
+// (/proc/self/statm fields 2 and 3), so that code pages faulted in for the first time do not count.
 inline std::size_t rss_bytes() {
   std::FILE* f = std::fopen("/proc/self/statm", "r");
   if (!f) return 0;
-  unsigned long size = 0, resident = 0;
-  int got = std::fscanf(f, "%lu %lu", &size, &resident);
+  unsigned long size = 0, resident = 0, shared = 0;
+  int got = std::fscanf(f, "%lu %lu %lu", &size, &resident, &shared);
   std::fclose(f);
-  if (got != 2) return 0;
-  return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  if (got != 3 || shared > resident) return 0;
+  return (resident - shared) * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 }
 
 // Waits for `pid` for at most `seconds`; a child still running then is killed (a deadlock in the
