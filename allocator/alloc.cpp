@@ -11,6 +11,7 @@
 
 #include "heap.h"
 #include "large.h"
+#include "sampling.h"
 #include "trimalloc/trimalloc.h"
 
 namespace trimalloc {

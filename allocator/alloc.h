@@ -6,6 +6,7 @@
 #include "heap.h"
 #include "large.h"
 #include "os.h"
+#include "sampling.h"
 
 namespace trimalloc {
 
@@ -20,7 +21,11 @@ inline std::size_t os_page() noexcept {
 }
 
 inline void* malloc_impl(std::size_t size) noexcept {
-  if (__builtin_expect(size <= kSmallMax, 1)) return small_alloc(size_class_of(size));
+  if (__builtin_expect(size <= kSmallMax, 1)) {
+    unsigned cls = size_class_of(size);
+    if (sample_due(class_block_size(cls))) return sample_small_slow(cls);
+    return small_alloc(cls);
+  }
   return large_alloc(size, 0, false);
 }
 

@@ -20,5 +20,7 @@ void decay_note_heap_growth() noexcept;  // a new arena or jemalloc region: mayb
 void decay_note_dirty_pool() noexcept;
 bool decay_thread_running() noexcept;
 std::size_t decay_released_bytes() noexcept;  // total returned by the decay thread so far
+std::size_t trim_calls() noexcept;            // tm_trim/malloc_trim calls so far (trim.cpp)
+std::size_t trim_released_bytes() noexcept;   // bytes given back by trim calls and decay
 
 }  // namespace trimalloc

@@ -9,6 +9,7 @@
 #include "decay.h"
 #include "fatal.h"
 #include "os.h"
+#include "sampling.h"
 #include "trim.h"
 
 // The renamed jemalloc API (same ABI as <jemalloc/jemalloc.h>, which cannot be included here:
@@ -137,6 +138,7 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   void* p = tm_je_mallocx(size, flags);
   if (p == nullptr) errno = ENOMEM;
+  sample_large(p, size);
   return p;
 }
 
@@ -145,6 +147,7 @@ void* large_realloc(void* p, std::size_t size) noexcept {
     errno = ENOMEM;
     return nullptr;
   }
+  sample_forget(p);
   void* q = tm_je_rallocx(p, size, g_arena_flags);
   if (q == nullptr) errno = ENOMEM;
   return q;

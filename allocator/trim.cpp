@@ -2,6 +2,7 @@
 // and the library constructor that reads options and arms the decay machinery.
 #include <malloc.h>
 
+#include <atomic>
 #include <cerrno>
 
 #include "decay.h"
@@ -12,6 +13,19 @@
 #include "visit.h"
 
 using namespace trimalloc;
+
+namespace trimalloc {
+namespace {
+std::atomic<std::size_t> g_trim_calls{0};
+std::atomic<std::size_t> g_trim_released{0};
+}  // namespace
+std::size_t trim_calls() noexcept {
+  return g_trim_calls.load(std::memory_order_relaxed);
+}
+std::size_t trim_released_bytes() noexcept {
+  return g_trim_released.load(std::memory_order_relaxed) + decay_released_bytes();
+}
+}  // namespace trimalloc
 
 namespace {
 __attribute__((constructor(200))) void allocator_start() {
@@ -28,6 +42,8 @@ extern "C" size_t tm_trim(int level) {
   }
   size_t released = trim_small(static_cast<TrimLevel>(level));
   if (level != TM_TRIM_FAST) released += large_purge();
+  g_trim_calls.fetch_add(1, std::memory_order_relaxed);
+  g_trim_released.fetch_add(released, std::memory_order_relaxed);
   return released;
 }
 

@@ -36,8 +36,6 @@
 
 namespace trimalloc {
 
-__thread std::int64_t tl_prof_countdown __attribute__((tls_model("initial-exec"))) = 0;
-std::atomic<std::size_t> g_prof_live_samples{0};
 
 namespace {
 
@@ -138,11 +136,11 @@ std::uint32_t intern_stack(const std::uintptr_t* pc, unsigned depth) {
 }
 
 bool insert_sample(const Sample& sample) {
-  std::size_t live = g_prof_live_samples.load(std::memory_order_relaxed);
+  std::size_t live = g_sampled_live.load(std::memory_order_relaxed);
   if (live >= kSampleSlots / 2) return false;
   for (std::size_t i = hash_ptr(sample.ptr) & (kSampleSlots - 1);; i = (i + 1) & (kSampleSlots - 1)) {
     if (g_samples[i].ptr == 0 || g_samples[i].ptr == sample.ptr) {
-      if (g_samples[i].ptr == 0) g_prof_live_samples.store(live + 1, std::memory_order_relaxed);
+      if (g_samples[i].ptr == 0) g_sampled_live.store(live + 1, std::memory_order_relaxed);
       g_samples[i] = sample;
       return true;
     }
@@ -169,7 +167,7 @@ void erase_sample(std::size_t i) {
     }
   }
   g_samples[hole] = Sample{};
-  g_prof_live_samples.fetch_sub(1, std::memory_order_relaxed);
+  g_sampled_live.fetch_sub(1, std::memory_order_relaxed);
 }
 
 bool ensure_tables() {
@@ -226,17 +224,17 @@ bool should_sample(std::size_t* rate_out) {
   std::size_t rate = g_rate.load(std::memory_order_relaxed);
   unsigned gen = g_generation.load(std::memory_order_relaxed);
   if (rate == 0 || tl_in_prof) {
-    if (rate == 0) tl_prof_countdown = kRecheckBytes;
-    else tl_prof_countdown = draw_interval(rate);
+    if (rate == 0) tl_sample_countdown = kRecheckBytes;
+    else tl_sample_countdown = draw_interval(rate);
     return false;
   }
   if (tl_generation != gen) {  // sampling (re)started since this thread last looked: arm only
     tl_generation = gen;
-    tl_prof_countdown = draw_interval(rate);
+    tl_sample_countdown = draw_interval(rate);
     return false;
   }
   // Several sample points may fall inside one allocation; it is sampled once either way.
-  while (tl_prof_countdown < 0) tl_prof_countdown += draw_interval(rate);
+  while (tl_sample_countdown < 0) tl_sample_countdown += draw_interval(rate);
   *rate_out = rate;
   return true;
 }
@@ -268,7 +266,7 @@ void prof_sample_large(void* p, std::size_t size) noexcept {
 }
 
 void prof_forget(const void* p) noexcept {
-  if (g_prof_live_samples.load(std::memory_order_relaxed) == 0) return;
+  if (g_sampled_live.load(std::memory_order_relaxed) == 0) return;
   LockGuard guard(g_lock);
   if (g_samples == nullptr) return;
   std::size_t i = find_sample(reinterpret_cast<std::uintptr_t>(p));
@@ -276,7 +274,7 @@ void prof_forget(const void* p) noexcept {
 }
 
 bool prof_is_sampled(const void* p) noexcept {
-  if (g_prof_live_samples.load(std::memory_order_relaxed) == 0) return false;
+  if (g_sampled_live.load(std::memory_order_relaxed) == 0) return false;
   LockGuard guard(g_lock);
   return g_samples != nullptr && find_sample(reinterpret_cast<std::uintptr_t>(p)) != SIZE_MAX;
 }
@@ -288,15 +286,21 @@ std::size_t profiler_meta_bytes() noexcept {
   // Touched table memory, roughly: pages reached by the entries in use (upper bound: whole tables
   // once they fill). Sample slots are spread by hashing, so their table is counted whole.
   LockGuard guard(g_lock);
-  std::size_t samples = g_prof_live_samples.load(std::memory_order_relaxed) ? kSampleSlots * sizeof(Sample) : 0;
+  std::size_t samples = g_sampled_live.load(std::memory_order_relaxed) ? kSampleSlots * sizeof(Sample) : 0;
   std::size_t stacks = g_stack_count ? kStackSlots * sizeof(Stack) : 0;
   std::size_t snapshot = g_snapshot_taken ? kStackSlots * (sizeof(SiteTotal) + 3 * sizeof(double)) : 0;
   return samples + stacks + snapshot;
 }
 
-std::size_t profiler_live_samples() noexcept { return g_prof_live_samples.load(std::memory_order_relaxed); }
+std::size_t profiler_live_samples() noexcept { return g_sampled_live.load(std::memory_order_relaxed); }
 
 namespace {
+
+// The allocator calls the sampler through g_sampler (allocator/sampling.h), so that it does not
+// depend on stats/; register before any TRIMALLOC_PROFILE handling.
+__attribute__((constructor(150))) void register_sampler() {
+  g_sampler = {prof_sample_small, prof_sample_large, prof_forget, prof_is_sampled};
+}
 
 // TRIMALLOC_PROFILE=<bytes>[k|m|g]: sampling from start-up.
 __attribute__((constructor(201))) void read_profile_env() {
@@ -328,16 +332,16 @@ extern "C" TM_API size_t tm_profile_set_rate(size_t rate) {
   if (rate != 0 && (!load_unwinder() || !ensure_tables())) return g_rate.load(std::memory_order_relaxed);
   std::size_t old = g_rate.exchange(rate, std::memory_order_relaxed);
   g_generation.fetch_add(1, std::memory_order_relaxed);
-  tl_prof_countdown = 0;  // this thread re-arms at its next allocation
+  tl_sample_countdown = 0;  // this thread re-arms at its next allocation
   if (rate != 0) {
     // Is the allocator calling the hooks? The countdown moves if it is.
     static std::atomic<bool> warned{false};
-    std::int64_t before = tl_prof_countdown = kRecheckBytes;
+    std::int64_t before = tl_sample_countdown = kRecheckBytes;
     tm_free(tm_malloc(16));
-    if (tl_prof_countdown == before && !warned.exchange(true))
+    if (tl_sample_countdown == before && !warned.exchange(true))
       std::fprintf(stderr, "trimalloc: allocation sampling is not wired into this build's allocation "
                            "path; no samples will be taken (see docs/stats.md)\n");
-    tl_prof_countdown = 0;
+    tl_sample_countdown = 0;
   }
   return old;
 }

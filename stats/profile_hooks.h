@@ -1,7 +1,7 @@
 // The allocation-sampling hooks the allocator calls (see docs/stats.md, "Allocation-site
 // sampling", for the patch that wires them and its measured cost). Defined in stats/profile.cpp.
 //
-// tl_prof_countdown: bytes this thread may still allocate before the next sample. It starts at 0,
+// tl_sample_countdown: bytes this thread may still allocate before the next sample. It starts at 0,
 // so a thread's first allocation calls in and learns whether sampling is on; while it is off the
 // countdown is re-armed with a large value (a re-check every 16 MiB allocated), so the fast path
 // pays one thread-local subtraction and a never-taken branch.
@@ -10,17 +10,18 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sampling.h"
+
 namespace trimalloc {
 
-extern __thread std::int64_t tl_prof_countdown __attribute__((tls_model("initial-exec")));
+// The countdown and the live-sample count belong to the allocator (allocator/sampling.h); the
+// functions below are registered in its g_sampler table by stats/profile.cpp.
 
 // Small allocation of class `cls` whose countdown went below zero: returns the block to hand out.
 // A sampled block is served by the large allocator, so its free is seen on the large path.
 void* prof_sample_small(unsigned cls) noexcept;
 // A large allocation `p` of `size` bytes whose countdown went below zero.
 void prof_sample_large(void* p, std::size_t size) noexcept;
-// Number of live sampled blocks; the large free path calls prof_forget only when it is non-zero.
-extern std::atomic<std::size_t> g_prof_live_samples;
 // A large block is being freed or moved: drop its sample if it has one.
 void prof_forget(const void* p) noexcept;
 // True if `p` is a sampled block (free_sized of a small size served by the large allocator).

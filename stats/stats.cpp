@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "arena.h"
+#include "decay.h"
 #include "heap.h"
 #include "internal.h"
 #include "large.h"
@@ -298,6 +299,8 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
     s.arena_resident += (idle + dirty) * kPoolSize;
   }
   s.empty_pools_resident = s.ledger.small_empty_pools;
+  s.trims = trim_calls();
+  s.trim_bytes_released = trim_released_bytes();
 
   // --- jemalloc ---
   read_large(&s);

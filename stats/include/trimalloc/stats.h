@@ -71,8 +71,8 @@ struct tm_stats {
   size_t empty_pools_resident;  /* = ledger.small_empty_pools */
   size_t pages_released;        /* 4 KiB pages of pools in use that hold no block and are not
                                    resident: given back by a trim, or never touched yet */
-  size_t trims;                 /* tm_trim calls so far (0 until the trim module reports) */
-  size_t trim_bytes_released;   /* bytes tm_trim and decay reported giving back */
+  size_t trims;                 /* tm_trim / malloc_trim calls so far */
+  size_t trim_bytes_released;   /* bytes given back by tm_trim calls and by automatic decay */
 
   /* jemalloc, which serves blocks over 512 bytes; refreshed through its "epoch" */
   size_t large_allocated;

@@ -1,0 +1,50 @@
+// Allocation-site sampling, the allocator's side. The sampler itself (stack capture, tables,
+// snapshots) lives in stats/profile.cpp and registers its functions in g_sampler; the allocator
+// only keeps a per-thread byte countdown, so it never depends on stats/.
+//
+// tl_sample_countdown: bytes this thread may still allocate before the next sample. It starts at
+// 0, so a thread's first allocation asks the sampler whether sampling is on; while it is off the
+// sampler re-arms the countdown with a large value. The fast path pays one thread-local
+// subtraction and a branch that is not taken.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace trimalloc {
+
+struct SamplerHooks {
+  void* (*sample_small)(unsigned cls) noexcept;  // serve a sampled small request
+  void (*sample_large)(void* p, std::size_t size) noexcept;
+  void (*forget)(const void* p) noexcept;  // a sampled block is freed or moved
+  bool (*is_sampled)(const void* p) noexcept;
+};
+
+extern SamplerHooks g_sampler;
+extern __thread std::int64_t tl_sample_countdown __attribute__((tls_model("initial-exec")));
+extern std::atomic<std::size_t> g_sampled_live;  // live sampled blocks (0: frees skip the lookup)
+
+// Countdown ran out on a small request: the sampler serves it (or, with no sampler, re-arm).
+void* sample_small_slow(unsigned cls) noexcept;
+
+inline bool sample_due(std::size_t bytes) noexcept {
+  return __builtin_expect((tl_sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
+}
+inline void sample_large(void* p, std::size_t size) noexcept {
+  if (p && sample_due(size)) {
+    if (g_sampler.sample_large)
+      g_sampler.sample_large(p, size);
+    else
+      tl_sample_countdown = std::int64_t{1} << 40;
+  }
+}
+inline void sample_forget(const void* p) noexcept {
+  if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0) && g_sampler.forget)
+    g_sampler.forget(p);
+}
+inline bool sample_is_sampled(const void* p) noexcept {
+  return g_sampled_live.load(std::memory_order_relaxed) != 0 && g_sampler.is_sampled &&
+         g_sampler.is_sampled(p);
+}
+
+}  // namespace trimalloc
