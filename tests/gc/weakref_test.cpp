@@ -37,6 +37,16 @@ TEST_F(WeakRefTest, CallbackRunsWithReferenceAlreadyCleared) {
   EXPECT_TRUE(expired_inside);
 }
 
+TEST_F(WeakRefTest, SeveralCallbacksRunNewestFirstAsInCPython) {
+  gc::Ref<Node> a = gc::make<Node>();
+  std::string order;
+  gc::WeakRef<Node> first(a, [&] { order += "1"; });
+  gc::WeakRef<Node> second(a, [&] { order += "2"; });
+  gc::WeakRef<Node> third(a, [&] { order += "3"; });
+  a = nullptr;
+  EXPECT_EQ(order, "321");
+}
+
 TEST_F(WeakRefTest, CallbackOfADeadWeakRefDoesNotRun) {
   gc::Ref<Node> a = gc::make<Node>();
   int calls = 0;
