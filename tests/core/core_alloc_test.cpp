@@ -14,7 +14,8 @@ TEST(TmApi, VersionString) {
   const char* v = tm_version();
   ASSERT_NE(v, nullptr);
   std::string want = "trimalloc " + std::to_string(TRIMALLOC_VERSION_MAJOR) + "." +
-                     std::to_string(TRIMALLOC_VERSION_MINOR) + "." + std::to_string(TRIMALLOC_VERSION_PATCH);
+                     std::to_string(TRIMALLOC_VERSION_MINOR) + "." +
+                     std::to_string(TRIMALLOC_VERSION_PATCH);
   EXPECT_EQ(std::string(v), want);
 }
 

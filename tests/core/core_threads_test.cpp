@@ -1,4 +1,5 @@
-// Engine (tm_*) instantiation of the multi-threaded suite (runs under TSan in the no-override build).
+// Engine (tm_*) instantiation of the multi-threaded suite (runs under TSan in the no-override
+// build).
 #include "thread_suite.h"
 
 namespace tmtest {

@@ -1,4 +1,5 @@
-// malloc-family instantiation of the single-threaded suites (override_tests: malloc is trimalloc's).
+// malloc-family instantiation of the single-threaded suites (override_tests: malloc is
+// trimalloc's).
 #include "alloc_suite.h"
 #include "override_api.h"
 

@@ -30,18 +30,28 @@ struct LibcApi {
   static void* malloc(std::size_t n) { return opaque(&::malloc)(n); }
   static void* calloc(std::size_t c, std::size_t n) { return opaque(&::calloc)(c, n); }
   static void* realloc(void* p, std::size_t n) { return opaque(&::realloc)(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return opaque(&::reallocarray)(p, c, n); }
-  static void free(void* p) { opaque(&::free)(p); }
-  static void free_sized(void* p, std::size_t n) { opaque(&::free_sized)(p, n); }
-  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) { opaque(&::free_aligned_sized)(p, a, n); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return opaque(&::aligned_alloc)(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return opaque(&::posix_memalign)(out, a, n); }
+  static void* reallocarray(void* p, std::size_t c, std::size_t n) {
+    return opaque(&::reallocarray)(p, c, n);
+  }
+  static void free(void* p) { opaque (&::free)(p); }
+  static void free_sized(void* p, std::size_t n) { opaque (&::free_sized)(p, n); }
+  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) {
+    opaque (&::free_aligned_sized)(p, a, n);
+  }
+  static void* aligned_alloc(std::size_t a, std::size_t n) {
+    return opaque(&::aligned_alloc)(a, n);
+  }
+  static int posix_memalign(void** out, std::size_t a, std::size_t n) {
+    return opaque(&::posix_memalign)(out, a, n);
+  }
   static void* memalign(std::size_t a, std::size_t n) { return opaque(&::memalign)(a, n); }
   static void* valloc(std::size_t n) { return opaque(&::valloc)(n); }
   static void* pvalloc(std::size_t n) { return opaque(&::pvalloc)(n); }
-  static std::size_t usable(const void* p) { return opaque(&::malloc_usable_size)(const_cast<void*>(p)); }
+  static std::size_t usable(const void* p) {
+    return opaque(&::malloc_usable_size)(const_cast<void*>(p));
+  }
   static void* foreign_malloc(std::size_t n) { return opaque(&::__libc_malloc)(n); }
-  static void foreign_free(void* p) { opaque(&::__libc_free)(p); }
+  static void foreign_free(void* p) { opaque (&::__libc_free)(p); }
 };
 
 }  // namespace tmtest

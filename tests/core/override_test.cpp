@@ -39,7 +39,8 @@ const NewNothrow op_new_arr_nt = opaque(static_cast<NewNothrow>(&::operator new[
 const NewAligned op_new_al = opaque(static_cast<NewAligned>(&::operator new));
 const NewAligned op_new_arr_al = opaque(static_cast<NewAligned>(&::operator new[]));
 const NewAlignedNothrow op_new_al_nt = opaque(static_cast<NewAlignedNothrow>(&::operator new));
-const NewAlignedNothrow op_new_arr_al_nt = opaque(static_cast<NewAlignedNothrow>(&::operator new[]));
+const NewAlignedNothrow op_new_arr_al_nt =
+    opaque(static_cast<NewAlignedNothrow>(&::operator new[]));
 const Delete op_del = opaque(static_cast<Delete>(&::operator delete));
 const Delete op_del_arr = opaque(static_cast<Delete>(&::operator delete[]));
 const DeleteSized op_del_sz = opaque(static_cast<DeleteSized>(&::operator delete));
@@ -47,7 +48,8 @@ const DeleteSized op_del_arr_sz = opaque(static_cast<DeleteSized>(&::operator de
 const DeleteAligned op_del_al = opaque(static_cast<DeleteAligned>(&::operator delete));
 const DeleteAligned op_del_arr_al = opaque(static_cast<DeleteAligned>(&::operator delete[]));
 const DeleteAlignedSized op_del_al_sz = opaque(static_cast<DeleteAlignedSized>(&::operator delete));
-const DeleteAlignedSized op_del_arr_al_sz = opaque(static_cast<DeleteAlignedSized>(&::operator delete[]));
+const DeleteAlignedSized op_del_arr_al_sz =
+    opaque(static_cast<DeleteAlignedSized>(&::operator delete[]));
 
 void check_block(void* p, std::size_t n, std::size_t align, const std::string& what) {
   ASSERT_NE(p, nullptr) << what;
@@ -98,7 +100,8 @@ TEST(OperatorNew, AlignedWithEveryDelete) {
       op_del_arr_al_sz(p, n, al);
       check_block(p = op_new_al_nt(n, al, std::nothrow), n, a, "operator new(" + s + ", nothrow)");
       ::operator delete(p, al, std::nothrow);
-      check_block(p = op_new_arr_al_nt(n, al, std::nothrow), n, a, "operator new[](" + s + ", nothrow)");
+      check_block(p = op_new_arr_al_nt(n, al, std::nothrow), n, a,
+                  "operator new[](" + s + ", nothrow)");
       ::operator delete[](p, al, std::nothrow);
     }
   }
@@ -186,8 +189,10 @@ class OperatorDeleteDeathTest : public ::testing::Test {
 
 TEST_F(OperatorDeleteDeathTest, SizedDeleteWithSizeOfAnotherClass) {
   EXPECT_DEATH(op_del_sz(op_new(16), 100), "trimalloc: .*0x[0-9a-f]+") << "16 deleted as 100";
-  EXPECT_DEATH(op_del_arr_sz(op_new_arr(200), 40), "trimalloc: .*0x[0-9a-f]+") << "200 deleted as 40";
-  EXPECT_DEATH(op_del_sz(op_new(64), 4000), "trimalloc: .*0x[0-9a-f]+") << "small deleted with a large size";
+  EXPECT_DEATH(op_del_arr_sz(op_new_arr(200), 40), "trimalloc: .*0x[0-9a-f]+")
+      << "200 deleted as 40";
+  EXPECT_DEATH(op_del_sz(op_new(64), 4000), "trimalloc: .*0x[0-9a-f]+")
+      << "small deleted with a large size";
   EXPECT_DEATH(op_del_al_sz(op_new_al(64, std::align_val_t(64)), 300, std::align_val_t(64)),
                "trimalloc: .*0x[0-9a-f]+")
       << "aligned 64 deleted as 300";
@@ -222,7 +227,8 @@ bool from_trimalloc(void* sym, std::string& where) {
 TEST(Symbols, EveryMallocFamilySymbolResolvesToLibtrimalloc) {
   for (const char* name : trimalloc_malloc_symbols) {
     std::string where;
-    EXPECT_TRUE(from_trimalloc(dlsym(RTLD_DEFAULT, name), where)) << name << " resolves to " << where;
+    EXPECT_TRUE(from_trimalloc(dlsym(RTLD_DEFAULT, name), where))
+        << name << " resolves to " << where;
   }
   struct {
     const char* name;
@@ -285,7 +291,8 @@ TEST(LibcAllocations, FopenGetlineOpenMemstream) {
   ASSERT_GE(fd, 0);
   {
     std::string text;
-    for (int i = 0; i < 2000; ++i) text += "line " + std::to_string(i) + std::string(i % 300, 'q') + "\n";
+    for (int i = 0; i < 2000; ++i)
+      text += "line " + std::to_string(i) + std::string(i % 300, 'q') + "\n";
     ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
     close(fd);
   }

@@ -18,8 +18,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -38,10 +38,14 @@ inline constexpr bool kSanitized = true;
 inline constexpr bool kSanitized = false;
 #endif
 
-inline std::uintptr_t addr(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+inline std::uintptr_t addr(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p);
+}
 
 // Usable size the pools must report for a request of n <= TM_SMALL_MAX bytes.
-inline std::size_t small_class(std::size_t n) { return n == 0 ? 16 : (n + 15) & ~std::size_t{15}; }
+inline std::size_t small_class(std::size_t n) {
+  return n == 0 ? 16 : (n + 15) & ~std::size_t{15};
+}
 
 inline std::uint64_t mix(std::uint64_t x) {
   x ^= x >> 33;
@@ -87,12 +91,13 @@ struct Span {
 
 // First pair of spans that overlap, as a message; empty if none do.
 inline std::string find_overlap(std::vector<Span> spans) {
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return addr(a.p) < addr(b.p); });
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return addr(a.p) < addr(b.p); });
   for (std::size_t i = 1; i < spans.size(); ++i) {
     if (addr(spans[i - 1].p) + spans[i - 1].n > addr(spans[i].p)) {
       char buf[160];
-      std::snprintf(buf, sizeof buf, "block %p (+%zu) overlaps block %p (+%zu)", spans[i - 1].p, spans[i - 1].n,
-                    spans[i].p, spans[i].n);
+      std::snprintf(buf, sizeof buf, "block %p (+%zu) overlaps block %p (+%zu)", spans[i - 1].p,
+                    spans[i - 1].n, spans[i].p, spans[i].n);
       return buf;
     }
   }
@@ -156,19 +161,27 @@ struct TmApi {
   static void* malloc(std::size_t n) { return opaque(&tm_malloc)(n); }
   static void* calloc(std::size_t c, std::size_t n) { return opaque(&tm_calloc)(c, n); }
   static void* realloc(void* p, std::size_t n) { return opaque(&tm_realloc)(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return opaque(&tm_reallocarray)(p, c, n); }
-  static void free(void* p) { opaque(&tm_free)(p); }
-  static void free_sized(void* p, std::size_t n) { opaque(&tm_free_sized)(p, n); }
-  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) { opaque(&tm_free_aligned_sized)(p, a, n); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return opaque(&tm_aligned_alloc)(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return opaque(&tm_posix_memalign)(out, a, n); }
+  static void* reallocarray(void* p, std::size_t c, std::size_t n) {
+    return opaque(&tm_reallocarray)(p, c, n);
+  }
+  static void free(void* p) { opaque (&tm_free)(p); }
+  static void free_sized(void* p, std::size_t n) { opaque (&tm_free_sized)(p, n); }
+  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) {
+    opaque (&tm_free_aligned_sized)(p, a, n);
+  }
+  static void* aligned_alloc(std::size_t a, std::size_t n) {
+    return opaque(&tm_aligned_alloc)(a, n);
+  }
+  static int posix_memalign(void** out, std::size_t a, std::size_t n) {
+    return opaque(&tm_posix_memalign)(out, a, n);
+  }
   static void* memalign(std::size_t a, std::size_t n) { return opaque(&tm_memalign)(a, n); }
   static void* valloc(std::size_t n) { return opaque(&tm_valloc)(n); }
   static void* pvalloc(std::size_t n) { return opaque(&tm_pvalloc)(n); }
   static std::size_t usable(const void* p) { return opaque(&tm_usable_size)(p); }
   // A block of a heap that is not trimalloc's (glibc's, or the sanitizer's, in the engine build).
   static void* foreign_malloc(std::size_t n) { return opaque(&std::malloc)(n); }
-  static void foreign_free(void* p) { opaque(&std::free)(p); }
+  static void foreign_free(void* p) { opaque (&std::free)(p); }
 };
 
 }  // namespace tmtest

@@ -84,11 +84,12 @@ void check_and_release(Block& b, std::mt19937_64& rng, Failures& fails, const ch
   long bad = first_bad(b.p, b.n, b.seed);
   if (bad >= 0) {
     char buf[200];
-    std::snprintf(buf, sizeof buf, "%s: block %p of %zu bytes (align %zu) corrupt at byte %ld", where, b.p, b.n,
-                  b.align, bad);
+    std::snprintf(buf, sizeof buf, "%s: block %p of %zu bytes (align %zu) corrupt at byte %ld",
+                  where, b.p, b.n, b.align, bad);
     fails.add(buf);
   }
-  if (b.align && b.align > 16 && addr(b.p) % b.align != 0) fails.add(std::string(where) + ": misaligned block");
+  if (b.align && b.align > 16 && addr(b.p) % b.align != 0)
+    fails.add(std::string(where) + ": misaligned block");
   switch (rng() % 4) {
     case 0:
       if (b.align)
@@ -108,7 +109,8 @@ void check_and_release(Block& b, std::mt19937_64& rng, Failures& fails, const ch
         A::free(b.p);
         break;
       }
-      if (first_bad(q, std::min(m, b.n), b.seed) >= 0) fails.add(std::string(where) + ": realloc lost data");
+      if (first_bad(q, std::min(m, b.n), b.seed) >= 0)
+        fails.add(std::string(where) + ": realloc lost data");
       A::free(q);
       break;
     }
@@ -201,7 +203,8 @@ TYPED_TEST_P(Threads, RemoteFreesAreReclaimed) {
   std::thread consumer([&] {
     for (long i = 0; i < total; ++i) {
       void* p;
-      while ((p = ring[i % kRing].exchange(nullptr, std::memory_order_acquire)) == nullptr) std::this_thread::yield();
+      while ((p = ring[i % kRing].exchange(nullptr, std::memory_order_acquire)) == nullptr)
+        std::this_thread::yield();
       std::size_t n = size_of(i);
       if (first_bad(p, n, i) >= 0) fails.add("remote block corrupt at #" + std::to_string(i));
       if (i & 1)
@@ -226,8 +229,9 @@ TYPED_TEST_P(Threads, RemoteFreesAreReclaimed) {
   EXPECT_EQ(fails.count(), 0) << fails.first();
   std::size_t now = rss_bytes(), base = rss_after_warmup.load();
   std::size_t growth = now > base ? now - base : 0;
-  EXPECT_LT(growth, std::size_t{16} << 20) << "RSS grew by " << (growth >> 20) << " MiB over " << total
-                                           << " remote frees: remotely freed blocks are not reused";
+  EXPECT_LT(growth, std::size_t{16} << 20)
+      << "RSS grew by " << (growth >> 20) << " MiB over " << total
+      << " remote frees: remotely freed blocks are not reused";
 }
 
 // The first allocator call of a thread is a free of a block from another thread; a thread exits
@@ -236,7 +240,8 @@ TYPED_TEST_P(Threads, FreeAcrossThreadsAndAfterThreadExit) {
   using A = TypeParam;
   std::vector<Block> v;
   for (int i = 0; i < 3000; ++i) {
-    Block b{nullptr, static_cast<std::size_t>(1 + (i * 37) % 700), static_cast<std::uint64_t>(i), 0};
+    Block b{nullptr, static_cast<std::size_t>(1 + (i * 37) % 700), static_cast<std::uint64_t>(i),
+            0};
     b.p = A::malloc(b.n);
     ASSERT_NE(b.p, nullptr);
     fill(b.p, b.n, b.seed);
@@ -255,7 +260,8 @@ TYPED_TEST_P(Threads, FreeAcrossThreadsAndAfterThreadExit) {
   for (int round = 0; round < 4; ++round) {
     std::thread([&] {
       for (int i = 0; i < 3000; ++i) {
-        Block b{nullptr, static_cast<std::size_t>(1 + (i * 53) % 900), static_cast<std::uint64_t>(i + 100000), 0};
+        Block b{nullptr, static_cast<std::size_t>(1 + (i * 53) % 900),
+                static_cast<std::uint64_t>(i + 100000), 0};
         b.p = A::malloc(b.n);
         if (!b.p) {
           fails.add("malloc failed in thread");
@@ -275,7 +281,8 @@ TYPED_TEST_P(Threads, FreeAcrossThreadsAndAfterThreadExit) {
   // Main allocates the same classes again: all fine, nothing overlapping.
   std::vector<Span> spans;
   for (int i = 0; i < 6000; ++i) {
-    Block b{nullptr, static_cast<std::size_t>(1 + (i * 37) % 700), static_cast<std::uint64_t>(i + 500000), 0};
+    Block b{nullptr, static_cast<std::size_t>(1 + (i * 37) % 700),
+            static_cast<std::uint64_t>(i + 500000), 0};
     b.p = A::malloc(b.n);
     ASSERT_NE(b.p, nullptr);
     fill(b.p, b.n, b.seed);
@@ -321,7 +328,8 @@ TYPED_TEST_P(Threads, ThreadChurnKeepsRssBounded) {
         theirs.push_back(leftovers.front());
         leftovers.pop_front();
       }
-      for (std::size_t k = 0; k < mine.size(); k += 10) leftovers.push_back(mine[k]);  // 8 left behind
+      for (std::size_t k = 0; k < mine.size(); k += 10)
+        leftovers.push_back(mine[k]);  // 8 left behind
     }
     for (std::size_t k = 0; k < mine.size(); ++k) {
       if (k % 10 == 0) continue;
@@ -356,8 +364,8 @@ TYPED_TEST_P(Threads, ThreadChurnKeepsRssBounded) {
   std::size_t now = rss_bytes();
   std::size_t growth = now > rss_base ? now - rss_base : 0;
   // Stranded pools would cost 32+ pages per thread (hundreds of MiB here).
-  EXPECT_LT(growth, std::size_t{32} << 20) << "RSS grew by " << (growth >> 20) << " MiB over " << kTotal - 200
-                                           << " short-lived threads";
+  EXPECT_LT(growth, std::size_t{32} << 20)
+      << "RSS grew by " << (growth >> 20) << " MiB over " << kTotal - 200 << " short-lived threads";
 }
 
 // fork() while other threads are allocating and freeing: every child must be able to allocate and
@@ -405,7 +413,8 @@ TYPED_TEST_P(Threads, ForkWhileOtherThreadsAllocate) {
       }
       std::vector<Block> mine;
       for (int i = 0; i < 3000; ++i) {
-        Block b{nullptr, static_cast<std::size_t>(1 + (i * 29) % 5000), static_cast<std::uint64_t>(i + 7), 0};
+        Block b{nullptr, static_cast<std::size_t>(1 + (i * 29) % 5000),
+                static_cast<std::uint64_t>(i + 7), 0};
         b.p = (i % 10 == 9) ? A::aligned_alloc(256, b.n) : A::malloc(b.n);
         if (!b.p) _exit(3);
         fill(b.p, b.n, b.seed);

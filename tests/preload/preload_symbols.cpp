@@ -1,8 +1,9 @@
 // A C++ program that does NOT link trimalloc. Run with LD_PRELOAD=libtrimalloc.so it must find
 // every malloc-family and operator new/delete symbol in libtrimalloc.so (dlsym and the addresses
-// the program itself uses), and the memory that it, libstdc++ and libc allocate must be trimalloc's.
-// Exit status 0 when all of that holds, 1 otherwise (one line per problem on stderr). Run without
-// the preload it must fail: that is a ctest test too (WILL_FAIL), so the checks cannot be vacuous.
+// the program itself uses), and the memory that it, libstdc++ and libc allocate must be
+// trimalloc's. Exit status 0 when all of that holds, 1 otherwise (one line per problem on stderr).
+// Run without the preload it must fail: that is a ctest test too (WILL_FAIL), so the checks cannot
+// be vacuous.
 #include "malloc_symbols.h"
 
 #include <dlfcn.h>
@@ -35,7 +36,9 @@ std::string lib_of(const void* p) {
   return info.dli_fname;
 }
 
-bool in_trimalloc(const void* p) { return lib_of(p).find("libtrimalloc.so") != std::string::npos; }
+bool in_trimalloc(const void* p) {
+  return lib_of(p).find("libtrimalloc.so") != std::string::npos;
+}
 
 using OwnsFn = int (*)(const void*);
 OwnsFn owns = nullptr;
@@ -71,8 +74,10 @@ int main() {
       {"&posix_memalign", reinterpret_cast<const void*>(&::posix_memalign)},
       {"&aligned_alloc", reinterpret_cast<const void*>(&::aligned_alloc)},
       {"&malloc_usable_size", reinterpret_cast<const void*>(&::malloc_usable_size)},
-      {"&operator new", reinterpret_cast<const void*>(static_cast<void* (*)(std::size_t)>(&::operator new))},
-      {"&operator delete", reinterpret_cast<const void*>(static_cast<void (*)(void*) noexcept>(&::operator delete))},
+      {"&operator new",
+       reinterpret_cast<const void*>(static_cast<void* (*)(std::size_t)>(&::operator new))},
+      {"&operator delete",
+       reinterpret_cast<const void*>(static_cast<void (*)(void*) noexcept>(&::operator delete))},
   };
   for (auto& u : used)
     if (!in_trimalloc(u.p)) fail(std::string(u.name) + " is in " + lib_of(u.p));

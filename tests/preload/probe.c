@@ -1,13 +1,14 @@
-/* Preload probe: loaded after libtrimalloc.so (LD_PRELOAD="libtrimalloc.so:libtrimalloc_preload_probe.so")
- * into a program the preload tests run. When TRIMALLOC_PROBE_OUT names a file, its constructor
- * appends one line per process: "<pid> ok" if every malloc-family symbol the process resolves
- * (dlsym(RTLD_DEFAULT, ...)) lives in libtrimalloc.so and a malloc'd block is trimalloc's
- * (tm_owns), else "<pid> FAIL <what> <where>". It defines no allocation function itself. */
+/* Preload probe: loaded after libtrimalloc.so
+ * (LD_PRELOAD="libtrimalloc.so:libtrimalloc_preload_probe.so") into a program the preload tests
+ * run. When TRIMALLOC_PROBE_OUT names a file, its constructor appends one line per process: "<pid>
+ * ok" if every malloc-family symbol the process resolves (dlsym(RTLD_DEFAULT, ...)) lives in
+ * libtrimalloc.so and a malloc'd block is trimalloc's (tm_owns), else "<pid> FAIL <what> <where>".
+ * It defines no allocation function itself. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <elf.h>
-#include <link.h>
 #include <fcntl.h>
+#include <link.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,8 @@ __attribute__((constructor)) static void trimalloc_preload_probe(void) {
   const char* where = "";
   const char* first = NULL;
   dl_iterate_phdr(first_after_main, &first);
-  for (size_t i = 0; i < sizeof trimalloc_malloc_symbols / sizeof trimalloc_malloc_symbols[0]; ++i) {
+  for (size_t i = 0; i < sizeof trimalloc_malloc_symbols / sizeof trimalloc_malloc_symbols[0];
+       ++i) {
     if (!bound_to_trimalloc(trimalloc_malloc_symbols[i], first, &where)) {
       bad = trimalloc_malloc_symbols[i];
       break;

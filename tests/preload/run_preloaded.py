@@ -88,7 +88,8 @@ def compare(what, plain, pre):
                       % (what, hashlib.sha256(out0).hexdigest()[:12], hashlib.sha256(out1).hexdigest()[:12],
                          short(out1)))
     if err0 != err1:
-        raise Failure("%s: stderr differs with trimalloc:\n--- without\n%s\n--- with\n%s" % (what, short(err0), short(err1)))
+        raise Failure("%s: stderr differs with trimalloc:\n--- without\n%s\n--- with\n%s"
+                      % (what, short(err0), short(err1)))
 
 
 def case_python(r):
@@ -105,7 +106,8 @@ def case_python(r):
 def case_sort(r):
     path = os.path.join(r.tmp, "input.txt")
     rnd = random.Random(20240501)
-    words = ["".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 12))) for _ in range(5000)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rnd.choice(letters) for _ in range(rnd.randrange(2, 12))) for _ in range(5000)]
     with open(path, "w") as f:
         size = 0
         while size < 20 * 1024 * 1024:
@@ -165,7 +167,8 @@ def git_session(r, root, preload):
         probes.extend(lines)
         out.append(b"$ git %s -> %d\n%s%s" % (" ".join(args).encode(), rc, so, se))
         if rc != 0:
-            raise Failure("git %s exited %d %s: %s" % (" ".join(args), rc, "with trimalloc" if preload else "without trimalloc", short(se)))
+            how = "with trimalloc" if preload else "without trimalloc"
+            raise Failure("git %s exited %d %s: %s" % (" ".join(args), rc, how, short(se)))
 
     git("init", "-q", "-b", "main", ".")
     git("config", "gc.auto", "0")

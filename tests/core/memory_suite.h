@@ -1,0 +1,172 @@
+// Tests that measure the process's own memory: pages touched by fresh pools (anonymous RSS) and
+// running out of address space (RLIMIT_AS). Not built in the sanitizer builds: ASan/TSan reserve
+// terabytes of shadow memory (no tight RLIMIT_AS is possible) and touch shadow pages for every
+// access (RSS is no longer the allocator's). Include in one translation unit per binary, then
+//   INSTANTIATE_TYPED_TEST_SUITE_P(Name, ProcessMemory, Api);
+#pragma once
+
+#include "test_support.h"
+
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include <thread>
+#include <vector>
+
+namespace tmtest {
+
+template <class A>
+class ProcessMemory : public ::testing::Test {};
+TYPED_TEST_SUITE_P(ProcessMemory);
+
+// Fresh pools are carved lazily: a new thread that takes one block in each of 31 small classes
+// touches about one page per pool, not whole 16 KiB pools.
+TYPED_TEST_P(ProcessMemory, FreshPoolsAreTouchedLazily) {
+  using A = TypeParam;
+  for (std::size_t c = 16; c <= TM_SMALL_MAX; c += 16) A::free(A::malloc(c));  // one-time set-up
+  std::size_t before = 0, after = 0;
+  std::vector<void*> blocks;
+  blocks.reserve(64);
+  std::thread([&] {
+    blocks.push_back(A::malloc(16));  // the thread's heap exists from here on
+    before = rss_bytes();
+    for (std::size_t c = 32; c <= TM_SMALL_MAX; c += 16) blocks.push_back(A::malloc(c));
+    after = rss_bytes();
+  }).join();
+  for (void* p : blocks) {
+    ASSERT_NE(p, nullptr);
+    A::free(p);
+  }
+  // Lazy: one page per pool plus a little metadata (about 35 pages); eager: 31 x 16 KiB.
+  std::size_t growth = after > before ? after - before : 0;
+  std::size_t bound = 31 * 2 * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  EXPECT_LT(growth, bound) << "one block in each of 31 small classes made RSS grow by "
+                           << (growth >> 10) << " KiB";
+}
+
+inline std::size_t vm_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long size = 0;
+  if (f) {
+    if (std::fscanf(f, "%lu", &size) != 1) size = 0;
+    std::fclose(f);
+  }
+  return size * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Exit codes of the child, for the message in the parent.
+inline const char* limit_step(int code) {
+  switch (code) {
+    case 10:
+      return "could not set RLIMIT_AS";
+    case 11:
+      return "large malloc never failed under the limit";
+    case 12:
+      return "large malloc failed without errno ENOMEM";
+    case 13:
+      return "small malloc never failed under the limit";
+    case 14:
+      return "small malloc failed without errno ENOMEM";
+    case 15:
+      return "calloc/aligned_alloc/posix_memalign/realloc under the limit: not NULL+ENOMEM";
+    case 16:
+      return "a block allocated before the failures lost its data";
+    case 17:
+      return "failed realloc damaged the block";
+    case 18:
+      return "allocation still fails after everything was freed";
+    case 19:
+      return "no allocation succeeded before the limit (test setup)";
+    default:
+      return "unexpected";
+  }
+}
+
+template <class A>
+int limit_child() {
+  constexpr std::size_t kMax = 1 << 20;
+  auto** ptrs = static_cast<void**>(mmap(nullptr, kMax * sizeof(void*), PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
+  if (ptrs == MAP_FAILED) return 10;
+  void* keep = A::malloc(200);  // must survive everything below
+  void* keep_large = A::malloc(100000);
+  if (!keep || !keep_large) return 19;
+  fill(keep, 200, 1);
+  fill(keep_large, 100000, 2);
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) != 0) return 10;
+  rl.rlim_cur = vm_bytes() + (std::size_t{96} << 20);
+  if (setrlimit(RLIMIT_AS, &rl) != 0) return 10;
+
+  std::size_t n = 0;
+  bool failed = false;
+  while (n < kMax) {  // 1 MiB blocks until the address space runs out
+    errno = 0;
+    void* p = A::malloc(std::size_t{1} << 20);
+    if (!p) {
+      if (errno != ENOMEM) return 12;
+      failed = true;
+      break;
+    }
+    static_cast<char*>(p)[0] = 1;
+    ptrs[n++] = p;
+  }
+  if (!failed) return 11;
+  if (n == 0) return 19;
+  failed = false;
+  while (n < kMax) {  // then small blocks, until pools cannot get a new arena
+    errno = 0;
+    void* p = A::malloc(256);
+    if (!p) {
+      if (errno != ENOMEM) return 14;
+      failed = true;
+      break;
+    }
+    static_cast<char*>(p)[0] = 1;
+    ptrs[n++] = p;
+  }
+  if (!failed) return 13;
+  // Everything else fails cleanly too (sizes that need fresh memory).
+  errno = 0;
+  if (A::calloc(1, std::size_t{64} << 20) != nullptr || errno != ENOMEM) return 15;
+  errno = 0;
+  if (A::aligned_alloc(4096, std::size_t{64} << 20) != nullptr || errno != ENOMEM) return 15;
+  void* out = nullptr;
+  if (A::posix_memalign(&out, 64, std::size_t{64} << 20) != ENOMEM) return 15;
+  errno = 0;
+  if (A::realloc(keep_large, std::size_t{64} << 20) != nullptr || errno != ENOMEM) return 15;
+  if (first_bad(keep_large, 100000, 2) >= 0) return 17;
+  if (first_bad(keep, 200, 1) >= 0) return 16;
+  // Free everything: the allocator works again.
+  for (std::size_t i = 0; i < n; ++i) A::free(ptrs[i]);
+  for (int i = 0; i < 20; ++i) {
+    void* big = A::malloc(std::size_t{1} << 20);
+    void* small = A::malloc(256);
+    if (!big || !small) return 18;
+    std::memset(big, 3, std::size_t{1} << 20);
+    std::memset(small, 3, 256);
+    A::free(big);
+    A::free(small);
+  }
+  A::free(keep);
+  A::free(keep_large);
+  return 0;
+}
+
+// With RLIMIT_AS just above what the process uses, every allocation entry point must return NULL
+// with errno ENOMEM (never crash), leave the blocks it already gave intact, and work again once
+// memory is freed. Runs in a forked child (the limit is per process).
+TYPED_TEST_P(ProcessMemory, OutOfAddressSpaceGivesEnomemAndRecovers) {
+  using A = TypeParam;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(limit_child<A>());
+  int status = wait_with_deadline(pid, 60);
+  ASSERT_TRUE(status >= 0 && WIFEXITED(status)) << describe_status(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << limit_step(WEXITSTATUS(status));
+}
+
+REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
+                            OutOfAddressSpaceGivesEnomemAndRecovers);
+
+}  // namespace tmtest
