@@ -41,8 +41,9 @@
 //   I2  an object is tracked from the end of make() until release() untracks it;
 //   I3  objects of this heap are referenced only from this thread (debug builds check).
 // During a collection, objects found unreachable are detached: their slot_ carries kDetached
-// and indexes Heap::unreachable, and the collection holds one reference to each of them until
-// it decides their fate, so no user code it runs can free one early.
+// and indexes Heap::unreachable. While the collection runs user code that could drop
+// references (weak reference callbacks, finalizers), it holds one reference to each of them,
+// so none can be freed under it; an entry of an object freed later is zeroed.
 //
 // ---------------------------------------------------------------------------------------------
 // One collection of generation g (collect_generation below), in CPython's order:
@@ -55,7 +56,7 @@
 //                      they reach, are uncollectable (Python before 3.4): kept, and later
 //                      appended to garbage()
 //   5. partition       survivors are compacted in place and the boundary moves, so they now
-//                      belong to generation g+1; the unreachable are detached and held
+//                      belong to generation g+1; the unreachable are detached
 //   6. weak refs       weak references with callbacks to unreachable objects are cleared; the
 //                      callbacks of those not themselves reported by unreachable objects run
 //   7. finalize        finalize() on every unreachable object that has one and has not run it
@@ -65,10 +66,10 @@
 //                      and everything it reaches, goes back to the table
 //   9. weak refs       every remaining weak reference to the unreachable is cleared, including
 //                      ones finalizers created
-//  10. clear           trace() each object once more, this time moving out every Ref it reports,
-//                      then drop the collection's holds: counts reach zero and destructors run
-//                      with those members already null (CPython's tp_clear). DEBUG_SAVEALL
-//                      instead moves the unreachable into garbage().
+//  10. clear           trace() each object once more, this time resetting every Ref it reports
+//                      (CPython's tp_clear), then free every object whose count is now zero:
+//                      destructors run with those members already null. DEBUG_SAVEALL instead
+//                      moves the unreachable into garbage().
 //  11. uncollectable   legacy objects still alive after 10 go to garbage()
 //
 // Automatic collection follows CPython's thresholds: generation 0 is collected when the count of
@@ -203,49 +204,55 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.resize(kept);
 }
 
-// The clear pass's visitor, for references to objects outside the garbage; it owns the
+// The clear pass's visitor, for references to objects outside the garbage: it owns the
 // reference the nulled Ref held.
 void take_reference(Tracer& t, Object* target) {
   static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
-// Step 10: break the cycles, then let counting free the objects.
+// Frees a garbage object whose count is zero and whose own Refs have been cleared.
+void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
+  if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
+    release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
+    return;
+  }
+  heap.untrack(o);
+  heap.destroy(o);
+}
+
+// Step 10: reset every Ref the garbage's trace() reports, then free what is unreferenced, so
+// destructors run with those members already null. Whatever is still referenced at the end
+// (by a Ref that trace() does not report) survives like any live object. Destructors may free
+// garbage early through such unreported Refs: untrack() then zeroes its entry, which both
+// passes skip.
 void delete_garbage(Heap& heap, int survivor_segment) {
   if (heap.debug & DEBUG_SAVEALL) {
     for (std::uintptr_t word : heap.unreachable) {
       Object* o = object_of(word);
       heap.reattach(o, word, survivor_segment);
       heap.garbage.push_back(Ref<Object>(o));
-      --Access::refcount(o);
     }
     heap.unreachable.clear();
     return;
   }
-  std::vector<Object*> taken;  // owned references to objects outside the unreachable set
-  Tracer clearer = TracerAccess::clearer(take_reference, &taken);
+  std::vector<Object*> outside;
+  Tracer clearer = TracerAccess::clearer(take_reference, &outside);
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    if (heap.unreachable[i] == 0) continue;
     Access::trace(object_of(heap.unreachable[i]), clearer);
-    if (taken.empty()) continue;
-    for (Object* o : taken) decref(o);  // may free objects outside the garbage, nothing else
-    taken.clear();
+    if (outside.empty()) continue;
+    for (Object* o : outside) decref(o);  // may run destructors: user code
+    outside.clear();
   }
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may add weak refs
+    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
+    if (word == 0) continue;
     Object* o = object_of(word);
-    if (Access::refcount(o) != 1) {
-      // Still referenced after its cycle was cleared: by a Ref that trace() does not report, or
-      // re-referenced by a destructor. Not ours to free; it survives like any live object.
+    if (Access::refcount(o) == 0) {
+      destroy_garbage(heap, o, word);
+    } else {
       heap.reattach(o, word, survivor_segment);
-      --Access::refcount(o);
-      continue;
     }
-    Access::refcount(o) = 0;
-    if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
-      release(o);  // the general path: weak callbacks or a finalizer still to run
-      continue;
-    }
-    heap.untrack(o);
-    heap.destroy(o);
   }
   heap.unreachable.clear();
   if (heap.unreachable.capacity() > kKeepScratch &&
@@ -282,41 +289,44 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
+  std::size_t n_unreachable = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (!marked(refs[i]) && (heap.table[base + i] & kLegacy)) {
+    if (marked(refs[i])) continue;
+    ++n_unreachable;
+    if (heap.table[base + i] & kLegacy) {
       refs[i] = kUncollectable;
       heap.worklist.push_back(i);
     }
   }
   if (!heap.worklist.empty()) propagate(scan, kUncollectable);
 
-  // Step 5: compact survivors (a survivor only moves when garbage precedes it), detach and hold
-  // the unreachable.
+  // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
+  // unreachable. Nothing to do when everything survived, the common case for old generations.
   std::vector<Ref<Object>> uncollectable;
   heap.unreachable.clear();
-  std::size_t n_unreachable = 0;
-  for (std::uint32_t i = 0; i < scan.n; ++i) n_unreachable += !marked(refs[i]);
-  heap.unreachable.reserve(n_unreachable);
-  std::uint32_t kept = base;
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    std::uintptr_t word = heap.table[base + i];
-    if (!marked(refs[i])) {
-      unreachable_flags |= word;
-      Object* o = object_of(word);
-      Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
-      heap.unreachable.push_back(word);
-      ++Access::refcount(o);
-      continue;
+  std::uint32_t kept = heap.table.size();
+  if (n_unreachable != 0) {
+    heap.unreachable.reserve(n_unreachable);
+    kept = base;
+    for (std::uint32_t i = 0; i < scan.n; ++i) {
+      std::uintptr_t word = heap.table[base + i];
+      if (!marked(refs[i])) {
+        unreachable_flags |= word;
+        Access::slot(object_of(word)) =
+            kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
+        heap.unreachable.push_back(word);
+        continue;
+      }
+      if (kept != base + i) {
+        heap.table[kept] = word;
+        Access::slot(object_of(word)) = kept;
+      }
+      ++kept;
+      if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
     }
-    if (kept != base + i) {
-      heap.table[kept] = word;
-      Access::slot(object_of(word)) = kept;
-    }
-    ++kept;
-    if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
+    heap.table.truncate(kept);
   }
-  heap.table.truncate(kept);
   const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;
   for (int s = survivor_segment + 1; s <= kGen0; ++s) heap.begin[s] = kept;
   if (generation == 1) heap.long_lived_pending += kept - base;
@@ -335,9 +345,14 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     for (std::uintptr_t word : heap.unreachable) print_object_line("collectable", object_of(word));
   }
 
-  // Steps 6-8: user code runs from here on.
-  // Until user code runs, only this collection can add flags to the unreachable, so the union
-  // taken above tells whether the weak reference and finalizer passes have anything to do.
+  // Steps 6-8 run user code (weak reference callbacks, finalizers), and only they do until the
+  // cycles are broken. Until then only this collection can add flags to the unreachable, so the
+  // union taken above says whether they have anything to do. While user code may run, the
+  // collection holds a reference to each unreachable object, so that none is freed under it.
+  const bool holding = unreachable_flags & (kHasWeakRefs | kHasFinalizer);
+  if (holding) {
+    for (std::uintptr_t word : heap.unreachable) ++Access::refcount(object_of(word));
+  }
   bool user_code_ran = (unreachable_flags & kHasWeakRefs) && handle_weakrefs(heap, true);
   if (unreachable_flags & kHasFinalizer) {
     for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
@@ -350,8 +365,15 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
   if (user_code_ran) handle_resurrected(heap, survivor_segment);
 
-  // Steps 9-10. Once user code has run, a weak reference may have been made to any of them.
+  // Step 9. Once user code has run, a weak reference may have been made to any of them.
   if (user_code_ran || (unreachable_flags & kHasWeakRefs)) handle_weakrefs(heap, false);
+  if (holding) {
+    // A count may reach zero here (a finalizer dropped the last reference to one of them);
+    // delete_garbage frees such an object after clearing its Refs, like any other.
+    for (std::uintptr_t word : heap.unreachable) --Access::refcount(object_of(word));
+  }
+
+  // Step 10.
   const std::size_t collected = heap.unreachable.size();
   delete_garbage(heap, survivor_segment);
 

@@ -114,7 +114,10 @@ void Heap::untrack(Object* o) noexcept {
   std::uint32_t slot = Access::slot(o);
   Access::slot(o) = kUntracked;
   if (count[0] > 0) --count[0];
-  if (slot & kDetached) return;  // the collection that detached it owns its entry
+  if (slot & kDetached) {
+    unreachable[slot & ~kDetached] = 0;  // the running collection skips it from now on
+    return;
+  }
   std::uint32_t hole = slot;
   for (int segment = segment_of(slot); segment <= kGen0; ++segment) {
     std::uint32_t last = segment_end(segment) - 1;

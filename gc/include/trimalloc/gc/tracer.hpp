@@ -45,10 +45,10 @@ class Tracer {
       std::uint32_t i = detail::Access::slot(target) - base_;
       if (i < n_ && refs_[i] > detail::kLastMark) mark(i);
     } else if (mode_ == Mode::kClear) {
-      // Breaking a cycle. An edge to another object of the garbage (detached, and held by the
-      // collection, so its count cannot reach zero here) is dropped at once; any other reference
-      // passes to the visitor, which releases it only after trace() returns, so that no
-      // destructor runs inside the user's trace().
+      // Breaking a cycle. An edge to another object of the garbage (detached) is dropped at
+      // once; that object is freed later, when its count is zero and its own Refs are cleared.
+      // Any other reference passes to the visitor, which releases it only after trace()
+      // returns, so that no destructor runs inside the user's trace().
       detail::Access::pointer(ref) = nullptr;
       std::uint32_t slot = detail::Access::slot(target);
       if ((slot & detail::kDetached) && slot != detail::kUntracked) {
