@@ -1,0 +1,101 @@
+// mmap failure injection through the engine's tm_* API (trimalloc::engine; also runs in the
+// ASan+UBSan and TSan builds). See inject_support.h for what is checked.
+#include <trimalloc/trimalloc.h>
+
+#include <thread>
+#include <vector>
+
+#include "inject_support.h"
+
+namespace {
+
+struct TmApi {
+  static void* malloc(std::size_t n) { return tm_malloc(n); }
+  static void* calloc(std::size_t c, std::size_t n) { return tm_calloc(c, n); }
+  static void* realloc(void* p, std::size_t n) { return tm_realloc(p, n); }
+  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return tm_reallocarray(p, c, n); }
+  static void free(void* p) { tm_free(p); }
+  static void* aligned_alloc(std::size_t a, std::size_t n) { return tm_aligned_alloc(a, n); }
+  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return tm_posix_memalign(out, a, n); }
+  static void* memalign(std::size_t a, std::size_t n) { return tm_memalign(a, n); }
+  static void* valloc(std::size_t n) { return tm_valloc(n); }
+  static void* pvalloc(std::size_t n) { return tm_pvalloc(n); }
+  static std::size_t usable(const void* p) { return tm_usable_size(p); }
+  static void trim() { tm_trim(TM_TRIM_ALL); }
+};
+
+TEST(Inject, EveryEntryPointFailsWithEnomemKeepsBlocksAndRecovers) {
+  reltest::Log log;
+  reltest::injection_scenario<TmApi>(log, std::size_t{1} << 21);
+  EXPECT_EQ(log.count(), 0) << log.text();
+}
+
+TEST(Inject, AfterTrimEveryEntryPointFailsAtOnce) {
+  // With the caches given back, the first call of each case already needs mmap.
+  tm_trim(TM_TRIM_ALL);
+  reltest::Log log;
+  reltest::injection_scenario<TmApi>(log, std::size_t{1} << 21);
+  EXPECT_EQ(log.count(), 0) << log.text();
+}
+
+TEST(Inject, RandomFailuresDuringARandomWorkload) {
+  std::size_t total = 0;
+  for (std::uint64_t seed = 1; seed <= 8; ++seed) {
+    reltest::Log log;
+    std::size_t failures = 0;
+    reltest::random_injection<TmApi>(log, seed, 20000, &failures);
+    EXPECT_EQ(log.count(), 0) << "seed " << seed << ":\n" << log.text();
+    total += failures;
+  }
+  // The test only means something if injected failures reached the callers.
+  EXPECT_GT(total, 0u);
+  RecordProperty("failed_calls", static_cast<int>(total));
+  std::printf("calls that failed with ENOMEM: %zu\n", total);
+}
+
+TEST(Inject, CountedFailuresRunOutAndAllocationResumes) {
+  // inject(n): the next n reserves fail, then the allocator goes on by itself: at most n calls
+  // fail, and allocation resumes without any reset. Small blocks: a new 1 MiB arena is one
+  // reserve, so a failure reaches the caller. (Large blocks: jemalloc falls back to a smaller
+  // extent when growing its address space fails, so a single failure may be absorbed.)
+  tm_free(tm_malloc(100000));  // set up the large allocator first (see first_large.cpp)
+  long total_failed = 0;
+  for (long n = 1; n <= 6; ++n) {
+    std::vector<void*> held;
+    held.reserve(40000);
+    trimalloc::os::inject_reserve_failures(n);
+    long failed = 0, after_last_failure = 0;
+    for (int i = 0; i < 40000; ++i) {  // ~10 MiB of 256-byte blocks: several new arenas
+      errno = 0;
+      void* p = tm_malloc(256);
+      if (!p) {
+        ++failed;
+        after_last_failure = 0;
+        EXPECT_EQ(errno, ENOMEM);
+        continue;
+      }
+      ++after_last_failure;
+      static_cast<char*>(p)[0] = 1;
+      held.push_back(p);
+    }
+    for (int i = 0; i < 8; ++i) {  // and large blocks
+      errno = 0;
+      void* p = tm_malloc(std::size_t{32} << 20);
+      if (!p) {
+        ++failed;
+        EXPECT_EQ(errno, ENOMEM);
+      } else {
+        held.push_back(p);
+      }
+    }
+    trimalloc::os::inject_reserve_failures(0);
+    EXPECT_LE(failed, n) << "inject(" << n << ") made more calls fail than reserves were refused";
+    EXPECT_GT(after_last_failure, 1000) << "inject(" << n << "): allocation did not resume by itself";
+    total_failed += failed;
+    for (void* p : held) tm_free(p);
+    tm_trim(TM_TRIM_ALL);
+  }
+  EXPECT_GE(total_failed, 6) << "injected failures did not reach the callers";
+}
+
+}  // namespace
