@@ -33,8 +33,8 @@
 // memory mostly forward (bench/gc measures table order against a shuffled order).
 //
 // Scratch per collected object lives in Heap::gc_refs, indexed by table position, not in the
-// object, so the header stays 8 bytes; it is 4 bytes per object for the duration of a
-// collection, reused by the next one, and released after an unusually large one.
+// object, so the header stays 8 bytes; it is 4 bytes per collected object, kept for the next
+// collection while the heap stays that large and released once it has shrunk.
 //
 // Invariants, outside a collection:
 //   I1  every tracked object has exactly one slot; table[o->slot_] points at o;

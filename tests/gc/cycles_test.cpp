@@ -215,6 +215,41 @@ TEST_F(CyclesTest, DestructorsRunWithCycleMembersAlreadyCleared) {
   EXPECT_EQ(Checker::saw_null_next, 2);
 }
 
+struct DropsNextInFinalize : Node {
+  void finalize() override { next = nullptr; }
+};
+
+TEST_F(CyclesTest, FinalizerDroppingTheLastReferenceToOtherGarbage) {
+  {
+    gc::Ref<Node> a = gc::make<DropsNextInFinalize>(), b = gc::make<Node>();
+    a->next = b;  // b's only reference: a finalizer removes it mid-collection
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(live_nodes, 0);
+}
+
+struct RawPeer : Node {
+  Node* peer = nullptr;  // uncounted
+  ~RawPeer() override {
+    // Touching another object of the same garbage from a destructor: a brief Ref to it must
+    // not free it a second time.
+    if (peer) gc::Ref<Node> brief(peer);
+  }
+};
+
+TEST_F(CyclesTest, DestructorBrieflyReferencingOtherGarbageDoesNotFreeItTwice) {
+  {
+    gc::Ref<RawPeer> a = gc::make<RawPeer>(), b = gc::make<RawPeer>();
+    a->next = b;
+    b->next = a;
+    a->peer = b.get();  // a is destroyed first (table order), while b is still there
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
 TEST_F(CyclesTest, YoungCollectionPromotesSurvivorsAndLeavesOldCyclesAlone) {
   gc::Ref<Node> keep = gc::make<Node>();
   gc::collect(0);  // keep moves to generation 1
