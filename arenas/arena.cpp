@@ -1,5 +1,6 @@
 #include "arena.h"
 
+#include <sys/mman.h>
 #include <time.h>
 
 #include <cerrno>
@@ -17,12 +18,6 @@ std::uint64_t now_ms() noexcept {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000 +
          static_cast<std::uint64_t>(ts.tv_nsec) / 1000000;
 }
-
-namespace {
-inline Pool* header_of(Arena* a, unsigned i) {
-  return reinterpret_cast<Pool*>(reinterpret_cast<std::uintptr_t>(a) + i * kPoolHeaderSize);
-}
-}  // namespace
 
 void ArenaSet::bucket_insert(Arena* a) noexcept {
   Arena*& head = buckets_[a->nfree];
@@ -46,13 +41,20 @@ Arena* ArenaSet::create_arena() noexcept {
   void* mem = os::reserve_aligned(kSlotSize, kSlotSize);
   if (!mem) return nullptr;
   // Fresh mmap memory is zero: every pool header reads as kFree with capacity 0.
-  Arena* a = static_cast<Arena*>(mem);
+  Arena* a = arena_of(mem);
+  if constexpr (kSecure) {
+    // Guards: the metadata slot's last page (pool 1's underflow) and the whole last slot (the
+    // next arena's headers follow it in memory).
+    char* base = static_cast<char*>(mem);
+    mprotect(base + kPoolSize - kPageSize, kPageSize, PROT_NONE);
+    mprotect(base + (kPoolsPerArena - 1) * kPoolSize, kPoolSize, PROT_NONE);
+  }
   a->free_pools = kAllPoolSlots;
   a->dirty_pools = 0;
   a->nfree = kPoolSlotsPerArena;
   for (unsigned i = 1; i < kPoolsPerArena; ++i)
-    header_of(a, i)->index = static_cast<std::uint8_t>(i);
-  g_arena_map.set(SlotKind::kSmall, a, kSlotSize, true);
+    pool_header(a, i)->index = static_cast<std::uint8_t>(i);
+  g_arena_map.set(SlotKind::kSmall, mem, kSlotSize, true);
   ++arena_count_;
   mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
   if (g_on_heap_growth) g_on_heap_growth();
@@ -82,14 +84,14 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     a->dirty_pools &= ~(std::uint64_t{1} << i);
     --a->nfree;
     bucket_insert(a);
-    pool = header_of(a, i);
+    pool = pool_header(a, i);
   }
   pool_init(pool, cls, owner);
   return pool;
 }
 
 void ArenaSet::release_pool(Pool* pool) noexcept {
-  Arena* a = reinterpret_cast<Arena*>(arena_base_of(pool));
+  Arena* a = arena_of(pool);
   // A released pool reads as invalid to free(): capacity 0 makes block_index() fail.
   pool->capacity = 0;
   pool->block_size = 0;
@@ -121,10 +123,10 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noex
   if (a->nfree == kPoolSlotsPerArena && (nonempty_ >> kPoolSlotsPerArena)) {
     // A second completely free arena: give it back now. Keeping one empty arena absorbs a
     // program that repeatedly frees and reallocates a pool's worth; more would only hold RSS.
-    g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
+    g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
     dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
                            std::memory_order_relaxed);
-    os::release(a, kSlotSize);
+    os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
     --arena_count_;
     mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
     ++released_count_;
@@ -145,11 +147,11 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
       ++kept;
     } else {
       bucket_remove(a);
-      g_arena_map.set(SlotKind::kSmall, a, kSlotSize, false);
+      g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
       std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools));
       released += dirty * kPoolSize;
       dirty_count_.fetch_sub(dirty, std::memory_order_relaxed);
-      os::release(a, kSlotSize);
+      os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
       --arena_count_;
       mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
       ++released_count_;
@@ -162,7 +164,7 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
       while (dirty) {
         unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
         dirty &= dirty - 1;
-        Pool* pool = header_of(a, i);
+        Pool* pool = pool_header(a, i);
         if (pool->freed_at_ms > cutoff_ms) continue;
         os::purge(reinterpret_cast<void*>(pool_data(pool)), kPoolSize);
         a->dirty_pools &= ~(std::uint64_t{1} << i);

@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "config.h"
 #include "lock.h"
 #include "pool.h"
 
@@ -28,10 +29,23 @@ struct Arena {
   std::uint64_t dirty_pools;  // subset of free_pools whose pages may be resident
   std::uint32_t nfree;        // popcount(free_pools)
 };
-static_assert(sizeof(Arena) <= kPoolHeaderSize, "the arena header shares slot 0's first header");
+static_assert(kArenaHeaderOffset + sizeof(Arena) <= kPoolSize - kPageSize,
+              "the arena header must leave the metadata slot's last page free for a guard");
 
-inline constexpr std::uint64_t kAllPoolSlots = ~std::uint64_t{1};  // slots 1..63
-inline constexpr unsigned kPoolSlotsPerArena = kPoolsPerArena - 1;
+// Pool slots: 1..63, or 1..62 in the hardened build (slot 63 is a guard).
+inline constexpr std::uint64_t kAllPoolSlots =
+    kSecure ? (~std::uint64_t{1} & ~(std::uint64_t{1} << 63)) : ~std::uint64_t{1};
+inline constexpr unsigned kPoolSlotsPerArena = kSecure ? kPoolsPerArena - 2 : kPoolsPerArena - 1;
+
+inline Arena* arena_of(const void* p) noexcept {
+  return reinterpret_cast<Arena*>(arena_base_of(p) + kArenaHeaderOffset);
+}
+inline std::uintptr_t arena_base(const Arena* a) noexcept {
+  return reinterpret_cast<std::uintptr_t>(a) - kArenaHeaderOffset;
+}
+inline Pool* pool_header(const Arena* a, unsigned i) noexcept {
+  return reinterpret_cast<Pool*>(arena_base(a) + i * kPoolHeaderSize);
+}
 
 struct ArenaCounts {
   std::size_t arenas = 0;  // mapped arenas
@@ -92,7 +106,7 @@ void ArenaSet::for_each_pool_in_use(Fn&& fn) noexcept {
       while (in_use) {
         unsigned i = static_cast<unsigned>(__builtin_ctzll(in_use));
         in_use &= in_use - 1;
-        fn(reinterpret_cast<Pool*>(reinterpret_cast<std::uintptr_t>(a) + i * kPoolHeaderSize));
+        fn(pool_header(a, i));
       }
     }
   }

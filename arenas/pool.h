@@ -1,11 +1,14 @@
 // Pools: 16 KiB runs of equal-sized blocks, the unit a thread heap owns.
 //
 // Layout. An arena is a 1 MiB-aligned 1 MiB region cut into 64 slots of 16 KiB. Slot 0 holds
-// metadata: the arena header and one 256-byte Pool header per slot (header i describes slot i;
-// header 0's place is taken by the arena header). Slots 1..63 are pool data. Keeping headers
-// out of line means (a) a pointer's header is found by arithmetic alone — arena = p & ~(1 MiB-1),
-// header = arena + ((p >> 14) & 63) * 256 — (b) every data page of a pool can be given back to
-// the kernel, and (c) a stray write past a block cannot reach a header.
+// metadata: 64 Pool headers of 128 bytes (header i describes slot i; header 0 stays all zero,
+// so a pointer into the metadata slot is never taken for a block), then at 8 KiB the Arena
+// header (arena.h); in the hardened build its last page is a guard page. Slots 1..63 are pool
+// data (the hardened build turns slot 63 into a guard, so an overflow off the end of an arena
+// cannot reach the next arena's headers). Keeping headers out of line means (a) a pointer's
+// header is found by arithmetic alone - arena = p & ~(1 MiB-1), header = arena + ((p >> 14) &
+// 63) * 128 - (b) every data page of a pool can be given back to the kernel, and (c) a stray
+// write past a block cannot reach a header.
 //
 // Blocks and their lists. Every block of a pool is, at any moment, in exactly one of four places:
 //   live     - handed to the program;
@@ -52,7 +55,9 @@ inline constexpr unsigned kPoolsPerArena = kSlotSize / kPoolSize;       // 64, s
 inline constexpr unsigned kPageShift = 12;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
 inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 4
-inline constexpr std::size_t kPoolHeaderSize = 256;
+inline constexpr std::size_t kPoolHeaderSize = 128;
+// The Arena header follows the pool headers in the metadata slot.
+inline constexpr std::size_t kArenaHeaderOffset = kPoolsPerArena * kPoolHeaderSize;  // 8 KiB
 inline constexpr std::uint8_t kAllPagesDormant = (1u << kPagesPerPool) - 1;
 
 // Low bits of Pool::remote (blocks are 16-aligned, so the list pointer never uses them).

@@ -79,7 +79,7 @@ struct Walk {
   void begin_arena(Arena* a) {
     arena = a;
     ++visited_arenas;
-    have_vec = mincore(a, kSlotSize, vec) == 0;
+    have_vec = mincore(reinterpret_cast<void*>(arena_base(a)), kSlotSize, vec) == 0;
     visited_dirty_free += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
     if (!have_vec) {  // cannot happen for a mapped arena; count conservatively
       s->meta_arena_headers += kPoolSize;
@@ -100,7 +100,7 @@ struct Walk {
   }
 
   void pool(Pool* p) {
-    Arena* a = reinterpret_cast<Arena*>(arena_base_of(p));
+    Arena* a = arena_of(p);
     if (a != arena) begin_arena(a);
     std::size_t resident = have_vec ? count_resident(vec, std::size_t{p->index} * kPagesPerPool, kPagesPerPool)
                                     : kPoolSize;
