@@ -156,7 +156,7 @@ TEST(Stats, SafeToCallFromSeveralThreads) {
   std::vector<std::thread> threads;
   std::atomic<size_t> reads{0};
   for (int t = 0; t < 2; ++t)
-    threads.emplace_back([&] {
+    threads.emplace_back([&, t] {
       std::vector<void*> mine;
       std::mt19937 rng(t);
       while (!stop.load()) {
