@@ -134,9 +134,9 @@ void propagate(const Scan& scan, std::int32_t mark) {
   Tracer marker =
       TracerAccess::marker(heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist);
   while (!heap.worklist.empty()) {
-    std::uint32_t i = heap.worklist.back();
+    Object* o = heap.worklist.back();
     heap.worklist.pop_back();
-    Access::trace(scan.at(i), marker);
+    Access::trace(o, marker);
   }
 }
 
@@ -152,7 +152,7 @@ void mark_reachable_from_outside(const Scan& scan) {
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     if (refs[i] > 0) {
       refs[i] = kReachable;
-      heap.worklist.push_back(i);
+      heap.worklist.push_back(scan.at(i));
       propagate(scan, kReachable);
     }
   }
@@ -295,7 +295,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     ++n_unreachable;
     if (heap.table[base + i] & kLegacy) {
       refs[i] = kUncollectable;
-      heap.worklist.push_back(i);
+      heap.worklist.push_back(object_of(heap.table[base + i]));
     }
   }
   if (!heap.worklist.empty()) propagate(scan, kUncollectable);
@@ -338,7 +338,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // paid in page faults each time) while the heap is as large; not once it has shrunk.
   if (heap.gc_refs.capacity() > kKeepScratch && heap.gc_refs.capacity() > 2 * std::size_t{kept}) {
     std::vector<std::int32_t>().swap(heap.gc_refs);
-    std::vector<std::uint32_t>().swap(heap.worklist);
+    std::vector<Object*>().swap(heap.worklist);
   }
 
   if (heap.debug & DEBUG_COLLECTABLE) {

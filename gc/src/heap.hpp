@@ -90,7 +90,7 @@ struct Heap {
 
   // Collector scratch, reused between collections (see collector.cpp).
   std::vector<std::int32_t> gc_refs;
-  std::vector<std::uint32_t> worklist;
+  std::vector<Object*> worklist;
 
   ~Heap();
 
@@ -149,7 +149,7 @@ struct TracerAccess {
   }
   // Edges into [base, base + n) not yet marked get `mark` and join the worklist.
   static Tracer marker(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::int32_t mark,
-                       std::vector<std::uint32_t>* worklist) noexcept {
+                       std::vector<Object*>* worklist) noexcept {
     return Tracer(Mode::kMark, mark, base, n, refs, worklist, nullptr, nullptr, nullptr);
   }
   // Nulls every reported Ref and hands its reference to `take` (see Tracer::operator()).

@@ -43,7 +43,7 @@ class Tracer {
       if (i < n_) --refs_[i];  // else: outside the objects being collected
     } else if (mode_ == Mode::kMark) {
       std::uint32_t i = detail::Access::slot(target) - base_;
-      if (i < n_ && refs_[i] > detail::kLastMark) mark(i);
+      if (i < n_ && refs_[i] > detail::kLastMark) mark(i, target);
     } else if (mode_ == Mode::kClear) {
       // Breaking a cycle. An edge to another object of the garbage (detached) is dropped at
       // once; that object is freed later, when its count is zero and its own Refs are cleared.
@@ -76,15 +76,15 @@ class Tracer {
  private:
   friend struct detail::TracerAccess;
   enum class Mode : std::uint8_t { kVisit, kSubtract, kMark, kClear };
-  void mark(std::uint32_t i) {
+  void mark(std::uint32_t i, Object* target) {
     refs_[i] = mark_;
-    worklist_->push_back(i);
+    worklist_->push_back(target);
   }
   using VisitFn = void (*)(Tracer&, Object*);
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
   Tracer(Mode mode, std::int32_t mark, std::uint32_t base, std::uint32_t n, std::int32_t* refs,
-         std::vector<std::uint32_t>* worklist, VisitFn visit, WeakVisitFn weak_visit,
+         std::vector<Object*>* worklist, VisitFn visit, WeakVisitFn weak_visit,
          void* context) noexcept
       : mode_(mode),
         mark_(mark),
@@ -101,7 +101,7 @@ class Tracer {
   std::uint32_t base_;  // kSubtract/kMark: edges into slots [base_, base_ + n_) count
   std::uint32_t n_;
   std::int32_t* refs_;
-  std::vector<std::uint32_t>* worklist_;
+  std::vector<Object*>* worklist_;
   VisitFn visit_;  // kVisit and kClear
   WeakVisitFn weak_visit_;
   void* context_;
