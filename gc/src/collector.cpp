@@ -276,7 +276,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     std::fprintf(stderr, "gc: collecting generation %d...\n", generation);
     print_generation_sizes(heap);
   }
-  if (heap.debug & DEBUG_VALIDATE) print_validation(heap);
+  if (heap.debug & DEBUG_VALIDATE) print_validation();
 
   if (generation + 1 < 3) ++heap.count[generation + 1];
   for (int i = 0; i <= generation; ++i) heap.count[i] = 0;

@@ -71,8 +71,7 @@ void print_object_line(const char* what, const Object* o) noexcept {
   std::fprintf(stderr, "gc: %s %s\n", what, describe(*o).c_str());
 }
 
-void print_validation(Heap& heap) noexcept {
-  (void)heap;
+void print_validation() noexcept {
   for (const TraceProblem& problem : validate_trace()) {
     std::fprintf(stderr, "gc: %s\n", problem.message.c_str());
   }

@@ -62,13 +62,11 @@ struct HeapOwner {
 Heap& current_heap() {
   if (Heap* heap = tls_heap) [[likely]]
     return *heap;
-  static thread_local HeapOwner owner;  // first use registers the thread-exit hook
+  static thread_local HeapOwner owner;  // constructed here once: registers the thread-exit hook
   (void)owner;
   tls_heap = new Heap();
   return *tls_heap;
 }
-
-Heap::~Heap() = default;
 
 [[noreturn]] void fatal(const char* message, const Object* o) noexcept {
   if (o) {

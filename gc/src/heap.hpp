@@ -92,8 +92,6 @@ struct Heap {
   std::vector<std::int32_t> gc_refs;
   std::vector<Object*> worklist;
 
-  ~Heap();
-
   std::uint32_t segment_end(int segment) const noexcept {
     return segment == kGen0 ? table.size() : begin[segment + 1];
   }
@@ -134,7 +132,7 @@ void collect_generations(Heap& heap) noexcept;
 
 // Debug output (debug.cpp).
 void print_object_line(const char* what, const Object* o) noexcept;
-void print_validation(Heap& heap) noexcept;
+void print_validation() noexcept;
 
 struct TracerAccess {
   using Mode = Tracer::Mode;
