@@ -9,6 +9,32 @@ namespace {
 
 using CyclesTest = GcTest;
 
+// The example from the issue and docs/gc.md, as written there.
+namespace issue_example {
+struct Node : gc::Object {
+  gc::Ref<Node> next;  // strong, counted reference
+  std::vector<gc::Ref<Node>> children;
+  gc::WeakRef<Node> parent;             // weak: does not keep the parent alive
+  void trace(gc::Tracer& t) override {  // visit every strong Ref this object owns
+    t(next);
+    for (auto& c : children) t(c);
+  }
+  void finalize() override {}  // optional, like __del__ (PEP 442): at most once per object
+};
+}  // namespace issue_example
+
+TEST_F(CyclesTest, TheIssuesExample) {
+  using issue_example::Node;
+  gc::Ref<Node> a = gc::make<Node>();  // allocated from trimalloc pools, tracked, refcount 1
+  EXPECT_EQ(gc::refcount(a), 1u);
+  EXPECT_TRUE(gc::is_tracked(a));
+  a->next = a;                    // a self-cycle
+  a = nullptr;                    // the count never reaches 0 ...
+  std::size_t n = gc::collect();  // ... the collector finds it: n == 1
+  EXPECT_EQ(n, 1u);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
 TEST_F(CyclesTest, CountingFreesAcyclicObjectsAtOnce) {
   gc::Ref<Node> a = gc::make<Node>(1);
   a->next = gc::make<Node>(2);
