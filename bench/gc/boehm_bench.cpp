@@ -8,31 +8,16 @@
 // measure marking the live set plus whatever sweeping GC_gcollect() does eagerly.
 #include <gc.h>
 
-#include <time.h>
-#include <algorithm>
-
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
-#include <vector>
+
+#include "timing.h"
 
 namespace {
 
 struct Node {
   Node* next;
   Node* prev;
-};
-
-// Process CPU time, not wall time: the figures stay comparable on a shared, loaded machine, and
-// Boehm's parallel marker threads are counted too.
-struct Clock {
-  using time_point = double;
-  static double now() {
-    timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-  }
 };
 
 Node* new_node() {
@@ -65,21 +50,9 @@ Node** build_cycles(std::size_t n) {
 }
 
 double timed_collect() {
-  auto start = Clock::now();
+  double start = gcbench::cpu_seconds();
   GC_gcollect();
-  return Clock::now() - start;
-}
-
-double median_ns(int reps, std::size_t n, const std::function<double()>& run) {
-  std::vector<double> samples;
-  for (int r = 0; r < reps; ++r) samples.push_back(run() * 1e9 / static_cast<double>(n));
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
-
-void report(const char* scenario, std::size_t n, double ns) {
-  std::printf("boehm %s %zu %.2f\n", scenario, n, ns);
-  std::fflush(stdout);
+  return gcbench::cpu_seconds() - start;
 }
 
 // Roots the optimizer cannot drop: Boehm scans the data segment.
@@ -111,17 +84,19 @@ int main(int argc, char** argv) {
     GC_disable();
     return s;
   };
-  report("cycles_garbage", n, median_ns(reps, n, [&] { return garbage_run(make_cycle_garbage); }));
-  report("list_garbage", n, median_ns(reps, n, [&] { return garbage_run(make_list_garbage); }));
+  gcbench::report("boehm", "cycles_garbage", n,
+                  gcbench::median_ns(reps, n, [&] { return garbage_run(make_cycle_garbage); }));
+  gcbench::report("boehm", "list_garbage", n,
+                  gcbench::median_ns(reps, n, [&] { return garbage_run(make_list_garbage); }));
 
   GC_enable();
   live_cycles = build_cycles(n);
   GC_gcollect();
-  report("cycles_live", n, median_ns(reps, n, timed_collect));
+  gcbench::report("boehm", "cycles_live", n, gcbench::median_ns(reps, n, timed_collect));
   live_cycles = nullptr;
   live_list = build_list(n);
   GC_gcollect();
-  report("list_live", n, median_ns(reps, n, timed_collect));
+  gcbench::report("boehm", "list_live", n, gcbench::median_ns(reps, n, timed_collect));
   live_list = nullptr;
   GC_gcollect();
   return 0;

@@ -16,15 +16,13 @@
 #include <trimalloc/trimalloc.h>
 #include <trimalloc/gc.hpp>
 
-#include <time.h>
 #include <algorithm>
-
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <random>
 #include <vector>
+
+#include "timing.h"
 
 namespace gc = trimalloc::gc;
 
@@ -38,19 +36,8 @@ struct Node : gc::Object {
   }
 };
 
-// Process CPU time, not wall time: the figures stay comparable on a shared, loaded machine, and
-// Boehm's parallel marker threads are counted too.
-struct Clock {
-  using time_point = double;
-  static double now() {
-    timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-  }
-};
-
-double seconds_since(Clock::time_point start) {
-  return Clock::now() - start;
+double seconds_since(double start) {
+  return gcbench::cpu_seconds() - start;
 }
 
 gc::Ref<Node> build_list(std::size_t n) {
@@ -77,18 +64,6 @@ std::vector<gc::Ref<Node>> build_cycles(std::size_t n) {
 }
 
 // Times `measure` (seconds) REPS times after `setup`, returns the median in ns per object.
-double median_ns(int reps, std::size_t n, const std::function<double()>& run) {
-  std::vector<double> samples;
-  for (int r = 0; r < reps; ++r) samples.push_back(run() * 1e9 / static_cast<double>(n));
-  std::sort(samples.begin(), samples.end());
-  return samples[samples.size() / 2];
-}
-
-void report(const char* scenario, std::size_t n, double ns) {
-  std::printf("cpp %s %zu %.2f\n", scenario, n, ns);
-  std::fflush(stdout);
-}
-
 // The scan-order experiment, outside the collector: what reading one word of each of N objects
 // costs through an array of pointers (the slot table) versus a linked list through the objects
 // (CPython's PyGC_Head), each in allocation order and shuffled (a heap after much churn).
@@ -113,8 +88,8 @@ void walk_experiment(std::size_t n, int reps) {
   };
   volatile std::uint64_t sink = 0;
   auto walk_table = [&](const std::vector<Listed*>& order) {
-    return median_ns(reps, n, [&] {
-      auto start = Clock::now();
+    return gcbench::median_ns(reps, n, [&] {
+      double start = gcbench::cpu_seconds();
       std::uint64_t sum = 0;
       for (Listed* o : order) sum += o->count;
       sink = sink + sum;
@@ -122,18 +97,18 @@ void walk_experiment(std::size_t n, int reps) {
     });
   };
   auto walk_list = [&](Listed* head) {
-    return median_ns(reps, n, [&] {
-      auto start = Clock::now();
+    return gcbench::median_ns(reps, n, [&] {
+      double start = gcbench::cpu_seconds();
       std::uint64_t sum = 0;
       for (Listed* o = head; o; o = o->next) sum += o->count;
       sink = sink + sum;
       return seconds_since(start);
     });
   };
-  report("walk_table_alloc_order", n, walk_table(objects));
-  report("walk_table_shuffled", n, walk_table(shuffled));
-  report("walk_list_alloc_order", n, walk_list(link(objects)));
-  report("walk_list_shuffled", n, walk_list(link(shuffled)));
+  gcbench::report("cpp", "walk_table_alloc_order", n, walk_table(objects));
+  gcbench::report("cpp", "walk_table_shuffled", n, walk_table(shuffled));
+  gcbench::report("cpp", "walk_list_alloc_order", n, walk_list(link(objects)));
+  gcbench::report("cpp", "walk_list_shuffled", n, walk_list(link(shuffled)));
   for (Listed* o : objects) tm_free(o);
 }
 
@@ -148,59 +123,60 @@ int main(int argc, char** argv) {
   const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
   gc::disable();  // building is not what is measured, except in build_auto_*
 
-  report("cycles_garbage", n, median_ns(reps, n, [&] {
-           build_cycles(n);  // holders dropped at once: N objects in garbage cycles
-           auto start = Clock::now();
-           std::size_t found = gc::collect();
-           double s = seconds_since(start);
-           if (found != n / 2 * 2) std::abort();
-           return s;
-         }));
-  report("list_garbage", n, median_ns(reps, n, [&] {
-           build_list(n);
-           auto start = Clock::now();
-           std::size_t found = gc::collect();
-           double s = seconds_since(start);
-           if (found != n) std::abort();
-           return s;
-         }));
+  gcbench::report("cpp", "cycles_garbage", n, gcbench::median_ns(reps, n, [&] {
+                    build_cycles(n);  // holders dropped at once: N objects in garbage cycles
+                    double start = gcbench::cpu_seconds();
+                    std::size_t found = gc::collect();
+                    double s = seconds_since(start);
+                    if (found != n / 2 * 2) std::abort();
+                    return s;
+                  }));
+  gcbench::report("cpp", "list_garbage", n, gcbench::median_ns(reps, n, [&] {
+                    build_list(n);
+                    double start = gcbench::cpu_seconds();
+                    std::size_t found = gc::collect();
+                    double s = seconds_since(start);
+                    if (found != n) std::abort();
+                    return s;
+                  }));
   {
     auto holders = build_cycles(n);
     gc::collect();  // settle everything into the oldest generation first, as in Python
-    report("cycles_live", n, median_ns(reps, n, [&] {
-             auto start = Clock::now();
-             std::size_t found = gc::collect();
-             double s = seconds_since(start);
-             if (found != 0) std::abort();
-             return s;
-           }));
+    gcbench::report("cpp", "cycles_live", n, gcbench::median_ns(reps, n, [&] {
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != 0) std::abort();
+                      return s;
+                    }));
     holders.clear();
     gc::collect();
   }
   {
     auto head = build_list(n);
     gc::collect();
-    report("list_live", n, median_ns(reps, n, [&] {
-             auto start = Clock::now();
-             std::size_t found = gc::collect();
-             double s = seconds_since(start);
-             if (found != 0) std::abort();
-             return s;
-           }));
+    gcbench::report("cpp", "list_live", n, gcbench::median_ns(reps, n, [&] {
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != 0) std::abort();
+                      return s;
+                    }));
     head = nullptr;
     gc::collect();
   }
   for (bool automatic : {true, false}) {
-    report(automatic ? "build_auto_on" : "build_auto_off", n, median_ns(reps, n, [&] {
-             if (automatic) gc::enable();
-             auto start = Clock::now();
-             gc::Ref<Node> head = build_list(n);
-             double s = seconds_since(start);
-             gc::disable();
-             head = nullptr;
-             gc::collect();  // the list's neighbour pairs are cycles: not part of the timing
-             return s;
-           }));
+    gcbench::report(
+        "cpp", automatic ? "build_auto_on" : "build_auto_off", n, gcbench::median_ns(reps, n, [&] {
+          if (automatic) gc::enable();
+          double start = gcbench::cpu_seconds();
+          gc::Ref<Node> head = build_list(n);
+          double s = seconds_since(start);
+          gc::disable();
+          head = nullptr;
+          gc::collect();  // the list's neighbour pairs are cycles: not part of the timing
+          return s;
+        }));
   }
   walk_experiment(n, reps);
   // Header (count + slot index) beyond the vtable pointer, plus one slot word in the table.
