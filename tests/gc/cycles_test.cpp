@@ -357,6 +357,22 @@ TEST_F(CyclesTest, ConstructorExceptionFreesTheBlock) {
   EXPECT_EQ(gc::get_stats()[0].collections, before + 1);
 }
 
+struct alignas(64) CacheLineNode : Node {
+  char pad[8];
+};
+
+TEST_F(CyclesTest, OverAlignedTypesAreAllocatedAlignedAndCollected) {
+  {
+    gc::Ref<CacheLineNode> a = gc::make<CacheLineNode>(), b = gc::make<CacheLineNode>();
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a.get()) % 64, 0u);
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(b.get()) % 64, 0u);
+    a->next = b;
+    b->next = a;
+  }
+  EXPECT_EQ(gc::collect(), 2u);
+  EXPECT_EQ(live_nodes, 0);
+}
+
 TEST_F(CyclesTest, RefBasics) {
   gc::Ref<Finalized> f = gc::make<Finalized>();
   gc::Ref<Node> n = f;  // upcast
