@@ -5,7 +5,8 @@ Runs `/usr/bin/python3 -m test -jN --junit-xml ...` on the modules below twice: 
 environment, once with LD_PRELOAD=<libtrimalloc.so> PYTHONMALLOC=malloc (so every Python object
 goes through trimalloc's malloc). Each run must give the same result: per module the same
 regrtest outcome (passed / failed / skipped) and, per test case, the same status (passed /
-failed / error / skipped). Tests that fail in both runs are reported (not trimalloc's doing).
+failed / error / skipped) and no case more than 30 s and 5x slower (a hang that the test's own
+timeout ends would otherwise pass). Tests that fail in both runs are reported.
 
 A module whose results differ is run once more, alone, in both configurations; the test fails if
 the difference shows again (a timing-sensitive test that flips once under load is reported as
@@ -21,6 +22,7 @@ import time
 import xml.etree.ElementTree as ET
 
 PYTHON = "/usr/bin/python3"
+SLOW_SECONDS = 30  # a test case this much (and 5x) slower with trimalloc counts as a difference
 MODULES = [
     "test_gc", "test_weakref", "test_dict", "test_list", "test_set", "test_unicode", "test_json",
     "test_re", "test_threading", "test_bytes", "test_array", "test_memoryview",
@@ -59,8 +61,8 @@ def module_of(case_name):
     return parts[1] if len(parts) > 1 and parts[0] == "test" else parts[0]
 
 
-def parse_junit(path):
-    """{module: {case: status}} with status in passed/failed/error/skipped."""
+def parse_junit(path, times=None):
+    """{module: {case: status}} with status in passed/failed/error/skipped; times[case] = s."""
     result = {}
     root = ET.parse(path).getroot()
     for case in root.iter("testcase"):
@@ -74,6 +76,11 @@ def parse_junit(path):
         else:
             status = "passed"
         result.setdefault(module_of(name), {})[name] = status
+        if times is not None:
+            try:
+                times[name] = float(case.get("time", "0"))
+            except ValueError:
+                pass
     return result
 
 
@@ -112,7 +119,8 @@ def run(label, env, modules, jobs, work):
         print("cpython_suite: %s run produced no junit file (exit %d); tail of its output:" % (label, proc.returncode))
         print("\n".join((proc.stdout + proc.stderr).splitlines()[-30:]))
         return None
-    return {"cases": parse_junit(xml), "outcome": parse_outcomes(proc.stdout, modules), "rc": proc.returncode,
+    times = {}
+    return {"cases": parse_junit(xml, times), "times": times, "outcome": parse_outcomes(proc.stdout, modules), "rc": proc.returncode,
             "seconds": elapsed}
 
 
@@ -127,6 +135,10 @@ def differences(a, b, modules):
             sa, sb = ca.get(name, "absent"), cb.get(name, "absent")
             if sa != sb:
                 lines.append("%s: %s without trimalloc, %s with" % (name, sa, sb))
+            # A hang that a test's own timeout ends still "passes": compare the times too.
+            ta, tb = a["times"].get(name, 0.0), b["times"].get(name, 0.0)
+            if tb > ta + SLOW_SECONDS and tb > 5 * ta:
+                lines.append("%s: %.1f s without trimalloc, %.1f s with (hang?)" % (name, ta, tb))
         if lines:
             diff[m] = lines
     return diff
