@@ -11,6 +11,7 @@
 
 #include "heap.h"
 #include "large.h"
+#include "large_registry.h"
 #include "sampling.h"
 #include "trimalloc/trimalloc.h"
 
@@ -18,6 +19,15 @@ namespace trimalloc {
 
 [[noreturn]] void report_foreign(const char* call, const void* p) noexcept {
   fatal(call, "invalid pointer (not allocated by trimalloc)", p);
+}
+
+void check_large(const void* p, const char* call) noexcept {
+  if constexpr (kSecure) {
+    if (registry_state(p) != LargeState::kLive)
+      fatal(call, "invalid pointer or double free of large block", p);
+  } else {
+    (void)p, (void)call;
+  }
 }
 
 void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
@@ -39,6 +49,7 @@ void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
     if (size <= kSmallMax && class_block_size(size_class_of(size)) == old_size) return p;
   } else {
     if (!large_owns(p)) report_foreign(call, p);
+    check_large(p, call);
     if (size > kSmallMax) return large_realloc(p, size);
     old_size = large_usable_size(p);
   }
@@ -53,6 +64,7 @@ std::size_t usable_size_impl(const void* p, const char* call) noexcept {
   if (p == nullptr) return 0;
   if (small_owns(p)) return small_usable_size(p, call);
   if (!large_owns(p)) report_foreign(call, p);
+  check_large(p, call);
   return large_usable_size(p);
 }
 
@@ -61,11 +73,13 @@ void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const cha
     Pool* pool = checked_pool(p, call);
     unsigned cls = aligned_class_of(size, alignment ? alignment : 1);
     if (cls != pool->size_class) fatal(call, "size does not match the allocation of", p);
+    if constexpr (kSecure) return quarantine_free(p, call);
     small_free(p, call);
     return;
   }
   if (p == nullptr) return;
   if (!large_owns(p)) report_foreign(call, p);
+  if constexpr (kSecure) return quarantine_free(p, call);
   if (size <= kSmallMax && alignment <= kSmallMax)
     fatal(call, "size does not match the allocation of", p);
   large_free_sized(p, size, alignment);
@@ -180,7 +194,9 @@ int tm_owns(const void* p) {
     Pool* pool = pool_of(p);
     return block_index(pool, reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1)) >= 0;
   }
-  return p != nullptr && g_arena_map.contains(SlotKind::kLarge, p);
+  if (p == nullptr || !g_arena_map.contains(SlotKind::kLarge, p)) return 0;
+  if constexpr (kSecure) return registry_state(p) == LargeState::kLive;
+  return 1;
 }
 
 const char* tm_version(void) {

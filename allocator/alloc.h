@@ -2,10 +2,12 @@
 #pragma once
 #include <cstddef>
 
+#include "config.h"
 #include "decay.h"
 #include "heap.h"
 #include "large.h"
 #include "os.h"
+#include "quarantine.h"
 #include "sampling.h"
 
 namespace trimalloc {
@@ -15,6 +17,9 @@ void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept
 void* realloc_impl(void* p, std::size_t size, const char* call) noexcept;
 std::size_t usable_size_impl(const void* p, const char* call) noexcept;
 void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
+// Hardened build: aborts unless p is a live large block (not freed, not in quarantine, not an
+// interior pointer). No-op in the default build.
+void check_large(const void* p, const char* call) noexcept;
 bool valid_alignment(std::size_t alignment) noexcept;
 inline std::size_t os_page() noexcept {
   return os::page_size();
@@ -32,6 +37,11 @@ inline void* malloc_impl(std::size_t size) noexcept {
 // free() with the public call's name for messages. Small first: it is the common case and
 // null is never in a small arena, so the null check costs nothing there.
 inline void free_impl(void* p, const char* call) noexcept {
+  if constexpr (kSecure) {
+    if (p == nullptr) return;
+    if (!small_owns(p) && !large_owns(p)) report_foreign(call, p);
+    return quarantine_free(p, call);
+  }
   if (__builtin_expect(small_owns(p), 1)) {
     small_free(p, call);
     return;

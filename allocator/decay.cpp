@@ -1,5 +1,7 @@
 #include "decay.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
@@ -7,11 +9,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 
 #include "arena.h"
+#include "heap.h"
 #include "large.h"
 #include "options.h"
 #include "trim.h"
@@ -25,6 +31,7 @@ std::atomic<bool> g_sleeping{false};  // asleep with no timeout: a free must wak
 std::atomic<std::uint32_t> g_wake_seq{0};
 std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
+std::atomic<std::uint64_t> g_last_thread_exit_ms{0};
 // A heap smaller than this never gets a decay thread (what it could return is not worth one).
 constexpr std::size_t kHeapWorthAThread = 8 << 20;
 
@@ -71,13 +78,51 @@ bool decay_pass() {
   return r.work_left || large_dirty_bytes() != 0;
 }
 
+// Live threads of the process: /proc/self/task entries whose state is not zombie or dead. (The
+// stat "num_threads" field would count a main thread that called pthread_exit: it stays a
+// zombie until the whole process ends.) 0 if unknown. This thread holds no allocator lock
+// here, so opendir() may allocate.
+long live_thread_count() {
+  DIR* dir = opendir("/proc/self/task");
+  if (dir == nullptr) return 0;
+  long live = 0;
+  while (dirent* e = readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    char path[300], buf[512];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // exited meanwhile
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) continue;
+    buf[n] = 0;
+    const char* p = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
+    if (p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X') ++live;
+  }
+  closedir(dir);
+  return live;
+}
+
+// The decay thread must never be what keeps a process alive: when every other thread has
+// exited (main called pthread_exit, or a fork child's thread finished), end the process the
+// way glibc does when its last thread exits.
+void exit_if_last_thread() {
+  if (live_thread_count() == 1) exit(0);
+}
+
 void* decay_main(void*) {
   pthread_setname_np(pthread_self(), "trimalloc-decay");
   for (;;) {
     std::uint32_t seq = g_wake_seq.load(std::memory_order_acquire);
     bool more = decay_pass();
     long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
-    if (more) {
+    // A thread exited lately: it still counts until its last destructor has run, so look again
+    // shortly for a while.
+    bool exits_pending = now_ms() - g_last_thread_exit_ms.load(std::memory_order_relaxed) < 2000;
+    if (exits_pending) exit_if_last_thread();
+    if (exits_pending && !more) {
+      futex_wait(&g_wake_seq, seq, 50);
+    } else if (more) {
       long tick = decay > 40 ? static_cast<long>(decay / 4) : 10;
       futex_wait(&g_wake_seq, seq, tick);
     } else {
@@ -149,6 +194,12 @@ void on_dirty_pool() noexcept {
   decay_note_dirty_pool();
 }
 
+void on_thread_exit() noexcept {
+  if (!g_started.load(std::memory_order_relaxed)) return;
+  g_last_thread_exit_ms.store(now_ms(), std::memory_order_relaxed);
+  wake();
+}
+
 void before_fork() {
   visit_lock();
 }
@@ -167,6 +218,7 @@ void after_fork_child() {
 void decay_init() noexcept {
   g_on_dirty_pool = on_dirty_pool;
   g_on_heap_growth = decay_note_heap_growth;
+  g_after_thread_exit = on_thread_exit;
   g_on_maintenance = on_maintenance;
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
   // jemalloc decays our arena on the same clock (its -1 also means "never").

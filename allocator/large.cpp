@@ -4,11 +4,15 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 #include "arena_map.h"
+#include "config.h"
 #include "decay.h"
 #include "fatal.h"
+#include "large_registry.h"
 #include "os.h"
+#include "quarantine.h"
 #include "sampling.h"
 #include "trim.h"
 
@@ -26,7 +30,11 @@ int tm_je_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
 // jemalloc reads its compiled-in options from this weak symbol; ours overrides it.
 // No background threads: trimalloc runs its own decay thread and must stay fork-safe.
 extern const char* tm_je_malloc_conf;
-const char* tm_je_malloc_conf = "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0";
+// narenas:1: all our blocks come from the dedicated arena, so jemalloc must not create an auto
+// arena per CPU for each new thread (an arena it fails to create under memory exhaustion would
+// crash the thread's first allocation: the tcache would be associated with a null arena).
+const char* tm_je_malloc_conf =
+    "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";
 
 struct extent_hooks_s;
 typedef struct extent_hooks_s extent_hooks_t;
@@ -53,7 +61,7 @@ constexpr int arena_flag(unsigned a) {
   return static_cast<int>((a + 1) << 20);
 }  // MALLOCX_ARENA
 
-std::atomic<int> g_state{0};  // 0 none, 1 initialising, 2 ready, 3 failed (default arena used)
+std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialising, 2 ready
 int g_arena_flags = 0;
 unsigned g_arena_index = 0;
 std::atomic<std::size_t> g_mapped{0};
@@ -96,33 +104,32 @@ extent_hooks_t g_hooks = {hook_alloc, hook_dalloc,       hook_destroy, nullptr, 
                           nullptr,    hook_purge_forced, hook_split,   hook_merge};
 
 inline bool ready() noexcept {
-  return g_state.load(std::memory_order_acquire) >= 2 || large_init();
+  return g_state.load(std::memory_order_acquire) == 2 || large_init();
 }
 }  // namespace
 
 bool large_init() noexcept {
-  int state = g_state.load(std::memory_order_acquire);
-  if (state >= 2) return true;
+  if (g_state.load(std::memory_order_acquire) == 2) return true;
   int expected = 0;
   if (!g_state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
-    while (g_state.load(std::memory_order_acquire) == 1) sched_yield();
-    return true;
+    while ((expected = g_state.load(std::memory_order_acquire)) == 1) sched_yield();
+    return expected == 2;
   }
-  if (!g_arena_map.init()) {
-    g_state.store(3, std::memory_order_release);
-    return true;  // jemalloc still works; free() simply cannot vouch for large pointers
-  }
+  // Every failure here is lack of memory (the map's or jemalloc's arena's): leave the state at
+  // 0 so that a later call tries again, rather than fall back to an arena trimalloc cannot
+  // vouch for.
   unsigned index = 0;
   std::size_t len = sizeof(index);
   extent_hooks_t* hooks = &g_hooks;
-  if (tm_je_mallctl("arenas.create", &index, &len, &hooks, sizeof(hooks)) == 0) {
-    g_arena_index = index;
-    g_arena_flags = arena_flag(index);
-    g_state.store(2, std::memory_order_release);
-  } else {
-    warn("jemalloc refused to create trimalloc's arena; large blocks use its default arena");
-    g_state.store(3, std::memory_order_release);
+  if (!g_arena_map.init() ||
+      tm_je_mallctl("arenas.create", &index, &len, &hooks, sizeof(hooks)) != 0) {
+    g_state.store(0, std::memory_order_release);
+    errno = ENOMEM;
+    return false;
   }
+  g_arena_index = index;
+  g_arena_flags = arena_flag(index);
+  g_state.store(2, std::memory_order_release);
   return true;
 }
 
@@ -137,7 +144,17 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
     g_on_maintenance();
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   void* p = tm_je_mallocx(size, flags);
-  if (p == nullptr) errno = ENOMEM;
+  if (p == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if constexpr (kSecure) {
+    if (!registry_add(p)) {
+      tm_je_dallocx(p, 0);
+      errno = ENOMEM;
+      return nullptr;
+    }
+  }
   sample_large(p, size);
   return p;
 }
@@ -147,9 +164,22 @@ void* large_realloc(void* p, std::size_t size) noexcept {
     errno = ENOMEM;
     return nullptr;
   }
+  if constexpr (kSecure) {
+    // Hardened: allocate, copy, free, so that a registry without room fails the call cleanly
+    // (rallocx could move the block first). The old block goes through quarantine.
+    std::size_t old = tm_je_sallocx(p, 0);
+    void* q = large_alloc(size, 0, false);
+    if (q == nullptr) return nullptr;
+    std::memcpy(q, p, old < size ? old : size);
+    quarantine_free(p, "realloc");
+    return q;
+  }
   sample_forget(p);
   void* q = tm_je_rallocx(p, size, g_arena_flags);
-  if (q == nullptr) errno = ENOMEM;
+  if (q == nullptr) {
+    errno = ENOMEM;
+    return nullptr;
+  }
   return q;
 }
 
@@ -158,7 +188,9 @@ void large_free(void* p) noexcept {
 }
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
-  tm_je_sdallocx(p, size, alignment > 16 ? lg_align(alignment) : 0);
+  // Size 0 was allocated as 1 (jemalloc has no size-0 class; see alloc_aligned): free it as
+  // such, or jemalloc would file the block under the wrong size class.
+  tm_je_sdallocx(p, size == 0 ? 1 : size, alignment > 16 ? lg_align(alignment) : 0);
 }
 
 std::size_t large_usable_size(const void* p) noexcept {
@@ -166,10 +198,8 @@ std::size_t large_usable_size(const void* p) noexcept {
 }
 
 bool large_owns(const void* p) noexcept {
-  // If jemalloc refused the hooks its memory is not in the map and has to be trusted; before
-  // init there is no large block at all.
-  int state = g_state.load(std::memory_order_acquire);
-  return state == 3 || g_arena_map.contains(SlotKind::kLarge, p);
+  // Every large block lives in memory the extent hooks mapped (before init there is none).
+  return g_arena_map.contains(SlotKind::kLarge, p);
 }
 
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "config.h"
 #include "fatal.h"
 #include "trimalloc/trimalloc.h"
 
@@ -105,6 +106,18 @@ bool parse_size(const char* text, long long* out) noexcept {
 void options_init() noexcept {
   static std::atomic<bool> done{false};
   if (done.exchange(true)) return;
+  // Hardening is a build option (so the default build's fast path carries none of it); say so
+  // rather than let TRIMALLOC_SECURE look as if it had worked.
+  if (const char* secure = getenv("TRIMALLOC_SECURE")) {
+    bool on = std::strcmp(secure, "1") == 0, off = std::strcmp(secure, "0") == 0;
+    if (!on && !off)
+      report_bad("TRIMALLOC_SECURE", secure, "0 or 1");
+    else if (on != kSecure)
+      warn(kSecure ? "TRIMALLOC_SECURE=0: this library was built hardened "
+                     "(-DTRIMALLOC_SECURE=ON) and stays hardened"
+                   : "TRIMALLOC_SECURE=1: this library was built without hardening; build with "
+                     "-DTRIMALLOC_SECURE=ON for hardened mode");
+  }
   for (const OptionSpec& s : kSpecs) {
     const char* text = getenv(s.env);
     if (text == nullptr) continue;

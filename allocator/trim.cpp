@@ -1,13 +1,18 @@
 // Explicit release calls: tm_trim (levels, see trimalloc.h), glibc's malloc_trim and mallopt,
 // and the library constructor that reads options and arms the decay machinery.
 #include <malloc.h>
+#include <pthread.h>
 
 #include <atomic>
 #include <cerrno>
 
+#include "config.h"
 #include "decay.h"
+#include "heap.h"
 #include "large.h"
+#include "large_registry.h"
 #include "options.h"
+#include "quarantine.h"
 #include "trim.h"
 #include "trimalloc/trimalloc.h"
 #include "visit.h"
@@ -29,6 +34,11 @@ std::size_t trim_released_bytes() noexcept {
 
 namespace {
 __attribute__((constructor(200))) void allocator_start() {
+  if constexpr (kSecure) {
+    g_before_thread_exit = quarantine_flush;
+    // Registered after the decay and engine handlers, so its prepare runs first.
+    pthread_atfork(registry_lock_all, registry_unlock_all, registry_reset_after_fork);
+  }
   options_init();
   visits_init();
   decay_init();
@@ -40,6 +50,7 @@ extern "C" size_t tm_trim(int level) {
     errno = EINVAL;
     return 0;
   }
+  if constexpr (kSecure) quarantine_flush();  // held blocks are free memory too
   size_t released = trim_small(static_cast<TrimLevel>(level));
   if (level != TM_TRIM_FAST) released += large_purge();
   g_trim_calls.fetch_add(1, std::memory_order_relaxed);

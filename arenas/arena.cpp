@@ -85,28 +85,30 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     --a->nfree;
     bucket_insert(a);
     pool = pool_header(a, i);
+    // Under the lock: statistics and the decay scan read headers of in-use pools holding it.
+    pool_init(pool, cls, owner);
   }
-  pool_init(pool, cls, owner);
   return pool;
 }
 
 void ArenaSet::release_pool(Pool* pool) noexcept {
   Arena* a = arena_of(pool);
-  // A released pool reads as invalid to free(): capacity 0 makes block_index() fail.
-  pool->capacity = 0;
-  pool->block_size = 0;
-  pool->reciprocal = 0;
-  pool->free = nullptr;
-  pool->owner.store(nullptr, std::memory_order_relaxed);
-  pool->state.store(PoolState::kFree, std::memory_order_relaxed);
-  pool->freed_at_ms = now_ms();
   // Pages the pool never carved, or already purged, are not resident: only a pool that had a
   // page carved is dirty.
   bool dirty = pool->dormant.load(std::memory_order_relaxed) != kAllPagesDormant;
   std::uint64_t bit = std::uint64_t{1} << pool->index;
-
+  std::uint64_t now = now_ms();
   {
     LockGuard guard(lock_);
+    // Under the lock, like pool_init: statistics and the decay scan read in-use headers.
+    // A released pool reads as invalid to free(): capacity 0 makes block_index() fail.
+    pool->capacity = 0;
+    pool->block_size = 0;
+    pool->reciprocal = 0;
+    pool->free = nullptr;
+    pool->owner.store(nullptr, std::memory_order_relaxed);
+    pool->state.store(PoolState::kFree, std::memory_order_relaxed);
+    pool->freed_at_ms = now;
     if (release_pool_locked(a, bit, dirty)) return;
   }
   if (dirty && g_on_dirty_pool) g_on_dirty_pool();

@@ -61,6 +61,7 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   std::uint32_t depth = heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
+  if constexpr (kSecure) secure_scrub(pool, b);
   heap->free_local(pool, b, depth);
 }
 
@@ -129,6 +130,7 @@ void ThreadHeap::make_current(unsigned cls, Pool* pool) noexcept {
 
 void* ThreadHeap::pop_from(Pool* pool) noexcept {
   Block* b = pool->free;
+  if constexpr (kSecure) secure_check_untouched(pool, b);
   pool->free = decode_link(pool, b);
   pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
                    std::memory_order_relaxed);
@@ -351,7 +353,9 @@ void add_abandoned(Pool* pool) noexcept {
 }
 
 Pool* adopt_abandoned(unsigned cls, ThreadHeap* heap) noexcept {
-  if (g_abandoned[cls].head == nullptr) return nullptr;  // racy peek; the lock decides
+  // A peek without the lock (most slow paths find nothing there); the lock decides.
+  if (std::atomic_ref<Pool*>(g_abandoned[cls].head).load(std::memory_order_relaxed) == nullptr)
+    return nullptr;
   LockGuard guard(g_abandoned_lock);
   Pool* pool = g_abandoned[cls].head;
   if (pool == nullptr) return nullptr;

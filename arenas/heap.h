@@ -34,6 +34,7 @@
 #include <cstddef>
 
 #include "arena_map.h"
+#include "config.h"
 #include "fatal.h"
 #include "lock.h"
 #include "pool.h"
@@ -58,6 +59,7 @@ class ThreadHeap {
     Pool* pool = current_[cls];
     Block* b = pool->free;
     if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls, depth);
+    if constexpr (kSecure) secure_check_untouched(pool, b);
     pool->free = decode_link(pool, b);
     pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
                      std::memory_order_relaxed);
@@ -184,6 +186,11 @@ constexpr ThreadHeap::ThreadHeap() noexcept : current_{} {
 extern __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec")));
 
 // --- thread.cpp ---
+// Runs in an exiting thread before its heap is abandoned (set by the allocator layer).
+extern void (*g_before_thread_exit)() noexcept;
+// Runs at the very end of an exiting thread's clean-up (the decay thread checks whether it is
+// the last thread left).
+extern void (*g_after_thread_exit)() noexcept;
 bool engine_init() noexcept;                  // idempotent; false if the OS refused memory
 ThreadHeap* heap_for_this_thread() noexcept;  // creates the heap on first use; null on ENOMEM
 template <typename Fn>
@@ -232,6 +239,7 @@ inline void small_free(void* p, const char* call) noexcept {
     small_free_suspect(pool, b, call);
     return;
   }
+  if constexpr (kSecure) secure_scrub(pool, b);
   ThreadHeap* heap = tl_heap;
   if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
     b->mark = free_mark(pool);

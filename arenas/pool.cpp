@@ -1,5 +1,8 @@
 #include "pool.h"
 
+#include <cstring>
+
+#include "config.h"
 #include "fatal.h"
 #include "heap.h"
 #include "os.h"
@@ -59,6 +62,34 @@ bool pool_revive_page(Pool* pool) noexcept {
   long last = static_cast<long>((page_start + kPageSize - 1) / size);
   if (last >= pool->capacity) last = pool->capacity - 1;
   Block* head = pool->free;
+  if constexpr (kSecure) {
+    // Hardened: hand the page's blocks out in random order, and zero them so the
+    // write-after-free check at allocation has a known state to compare against.
+    std::uint16_t order[kPageSize / kClassGranule + 1];
+    unsigned n = 0;
+    for (long j = first; j <= last; ++j) {
+      std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
+      if (!(pages_mask(first_page(start), last_page(start, size)) & dormant))
+        order[n++] = static_cast<std::uint16_t>(j);
+    }
+    std::uint64_t x = random_word() | 1;
+    for (unsigned i = n; i > 1; --i) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;  // xorshift64
+      unsigned k = static_cast<unsigned>(x % i);
+      std::uint16_t t = order[i - 1];
+      order[i - 1] = order[k];
+      order[k] = t;
+    }
+    for (unsigned i = 0; i < n; ++i) {
+      Block* b = reinterpret_cast<Block*>(base + std::uintptr_t{order[i]} * size);
+      std::memset(b, 0, size);
+      b->link = encode_link(pool, head);
+      b->mark = free_mark(pool);
+      head = b;
+    }
+    pool->free = head;
+    return true;
+  }
   for (long j = last; j >= first; --j) {
     std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
     if (pages_mask(first_page(start), last_page(start, size)) & dormant) continue;
@@ -69,6 +100,16 @@ bool pool_revive_page(Pool* pool) noexcept {
   }
   pool->free = head;
   return true;
+}
+
+void secure_scrub(const Pool* pool, Block* b) noexcept {
+  std::memset(reinterpret_cast<char*>(b) + sizeof(Block), 0, pool->block_size - sizeof(Block));
+}
+
+void secure_check_untouched(const Pool* pool, const Block* b) noexcept {
+  const auto* words = reinterpret_cast<const std::uint64_t*>(b);
+  for (std::size_t i = sizeof(Block) / 8; i < pool->block_size / 8; ++i)
+    if (words[i] != 0) fatal("malloc", "write after free detected in block", b);
 }
 
 std::size_t pool_collect_remote(Pool* pool) noexcept {

@@ -150,6 +150,14 @@ std::size_t pool_release_free_pages(Pool* pool) noexcept;
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept;
 // Clears kWantNotify and waits out an in-flight notification (owner only).
 void pool_cancel_notify(Pool* pool, bool single_threaded) noexcept;
+// Hardened build only: zero a freed block's body (all but the link and mark words), and check
+// at allocation that nobody wrote into it while it was free.
+void secure_scrub(const Pool* pool, Block* b) noexcept;
+void secure_check_untouched(const Pool* pool, const Block* b) noexcept;
+// The mark of a block held in the hardened build's quarantine (freed, not yet reusable).
+inline std::uintptr_t quarantine_mark(const Pool* pool) noexcept {
+  return free_mark(pool) ^ 0x5bd1e9955bd1e995u;
+}
 // Remote free: push `block` on the pool's remote list, notifying the owner if it asked.
 void pool_push_remote(Pool* pool, Block* block) noexcept;
 

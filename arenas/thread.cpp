@@ -20,6 +20,8 @@
 namespace trimalloc {
 
 __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+void (*g_before_thread_exit)() noexcept = nullptr;
+void (*g_after_thread_exit)() noexcept = nullptr;
 
 namespace {
 std::atomic<int> g_init_state{0};  // 0 = not started, 1 = running, 2 = done, 3 = failed
@@ -32,6 +34,8 @@ ThreadHeap* g_recycled = nullptr;  // under g_registry_lock
 void on_thread_exit(void* value) {
   auto* heap = static_cast<ThreadHeap*>(value);
   if (heap == nullptr || heap == &g_empty_heap) return;
+  if (g_before_thread_exit) g_before_thread_exit();  // e.g. empty the hardened quarantine
+  heap = tl_heap;  // the hook may have freed, but never creates a heap: still this one
   // Later frees from this thread (other TLS destructors, glibc freeing the DTV) take the remote
   // path: its pools are ownerless once abandoned.
   tl_heap = &g_empty_heap;
@@ -39,9 +43,12 @@ void on_thread_exit(void* value) {
   heap->abandon(false);
   heap->leave(depth);
   heap->live.store(false, std::memory_order_release);
-  LockGuard guard(g_registry_lock);
-  heap->free_next = g_recycled;
-  g_recycled = heap;
+  {
+    LockGuard guard(g_registry_lock);
+    heap->free_next = g_recycled;
+    g_recycled = heap;
+  }
+  if (g_after_thread_exit) g_after_thread_exit();
 }
 
 // --- fork: hold every allocator lock across fork(), so the child sees consistent lists ---

@@ -52,8 +52,10 @@ TM_API void* tm_pvalloc(size_t size);
 /* Bytes usable in the block `p` points at (>= the size requested); 0 for NULL. */
 TM_API size_t tm_usable_size(const void* p);
 
-/* Non-zero if `p` points at the start of a live-or-free block that trimalloc manages
- * (small pool block or jemalloc block of trimalloc's arena). Never faults, for any p. */
+/* Non-zero if `p` is trimalloc's: for a small block, `p` must be the start of a block of one of
+ * trimalloc's pools; for a large block, `p` must lie in trimalloc's large-block memory (the
+ * hardened build, -DTRIMALLOC_SECURE=ON, requires the start of a live large block). Never
+ * faults, for any p. */
 TM_API int tm_owns(const void* p);
 
 /* --- Giving memory back (see README: "Giving memory back") ---

@@ -1,0 +1,81 @@
+#include "quarantine.h"
+
+#include <cstddef>
+
+#include "alloc.h"
+#include "large_registry.h"
+
+namespace trimalloc {
+namespace {
+constexpr unsigned kSlots = 256;
+constexpr std::size_t kMaxBytes = 1 << 20;
+
+struct Quarantine {
+  void* slot[kSlots];
+  std::size_t size[kSlots];
+  unsigned next;
+  std::size_t bytes;
+};
+__thread Quarantine tl_quarantine __attribute__((tls_model("initial-exec")));
+
+// Frees a block that leaves quarantine (its checks were made when it came in).
+void release(void* p, const char* call) {
+  if (small_owns(p)) {
+    small_free(p, call);
+  } else {
+    registry_transition(p, LargeState::kQuarantined, LargeState::kAbsent);
+    large_free(p);
+  }
+}
+}  // namespace
+
+void quarantine_free(void* p, const char* call) noexcept {
+  std::size_t size;
+  if (small_owns(p)) {
+    Pool* pool = checked_pool(p, call);
+    auto* b = static_cast<Block*>(p);
+    std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
+    if (b->mark == free_mark(pool) || b->mark == quarantine_mark(pool) ||
+        ((pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1))
+      fatal(call, "double free of", p);
+    secure_scrub(pool, b);
+    b->mark = quarantine_mark(pool);
+    size = pool->block_size;
+  } else {
+    if (!registry_transition(p, LargeState::kLive, LargeState::kQuarantined))
+      fatal(call, "invalid pointer or double free of large block", p);
+    size = large_usable_size(p);
+  }
+  // Only a thread with a heap is told when it exits (and empties its quarantine then).
+  if (tl_heap == &g_empty_heap && heap_for_this_thread() == nullptr) return release(p, call);
+  Quarantine& q = tl_quarantine;
+  if (size > kMaxBytes / 4) return release(p, call);  // would push out everything else
+  void* out = q.slot[q.next];
+  if (out != nullptr) q.bytes -= q.size[q.next];
+  q.slot[q.next] = p;
+  q.size[q.next] = size;
+  q.bytes += size;
+  q.next = (q.next + 1) % kSlots;
+  // Over budget: let the oldest go early.
+  while (q.bytes > kMaxBytes && out == nullptr) {
+    unsigned i = q.next;
+    for (unsigned n = 0; n < kSlots && q.slot[i] == nullptr; ++n) i = (i + 1) % kSlots;
+    out = q.slot[i];
+    q.bytes -= q.size[i];
+    q.slot[i] = nullptr;
+  }
+  if (out != nullptr) release(out, call);
+}
+
+void quarantine_flush() noexcept {
+  Quarantine& q = tl_quarantine;
+  for (unsigned i = 0; i < kSlots; ++i) {
+    if (q.slot[i] == nullptr) continue;
+    void* p = q.slot[i];
+    q.slot[i] = nullptr;
+    release(p, "free");
+  }
+  q.bytes = 0;
+}
+
+}  // namespace trimalloc
