@@ -5,6 +5,8 @@
 // The malloc/new override (override_*.cpp) are thin shims over these functions.
 #include "alloc.h"
 
+#include <pthread.h>
+
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -12,8 +14,11 @@
 #include "heap.h"
 #include "large.h"
 #include "large_registry.h"
+#include "options.h"
+#include "quarantine.h"
 #include "sampling.h"
 #include "trimalloc/trimalloc.h"
+#include "visit.h"
 
 namespace trimalloc {
 
@@ -79,9 +84,11 @@ void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const cha
   }
   if (p == nullptr) return;
   if (!large_owns(p)) report_foreign(call, p);
-  if constexpr (kSecure) return quarantine_free(p, call);
-  if (size <= kSmallMax && alignment <= kSmallMax)
+  // A small size for a large block is a mismatch, unless the sampler served a small request
+  // from the large allocator.
+  if (size <= kSmallMax && alignment <= kSmallMax && !sample_is_sampled(p))
     fatal(call, "size does not match the allocation of", p);
+  if constexpr (kSecure) return quarantine_free(p, call);
   large_free_sized(p, size, alignment);
 }
 
@@ -92,6 +99,22 @@ bool valid_alignment(std::size_t alignment) noexcept {
 }  // namespace trimalloc
 
 using namespace trimalloc;
+
+// Start-up of the allocator layer. It lives here, beside tm_malloc, because a program linking
+// the static engine pulls in only the object files it references: a constructor in any other
+// file could silently be left out.
+namespace {
+__attribute__((constructor(200))) void allocator_start() {
+  if constexpr (kSecure) {
+    g_before_thread_exit = quarantine_flush;
+    // Fork: hold the registry shards too (lock order: visit -> registry -> engine locks).
+    pthread_atfork(registry_lock_all, registry_unlock_all, registry_reset_after_fork);
+  }
+  options_init();
+  visits_init();
+  decay_init();
+}
+}  // namespace
 
 extern "C" {
 

@@ -25,13 +25,21 @@ inline std::size_t os_page() noexcept {
   return os::page_size();
 }
 
+void* malloc_after_quarantine(std::size_t size) noexcept;
+
 inline void* malloc_impl(std::size_t size) noexcept {
+  void* p;
   if (__builtin_expect(size <= kSmallMax, 1)) {
     unsigned cls = size_class_of(size);
-    if (sample_due(class_block_size(cls))) return sample_small_slow(cls);
-    return small_alloc(cls);
+    p = sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+  } else {
+    p = large_alloc(size, 0, false);
   }
-  return large_alloc(size, 0, false);
+  // Hardened build: memory held in quarantine is free memory; use it before failing.
+  if constexpr (kSecure) {
+    if (__builtin_expect(p == nullptr, 0)) return malloc_after_quarantine(size);
+  }
+  return p;
 }
 
 // free() with the public call's name for messages. Small first: it is the common case and

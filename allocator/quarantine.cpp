@@ -1,5 +1,6 @@
 #include "quarantine.h"
 
+#include <cerrno>
 #include <cstddef>
 
 #include "alloc.h"
@@ -46,8 +47,10 @@ void quarantine_free(void* p, const char* call) noexcept {
       fatal(call, "invalid pointer or double free of large block", p);
     size = large_usable_size(p);
   }
-  // Only a thread with a heap is told when it exits (and empties its quarantine then).
-  if (tl_heap == &g_empty_heap && heap_for_this_thread() == nullptr) return release(p, call);
+  // Only a thread with a heap is told when it exits (and empties its quarantine then); a thread
+  // that is exiting already (glibc frees its TLS blocks after our exit hook) must not get one.
+  if (tl_thread_exiting || (tl_heap == &g_empty_heap && heap_for_this_thread() == nullptr))
+    return release(p, call);
   Quarantine& q = tl_quarantine;
   if (size > kMaxBytes / 4) return release(p, call);  // would push out everything else
   void* out = q.slot[q.next];
@@ -65,6 +68,13 @@ void quarantine_free(void* p, const char* call) noexcept {
     q.slot[i] = nullptr;
   }
   if (out != nullptr) release(out, call);
+}
+
+void* malloc_after_quarantine(std::size_t size) noexcept {
+  quarantine_flush();
+  void* p = size <= kSmallMax ? small_alloc(size_class_of(size)) : large_alloc(size, 0, false);
+  if (p == nullptr) errno = ENOMEM;
+  return p;
 }
 
 void quarantine_flush() noexcept {

@@ -1,5 +1,4 @@
-// Explicit release calls: tm_trim (levels, see trimalloc.h), glibc's malloc_trim and mallopt,
-// and the library constructor that reads options and arms the decay machinery.
+// Explicit release calls: tm_trim (levels, see trimalloc.h), glibc's malloc_trim and mallopt.
 #include <malloc.h>
 #include <pthread.h>
 
@@ -31,19 +30,6 @@ std::size_t trim_released_bytes() noexcept {
   return g_trim_released.load(std::memory_order_relaxed) + decay_released_bytes();
 }
 }  // namespace trimalloc
-
-namespace {
-__attribute__((constructor(200))) void allocator_start() {
-  if constexpr (kSecure) {
-    g_before_thread_exit = quarantine_flush;
-    // Registered after the decay and engine handlers, so its prepare runs first.
-    pthread_atfork(registry_lock_all, registry_unlock_all, registry_reset_after_fork);
-  }
-  options_init();
-  visits_init();
-  decay_init();
-}
-}  // namespace
 
 extern "C" size_t tm_trim(int level) {
   if (level < TM_TRIM_FAST || level > TM_TRIM_ALL) {

@@ -191,6 +191,8 @@ extern void (*g_before_thread_exit)() noexcept;
 // Runs at the very end of an exiting thread's clean-up (the decay thread checks whether it is
 // the last thread left).
 extern void (*g_after_thread_exit)() noexcept;
+// Set once this thread's exit clean-up has run (later frees come from glibc's own teardown).
+extern __thread bool tl_thread_exiting __attribute__((tls_model("initial-exec")));
 bool engine_init() noexcept;                  // idempotent; false if the OS refused memory
 ThreadHeap* heap_for_this_thread() noexcept;  // creates the heap on first use; null on ENOMEM
 template <typename Fn>

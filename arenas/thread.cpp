@@ -22,6 +22,7 @@ namespace trimalloc {
 __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
 void (*g_before_thread_exit)() noexcept = nullptr;
 void (*g_after_thread_exit)() noexcept = nullptr;
+__thread bool tl_thread_exiting __attribute__((tls_model("initial-exec"))) = false;
 
 namespace {
 std::atomic<int> g_init_state{0};  // 0 = not started, 1 = running, 2 = done, 3 = failed
@@ -35,6 +36,7 @@ void on_thread_exit(void* value) {
   auto* heap = static_cast<ThreadHeap*>(value);
   if (heap == nullptr || heap == &g_empty_heap) return;
   if (g_before_thread_exit) g_before_thread_exit();  // e.g. empty the hardened quarantine
+  tl_thread_exiting = true;
   heap = tl_heap;  // the hook may have freed, but never creates a heap: still this one
   // Later frees from this thread (other TLS destructors, glibc freeing the DTV) take the remote
   // path: its pools are ownerless once abandoned.
