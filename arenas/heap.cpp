@@ -18,27 +18,34 @@ namespace {
 SpinLock g_abandoned_lock;
 ClassList g_abandoned[kClassCount];
 
-void abandoned_push(Pool* pool) {
-  ClassList& list = g_abandoned[pool->size_class];
+// Doubly linked pool lists: a heap's per-class lists and the abandoned lists. The head is
+// written through atomic_ref because adopt_abandoned() peeks at an abandoned list's head without
+// its lock; for a heap's own lists that is an ordinary store.
+void push_front(ClassList& list, Pool* pool) noexcept {
   pool->prev = nullptr;
   pool->next = list.head;
   if (list.head)
     list.head->prev = pool;
   else
     list.tail = pool;
-  list.head = pool;
+  std::atomic_ref<Pool*>(list.head).store(pool, std::memory_order_relaxed);
 }
-void abandoned_remove(Pool* pool) {
-  ClassList& list = g_abandoned[pool->size_class];
+void unlink(ClassList& list, Pool* pool) noexcept {
   if (pool->prev)
     pool->prev->next = pool->next;
   else
-    list.head = pool->next;
+    std::atomic_ref<Pool*>(list.head).store(pool->next, std::memory_order_relaxed);
   if (pool->next)
     pool->next->prev = pool->prev;
   else
     list.tail = pool->prev;
   pool->next = pool->prev = nullptr;
+}
+void abandoned_push(Pool* pool) {
+  push_front(g_abandoned[pool->size_class], pool);
+}
+void abandoned_remove(Pool* pool) {
+  unlink(g_abandoned[pool->size_class], pool);
 }
 }  // namespace
 
@@ -99,25 +106,10 @@ void ThreadHeap::wait_for_visitor() noexcept {
 // --- lists ---
 
 void ThreadHeap::list_push_front(ClassList& list, Pool* pool) noexcept {
-  pool->prev = nullptr;
-  pool->next = list.head;
-  if (list.head)
-    list.head->prev = pool;
-  else
-    list.tail = pool;
-  list.head = pool;
+  push_front(list, pool);
 }
-
 void ThreadHeap::list_remove(ClassList& list, Pool* pool) noexcept {
-  if (pool->prev)
-    pool->prev->next = pool->next;
-  else
-    list.head = pool->next;
-  if (pool->next)
-    pool->next->prev = pool->prev;
-  else
-    list.tail = pool->prev;
-  pool->next = pool->prev = nullptr;
+  unlink(list, pool);
 }
 
 void ThreadHeap::make_current(unsigned cls, Pool* pool) noexcept {
