@@ -208,10 +208,12 @@ void after_fork_parent() {
 }
 void after_fork_child() {
   visit_reset_after_fork();
-  // The decay thread did not survive fork(): the child starts its own when it needs one.
+  // The decay thread did not survive fork().
   g_started.store(false, std::memory_order_relaxed);
   g_sleeping.store(false, std::memory_order_relaxed);
-  g_maintenance_requested.store(true, std::memory_order_relaxed);  // re-checks heap size
+  // No new thread from here: most children exec or exit soon, and starting threads in the
+  // child of a multi-threaded parent is best avoided. The child gets a decay thread if its own
+  // heap grows (a new arena or jemalloc region requests one), like any process.
 }
 }  // namespace
 
