@@ -32,6 +32,7 @@ std::atomic<std::uint32_t> g_wake_seq{0};
 std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
 std::atomic<std::uint64_t> g_last_thread_exit_ms{0};
+std::atomic<bool> g_in_fork_child{false};
 // A heap smaller than this never gets a decay thread (what it could return is not worth one).
 constexpr std::size_t kHeapWorthAThread = 8 << 20;
 
@@ -138,6 +139,10 @@ void* decay_main(void*) {
 
 void start_thread() {
   if (!g_constructed.load(std::memory_order_acquire)) return;
+#if defined(__SANITIZE_THREAD__)
+  // TSan cannot start threads in the child of a multi-threaded fork (it dies instead).
+  if (g_in_fork_child.load(std::memory_order_relaxed)) return;
+#endif
   if (g_started.exchange(true, std::memory_order_acq_rel)) return;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
@@ -211,9 +216,11 @@ void after_fork_child() {
   // The decay thread did not survive fork().
   g_started.store(false, std::memory_order_relaxed);
   g_sleeping.store(false, std::memory_order_relaxed);
-  // No new thread from here: most children exec or exit soon, and starting threads in the
-  // child of a multi-threaded parent is best avoided. The child gets a decay thread if its own
-  // heap grows (a new arena or jemalloc region requests one), like any process.
+  // Not from the request the parent may have left pending: most children exec or exit soon. The
+  // child gets a decay thread if its own heap grows (a new arena or jemalloc region asks), like
+  // any process - pre-fork servers' workers need one.
+  g_maintenance_requested.store(false, std::memory_order_relaxed);
+  g_in_fork_child.store(true, std::memory_order_relaxed);
 }
 }  // namespace
 
