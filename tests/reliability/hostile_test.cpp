@@ -28,12 +28,9 @@
 #include <thread>
 #include <vector>
 
+#include "libc_api.h"
 #include "model.h"
-
-extern "C" {
-void free_sized(void* p, size_t size);
-void free_aligned_sized(void* p, size_t alignment, size_t size);
-}
+#include "test_support.h"
 
 void rel::failure(const char* what) {
   std::fprintf(stderr, "hostile_test: model check failed: %s\n", what);
@@ -45,28 +42,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-template <class F>
-F* opaque(F* f) {
-  F* volatile v = f;
-  return v;
-}
-
-struct LibcApi {
-  static void* malloc(std::size_t n) { return opaque(&::malloc)(n); }
-  static void* calloc(std::size_t c, std::size_t n) { return opaque(&::calloc)(c, n); }
-  static void* realloc(void* p, std::size_t n) { return opaque(&::realloc)(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return opaque(&::reallocarray)(p, c, n); }
-  static void free(void* p) { opaque(&::free)(p); }
-  static void free_sized(void* p, std::size_t n) { opaque(&::free_sized)(p, n); }
-  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) { opaque(&::free_aligned_sized)(p, a, n); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return opaque(&::aligned_alloc)(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return opaque(&::posix_memalign)(out, a, n); }
-  static void* memalign(std::size_t a, std::size_t n) { return opaque(&::memalign)(a, n); }
-  static void* valloc(std::size_t n) { return opaque(&::valloc)(n); }
-  static void* pvalloc(std::size_t n) { return opaque(&::pvalloc)(n); }
-  static std::size_t usable(const void* p) { return opaque(&::malloc_usable_size)(const_cast<void*>(p)); }
-  static void trim() { opaque(&::malloc_trim)(0); }
-};
+using reltest::LibcApi;
 
 // A block that carries its own size and seed in its first 16 bytes, so it can travel between
 // threads through a single atomic word.
@@ -85,7 +61,8 @@ struct Tagged {
     std::uint64_t seed;
     std::memcpy(&n, p, 8);
     std::memcpy(&seed, static_cast<char*>(p) + 8, 8);
-    bool ok = n >= 16 && n < (64u << 20) && rel::first_bad(static_cast<char*>(p) + 16, n - 16, seed) < 0 &&
+    bool ok = n >= 16 && n < (64u << 20) &&
+              rel::first_bad(static_cast<char*>(p) + 16, n - 16, seed) < 0 &&
               ::malloc_usable_size(p) >= n;
     std::free(p);
     return ok;
@@ -95,34 +72,19 @@ struct Tagged {
 std::size_t mixed_size(std::mt19937_64& rng) {
   std::uint64_t r = rng();
   switch (r % 16) {
-    case 0: return 513 + (r >> 8) % 20000;
-    case 1: return 20000 + (r >> 8) % 300000;
-    default: return 16 + (r >> 8) % 497;
+    case 0:
+      return 513 + (r >> 8) % 20000;
+    case 1:
+      return 20000 + (r >> 8) % 300000;
+    default:
+      return 16 + (r >> 8) % 497;
   }
 }
 
-int wait_with_deadline(pid_t pid, std::chrono::seconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    int status = 0;
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (r < 0 && errno != EINTR) return -2;
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-}
-
+// Waiting for children with a deadline: tests/core/test_support.h.
+using tmtest::wait_with_deadline;
 std::string describe(int status) {
-  if (status == -1) return "timed out (deadlock?), killed";
-  if (status == -2) return "waitpid failed";
-  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
-  return "status " + std::to_string(status);
+  return tmtest::describe_status(status);
 }
 
 // What a forked child does: allocate in every way, verify, free, trim, start a thread that
@@ -157,7 +119,7 @@ int child_work(int depth) {
     pid_t g = fork();
     if (g < 0) return 7;
     if (g == 0) _exit(child_work(1));
-    int st = wait_with_deadline(g, 20s);
+    int st = wait_with_deadline(g, 20);
     if (!(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)) return 8;
   }
   for (void* p : blocks)
@@ -209,7 +171,7 @@ TEST(Hostile, ForkWhileThreadsHammerAndTrim) {
       return;
     }
     if (pid == 0) _exit(child_work(f % 10 == 0 ? 0 : 1));
-    int st = wait_with_deadline(pid, 30s);
+    int st = wait_with_deadline(pid, 30);
     if (!(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
       ++failed_forks;
       std::lock_guard<std::mutex> g(fm);
@@ -250,7 +212,10 @@ TEST(Hostile, ThousandsOfThreadsWithBlocksCrossingBetweenThem) {
     void* mine[24];
     for (auto& p : mine) {
       p = Tagged::make(mixed_size(rng), rng());
-      if (!p) ++bad; else ++made;
+      if (!p)
+        ++bad;
+      else
+        ++made;
     }
     // Leave a third of them behind for later threads; free the rest.
     for (int k = 0; k < 24; ++k) {
@@ -281,7 +246,13 @@ TEST(Hostile, ThousandsOfThreadsWithBlocksCrossingBetweenThem) {
       pthread_attr_setstacksize(&a, PTHREAD_STACK_MIN + 16384);
       static decltype(body)* g_body;
       g_body = &body;
-      int rc = pthread_create(&r.t, &a, [](void*) -> void* { (*g_body)(); return nullptr; }, nullptr);
+      int rc = pthread_create(
+          &r.t, &a,
+          [](void*) -> void* {
+            (*g_body)();
+            return nullptr;
+          },
+          nullptr);
       pthread_attr_destroy(&a);
       if (rc != 0) {
         ++bad;
@@ -328,7 +299,8 @@ TEST(Hostile, SignalsArriveConstantlyWhileThreadsAllocate) {
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  struct sigaction old_alrm {}, old_usr1 {};
+  struct sigaction old_alrm {
+  }, old_usr1{};
   ASSERT_EQ(sigaction(SIGALRM, &sa, &old_alrm), 0);
   ASSERT_EQ(sigaction(SIGUSR1, &sa, &old_usr1), 0);
   g_signals = 0;
@@ -352,9 +324,10 @@ TEST(Hostile, SignalsArriveConstantlyWhileThreadsAllocate) {
       while (!stop.load(std::memory_order_relaxed)) {
         std::uint64_t r = rng();
         rel::Op op{};
-        static const rel::Code codes[] = {rel::kMalloc, rel::kMalloc, rel::kCalloc, rel::kRealloc,
-                                          rel::kAlignedAlloc, rel::kPosixMemalign, rel::kFree, rel::kFree,
-                                          rel::kFreeSized, rel::kVerify, rel::kHandoff, rel::kHuge};
+        static const rel::Code codes[] = {rel::kMalloc,  rel::kMalloc,       rel::kCalloc,
+                                          rel::kRealloc, rel::kAlignedAlloc, rel::kPosixMemalign,
+                                          rel::kFree,    rel::kFree,         rel::kFreeSized,
+                                          rel::kVerify,  rel::kHandoff,      rel::kHuge};
         op.code = codes[r % (sizeof codes / sizeof codes[0])];
         op.slot = static_cast<std::uint16_t>((r >> 8) & 0xff);
         op.size = rel::size_from(static_cast<std::uint32_t>(r >> 16)) % 70000;
@@ -390,7 +363,9 @@ TEST(Hostile, SignalsArriveConstantlyWhileThreadsAllocate) {
               static_cast<unsigned long long>(world.ops.load()));
 }
 
-unsigned char dl_byte(unsigned seed, std::size_t i) { return static_cast<unsigned char>(seed * 131 + i * 7 + (i >> 8)); }
+unsigned char dl_byte(unsigned seed, std::size_t i) {
+  return static_cast<unsigned char>(seed * 131 + i * 7 + (i >> 8));
+}
 
 TEST(Hostile, DlopenDlcloseOfALibraryThatAllocates) {
   std::atomic<bool> stop{false};
@@ -415,7 +390,8 @@ TEST(Hostile, DlopenDlcloseOfALibraryThatAllocates) {
     auto work = reinterpret_cast<int (*)()>(dlsym(h, "rel_dl_work"));
     ASSERT_TRUE(report_to && check && make && take && work);
     report_to(&dtor_bad, &dtor_freed);
-    ASSERT_EQ(check(), 1) << "round " << round << ": the constructor's blocks or C++ statics are damaged";
+    ASSERT_EQ(check(), 1) << "round " << round
+                          << ": the constructor's blocks or C++ statics are damaged";
     unsigned seed = static_cast<unsigned>(round);
     std::size_t n = 1 + (round * 37) % 3000;
     void* p = make(n, seed);
@@ -430,10 +406,12 @@ TEST(Hostile, DlopenDlcloseOfALibraryThatAllocates) {
       EXPECT_EQ(work(), 1);
     }
     ASSERT_EQ(dlclose(h), 0);
-    EXPECT_EQ(dlopen(RELDL_PATH, RTLD_NOW | RTLD_NOLOAD), nullptr) << "the library was not unloaded";
+    EXPECT_EQ(dlopen(RELDL_PATH, RTLD_NOW | RTLD_NOLOAD), nullptr)
+        << "the library was not unloaded";
     EXPECT_EQ(dtor_freed, 50 * (round + 1)) << "the destructor did not run on dlclose";
   }
-  EXPECT_EQ(dtor_bad, 0) << "blocks made in the constructor were damaged by the time of the destructor";
+  EXPECT_EQ(dtor_bad, 0)
+      << "blocks made in the constructor were damaged by the time of the destructor";
   for (std::size_t k = 0; k < from_lib.size(); ++k) {
     auto [p, seed] = from_lib[k];
     std::size_t n = 1 + (k * 37) % 3000;
@@ -450,7 +428,8 @@ TEST(Hostile, DlopenDlcloseOfALibraryThatAllocates) {
 // --- very large requests -------------------------------------------------------------------
 
 const std::size_t kHuge[] = {SIZE_MAX, SIZE_MAX - 1, static_cast<std::size_t>(PTRDIFF_MAX),
-                             static_cast<std::size_t>(PTRDIFF_MAX) + 1, static_cast<std::size_t>(PTRDIFF_MAX) - 4095};
+                             static_cast<std::size_t>(PTRDIFF_MAX) + 1,
+                             static_cast<std::size_t>(PTRDIFF_MAX) - 4095};
 
 // Every entry point with every huge size; returns a description of the first problem.
 std::string huge_everywhere() {
@@ -468,10 +447,10 @@ std::string huge_everywhere() {
   std::memset(small, 0x11, 100);
   std::memset(large, 0x22, 100000);
   for (std::size_t n : kHuge) {
-#define NULL_OR_FAIL(expr, name)     \
-  do {                               \
-    errno = 0;                       \
-    void* r_ = (expr);               \
+#define NULL_OR_FAIL(expr, name)               \
+  do {                                         \
+    errno = 0;                                 \
+    void* r_ = (expr);                         \
     if (!expect_null(r_, name, n)) return buf; \
   } while (0)
     NULL_OR_FAIL(LibcApi::malloc(n), "malloc");
@@ -498,8 +477,10 @@ std::string huge_everywhere() {
     NULL_OR_FAIL(LibcApi::pvalloc(n), "pvalloc");
     NULL_OR_FAIL(::operator new(n, std::nothrow), "operator new(nothrow)");
     NULL_OR_FAIL(::operator new[](n, std::nothrow), "operator new[](nothrow)");
-    NULL_OR_FAIL(::operator new(n, std::align_val_t(64), std::nothrow), "operator new(align 64, nothrow)");
-    NULL_OR_FAIL(::operator new[](n, std::align_val_t(8192), std::nothrow), "operator new[](align 8192, nothrow)");
+    NULL_OR_FAIL(::operator new(n, std::align_val_t(64), std::nothrow),
+                 "operator new(align 64, nothrow)");
+    NULL_OR_FAIL(::operator new[](n, std::align_val_t(8192), std::nothrow),
+                 "operator new[](align 8192, nothrow)");
 #undef NULL_OR_FAIL
     const char* threw_not = nullptr;
     auto must_throw = [&](const char* what, auto f) {
@@ -512,16 +493,19 @@ std::string huge_everywhere() {
     must_throw("operator new", [&] { return ::operator new(n); });
     must_throw("operator new[]", [&] { return ::operator new[](n); });
     must_throw("operator new(align 64)", [&] { return ::operator new(n, std::align_val_t(64)); });
-    must_throw("operator new[](align 4096)", [&] { return ::operator new[](n, std::align_val_t(4096)); });
+    must_throw("operator new[](align 4096)",
+               [&] { return ::operator new[](n, std::align_val_t(4096)); });
     if (threw_not) {
       std::snprintf(buf, sizeof buf, "%s(%zu) did not throw std::bad_alloc", threw_not, n);
       return buf;
     }
   }
   for (int i = 0; i < 100; ++i)
-    if (static_cast<unsigned char*>(small)[i] != 0x11) return "a failed realloc damaged the small block";
+    if (static_cast<unsigned char*>(small)[i] != 0x11)
+      return "a failed realloc damaged the small block";
   for (int i = 0; i < 100000; ++i)
-    if (static_cast<unsigned char*>(large)[i] != 0x22) return "a failed realloc damaged the large block";
+    if (static_cast<unsigned char*>(large)[i] != 0x22)
+      return "a failed realloc damaged the large block";
   free(small);
   free(large);
   void* p = malloc(1000);  // still works
@@ -530,7 +514,9 @@ std::string huge_everywhere() {
   return "";
 }
 
-TEST(Hostile, HugeRequestsOnEveryEntryPoint) { EXPECT_EQ(huge_everywhere(), ""); }
+TEST(Hostile, HugeRequestsOnEveryEntryPoint) {
+  EXPECT_EQ(huge_everywhere(), "");
+}
 
 TEST(Hostile, HugeRequestsAsTheFirstCallsOfFreshThreads) {
   for (int round = 0; round < 20; ++round) {
@@ -539,9 +525,12 @@ TEST(Hostile, HugeRequestsAsTheFirstCallsOfFreshThreads) {
     for (int t = 0; t < 4; ++t) {
       ts.emplace_back([&, t] {
         errno = 0;
-        void* p = malloc(SIZE_MAX - static_cast<std::size_t>(t));  // before anything else in this thread
-        if (p != nullptr || errno != ENOMEM) r[t] = "first malloc(huge) of a fresh thread did not fail with ENOMEM";
-        else r[t] = huge_everywhere();
+        void* p =
+            malloc(SIZE_MAX - static_cast<std::size_t>(t));  // before anything else in this thread
+        if (p != nullptr || errno != ENOMEM)
+          r[t] = "first malloc(huge) of a fresh thread did not fail with ENOMEM";
+        else
+          r[t] = huge_everywhere();
       });
     }
     for (auto& t : ts) t.join();
@@ -580,7 +569,8 @@ int rlimit_child() {
     ts.emplace_back([&, t] {
       while (phase.load() == 0) std::this_thread::yield();
       // 1. 256 KiB blocks until the limit, 2. small blocks of several classes until failure.
-      for (std::size_t n : {std::size_t{256} << 10, std::size_t{4096}, std::size_t{48} + 16 * t, std::size_t{400}}) {
+      for (std::size_t n : {std::size_t{256} << 10, std::size_t{4096}, std::size_t{48} + 16 * t,
+                            std::size_t{400}}) {
         bool failed = false;
         for (std::size_t i = 0; i < (1u << 18) && per[t].size() < per[t].capacity(); ++i) {
           errno = 0;
@@ -683,7 +673,7 @@ TEST(Hostile, ThreadsRaceIntoALowAddressSpaceLimit) {
     }
     _exit(code);
   }
-  int st = wait_with_deadline(pid, 120s);
+  int st = wait_with_deadline(pid, 120);
   ASSERT_TRUE(st >= 0 && WIFEXITED(st)) << describe(st);
   EXPECT_EQ(WEXITSTATUS(st), 0) << "step code (see rlimit_child)";
 }

@@ -12,31 +12,13 @@
 #include <vector>
 
 #include "inject_support.h"
+#include "libc_api.h"
 
 extern "C" int tm_owns(const void* p);
 
 namespace {
 
-template <class F>
-F* opaque(F* f) {
-  F* volatile v = f;
-  return v;
-}
-
-struct LibcApi {
-  static void* malloc(std::size_t n) { return opaque(&::malloc)(n); }
-  static void* calloc(std::size_t c, std::size_t n) { return opaque(&::calloc)(c, n); }
-  static void* realloc(void* p, std::size_t n) { return opaque(&::realloc)(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return opaque(&::reallocarray)(p, c, n); }
-  static void free(void* p) { opaque(&::free)(p); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return opaque(&::aligned_alloc)(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return opaque(&::posix_memalign)(out, a, n); }
-  static void* memalign(std::size_t a, std::size_t n) { return opaque(&::memalign)(a, n); }
-  static void* valloc(std::size_t n) { return opaque(&::valloc)(n); }
-  static void* pvalloc(std::size_t n) { return opaque(&::pvalloc)(n); }
-  static std::size_t usable(const void* p) { return opaque(&::malloc_usable_size)(const_cast<void*>(p)); }
-  static void trim() { tm_trim(TM_TRIM_ALL); }
-};
+using reltest::LibcApi;  // its trim() is malloc_trim(0), which is tm_trim(TM_TRIM_ALL) here
 
 TEST(InjectOverride, MallocIsTrimallocInThisBinary) {
   void* p = LibcApi::malloc(100);
@@ -100,7 +82,8 @@ TEST(InjectOverride, OperatorNewThrowsBadAllocNothrowReturnsNullHandlerCanRecove
   // Exhaust every pool class and the jemalloc sizes the news below use.
   reltest::Taken taken;
   std::uint64_t seed = 0;
-  for (std::size_t n = 16; n <= 512; n += 16) reltest::exhaust<LibcApi>({reltest::Call::kMalloc, n, 0}, 1 << 21, taken, log, seed);
+  for (std::size_t n = 16; n <= 512; n += 16)
+    reltest::exhaust<LibcApi>({reltest::Call::kMalloc, n, 0}, 1 << 21, taken, log, seed);
   for (std::size_t n : {4000ul, 1ul << 20, 4ul << 20})
     reltest::exhaust<LibcApi>({reltest::Call::kMalloc, n, 0}, 1 << 21, taken, log, seed);
   for (std::size_t a : {64ul, 256ul, 4096ul})
@@ -109,17 +92,23 @@ TEST(InjectOverride, OperatorNewThrowsBadAllocNothrowReturnsNullHandlerCanRecove
   expect_bad_alloc(log, "operator new(16)", [] { return ::operator new(16); });
   expect_bad_alloc(log, "operator new[](500)", [] { return ::operator new[](500); });
   expect_bad_alloc(log, "operator new(4000)", [] { return ::operator new(4000); });
-  expect_bad_alloc(log, "operator new(200, align 256)", [] { return ::operator new(200, std::align_val_t(256)); });
-  expect_bad_alloc(log, "operator new[](200, align 4096)", [] { return ::operator new[](200, std::align_val_t(4096)); });
-  expect_bad_alloc(log, "new-expression int[1M]", [] { return static_cast<void*>(new int[1 << 20]); });
+  expect_bad_alloc(log, "operator new(200, align 256)",
+                   [] { return ::operator new(200, std::align_val_t(256)); });
+  expect_bad_alloc(log, "operator new[](200, align 4096)",
+                   [] { return ::operator new[](200, std::align_val_t(4096)); });
+  expect_bad_alloc(log, "new-expression int[1M]",
+                   [] { return static_cast<void*>(new int[1 << 20]); });
   expect_bad_alloc(log, "std::vector<char>(4 MiB)", [] {
     std::vector<char> v(4 << 20);
     return static_cast<void*>(v.empty() ? nullptr : &v);  // any non-throwing outcome is reported
   });
   if (void* p = ::operator new(48, std::nothrow)) log.add("nothrow new(48) returned %p", p);
-  if (void* p = ::operator new[](1 << 20, std::nothrow)) log.add("nothrow new[](1 MiB) returned %p", p);
-  if (void* p = ::operator new(200, std::align_val_t(64), std::nothrow)) log.add("nothrow aligned new returned %p", p);
-  if (void* p = ::operator new[](200, std::align_val_t(4096), std::nothrow)) log.add("nothrow aligned new[] returned %p", p);
+  if (void* p = ::operator new[](1 << 20, std::nothrow))
+    log.add("nothrow new[](1 MiB) returned %p", p);
+  if (void* p = ::operator new(200, std::align_val_t(64), std::nothrow))
+    log.add("nothrow aligned new returned %p", p);
+  if (void* p = ::operator new[](200, std::align_val_t(4096), std::nothrow))
+    log.add("nothrow aligned new[] returned %p", p);
 
   // The new_handler frees a reserve block and uninstalls itself: new(64) then succeeds.
   std::set_new_handler(release_reserve);
@@ -129,7 +118,8 @@ TEST(InjectOverride, OperatorNewThrowsBadAllocNothrowReturnsNullHandlerCanRecove
   } catch (...) {
     log.add("new(64) threw although the new_handler freed a 64-byte block");
   }
-  if (g_handler_calls.load() != 1) log.add("new_handler called %d times, expected 1", g_handler_calls.load());
+  if (g_handler_calls.load() != 1)
+    log.add("new_handler called %d times, expected 1", g_handler_calls.load());
   std::set_new_handler(nullptr);
 
   bool survivor_ok = survivor->size() == 1000 && (*survivor)[999] == 42 && (*survivor)[0] == 42;
