@@ -1,13 +1,16 @@
 // Churn workloads: the allocation patterns of long-running servers.
 //
-//   trimalloc_bench_churn larson     [--threads T] [--ops N] [--slots K]  threads replace random blocks
-//                                     of random sizes; every round the arrays move to other threads,
-//                                     so blocks are freed by a thread that did not allocate them
+//   trimalloc_bench_churn larson     [--threads T] [--ops N] [--slots K]  threads replace random
+//   blocks
+//                                     of random sizes; every round the arrays move to other
+//                                     threads, so blocks are freed by a thread that did not
+//                                     allocate them
 //   trimalloc_bench_churn prodcons   [--ops N]     one thread allocates, another frees
-//   trimalloc_bench_churn falseshare [--threads T] [--ops N]  each thread frees a block it was handed
+//   trimalloc_bench_churn falseshare [--threads T] [--ops N]  each thread frees a block it was
+//   handed
 //                                     (allocated next to the other threads' blocks), then allocates
-//                                     small blocks and writes them hard: slow if blocks of different
-//                                     threads share a cache line
+//                                     small blocks and writes them hard: slow if blocks of
+//                                     different threads share a cache line
 //   trimalloc_bench_churn mixed      [--ops N] [--slots K]  a long mixed-size churn (16 B..64 KiB,
 //                                     log-uniform) with a constant live set: does RSS creep up?
 //
@@ -15,11 +18,11 @@
 // the free, after idling and after the explicit release (common.h). Output: JSON lines.
 #include <algorithm>
 #include <atomic>
-#include <memory>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,19 +54,19 @@ Options parse(int argc, char** argv) {
   if (argc < 2) usage("missing mode");
   Options o;
   o.mode = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-    const char* v = argv[++i];
-    char* end = nullptr;
-    double x = strtod(v, &end);
-    if (*end || x < 0) usage(("bad value for " + a + ": " + v).c_str());
-    if (a == "--threads") o.threads = unsigned(x);
-    else if (a == "--ops") o.ops = size_t(x);
-    else if (a == "--slots") o.slots = size_t(x);
-    else if (a == "--idle") o.idle_s = x;
-    else usage(("unknown option " + a).c_str());
-  }
+  parse_numeric_options(argc, argv, 2, usage, [&](const std::string& a, double x) {
+    if (a == "--threads")
+      o.threads = unsigned(x);
+    else if (a == "--ops")
+      o.ops = size_t(x);
+    else if (a == "--slots")
+      o.slots = size_t(x);
+    else if (a == "--idle")
+      o.idle_s = x;
+    else
+      return false;
+    return true;
+  });
   if (o.threads == 0) usage("need --threads >= 1");
   return o;
 }
@@ -98,7 +101,8 @@ size_t log_size(Rng& rng, size_t max) {
   return size_t(std::exp(lo + (hi - lo) * u));
 }
 
-// --- larson ---------------------------------------------------------------------------------------
+// --- larson
+// ---------------------------------------------------------------------------------------
 double larson(const Options& o, Result& r) {
   const size_t slots = o.slots ? o.slots : 20000, ops = o.ops ? o.ops : 4'000'000;
   constexpr int kRounds = 8;
@@ -133,36 +137,15 @@ double larson(const Options& o, Result& r) {
   return elapsed * 1e9 / double(per_thread_round * T * kRounds);
 }
 
-// --- producer/consumer ----------------------------------------------------------------------------
-void backoff(unsigned& spins) {
-  if (++spins < 64) {
-    __builtin_ia32_pause();
-  } else {
-    spins = 0;
-    std::this_thread::yield();  // the machine may have fewer free cores than threads
-  }
-}
-
+// --- producer/consumer
+// ----------------------------------------------------------------------------
 double prodcons(const Options& o, Result& r) {
   const size_t ops = o.ops ? o.ops : 4'000'000;
   auto ring = std::make_unique<SpscRing>();
   std::atomic<bool> done{false};
   emit_event("warm");
   const double t0 = now_s();
-  std::thread consumer([&] {
-    unsigned spins = 0;
-    for (;;) {
-      if (void* p = ring->pop()) {
-        free(p);
-        continue;
-      }
-      if (done.load(std::memory_order_acquire)) {  // every push happened before `done`: drain
-        while (void* p = ring->pop()) free(p);
-        return;
-      }
-      backoff(spins);
-    }
-  });
+  std::thread consumer([&] { free_until_done(*ring, done); });
   Rng rng(7);
   for (size_t i = 0; i < ops; ++i) {
     char* p = alloc_fill(rng.range(16, 512), 3);
@@ -177,7 +160,8 @@ double prodcons(const Options& o, Result& r) {
   return elapsed * 1e9 / double(ops);
 }
 
-// --- false sharing (Hoard's cache-scratch) --------------------------------------------------------
+// --- false sharing (Hoard's cache-scratch)
+// --------------------------------------------------------
 double falseshare(const Options& o, Result& r) {
   const size_t ops = o.ops ? o.ops : 200'000;
   constexpr size_t kSize = 16, kWrites = 100;
@@ -204,7 +188,8 @@ double falseshare(const Options& o, Result& r) {
   return elapsed * 1e9 / double(ops / T * T);
 }
 
-// --- long mixed-size churn ------------------------------------------------------------------------
+// --- long mixed-size churn
+// ------------------------------------------------------------------------
 double mixed(const Options& o, Result& r) {
   const size_t slots = o.slots ? o.slots : 50000, ops = o.ops ? o.ops : 4'000'000;
   constexpr size_t kMax = 16 * 1024;
@@ -248,11 +233,16 @@ int main(int argc, char** argv) {
   emit_event("start");
   r.u64("rss_baseline", rss_bytes());
   double ns_per_op;
-  if (o.mode == "larson") ns_per_op = larson(o, r);
-  else if (o.mode == "prodcons") ns_per_op = prodcons(o, r);
-  else if (o.mode == "falseshare") ns_per_op = falseshare(o, r);
-  else if (o.mode == "mixed") ns_per_op = mixed(o, r);
-  else usage(("unknown mode " + o.mode).c_str());
+  if (o.mode == "larson")
+    ns_per_op = larson(o, r);
+  else if (o.mode == "prodcons")
+    ns_per_op = prodcons(o, r);
+  else if (o.mode == "falseshare")
+    ns_per_op = falseshare(o, r);
+  else if (o.mode == "mixed")
+    ns_per_op = mixed(o, r);
+  else
+    usage(("unknown mode " + o.mode).c_str());
   r.num("ns_per_op", ns_per_op);
   r.u64("rss_peak", peak_rss_bytes());
   release_phases(r, o.idle_s);

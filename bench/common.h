@@ -43,7 +43,8 @@ inline size_t rss_bytes() {
 }
 
 // Which allocator serves this process's malloc: the library that defines the `malloc` the dynamic
-// linker resolves first ("trimalloc", "jemalloc", "mimalloc", "tcmalloc", "glibc" or the file name).
+// linker resolves first ("trimalloc", "jemalloc", "mimalloc", "tcmalloc", "glibc" or the file
+// name).
 inline std::string allocator_name() {
   void* sym = dlsym(RTLD_DEFAULT, "malloc");
   Dl_info info{};
@@ -78,7 +79,8 @@ inline std::string explicit_release() {
   }
   if (who == "tcmalloc") {
     using fn_t = void (*)();
-    if (auto fn = reinterpret_cast<fn_t>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"))) {
+    if (auto fn =
+            reinterpret_cast<fn_t>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"))) {
       fn();
       return "MallocExtension_ReleaseFreeMemory()";
     }
@@ -180,7 +182,8 @@ inline void release_phases(Result& r, double idle_s) {
 // malloc and touched at once, so it is part of the baseline RSS and never of the allocator's heap.
 template <class T>
 T* scratch_array(size_t n) {
-  void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p =
+      mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     perror("mmap");
     exit(1);
@@ -221,6 +224,49 @@ class SpscRing {
   alignas(64) size_t c_tail_ = 0, c_head_seen_ = 0;
   alignas(64) void* slots_[kCap];
 };
+
+// Spin briefly, then yield: the machine may have fewer free cores than threads.
+inline void backoff(unsigned& spins) {
+  if (++spins < 64) {
+    __builtin_ia32_pause();
+  } else {
+    spins = 0;
+    std::this_thread::yield();
+  }
+}
+
+// The consumer of the producer/consumer workloads: frees whatever arrives until `done` is set,
+// then drains the ring (every push happened before `done`).
+inline void free_until_done(SpscRing& ring, const std::atomic<bool>& done) {
+  unsigned spins = 0;
+  for (;;) {
+    if (void* p = ring.pop()) {
+      free(p);
+      continue;
+    }
+    if (done.load(std::memory_order_acquire)) {
+      while (void* p = ring.pop()) free(p);
+      return;
+    }
+    backoff(spins);
+  }
+}
+
+// Options of the form `--name <non-negative number>` from argv[first] on; set(name, value) returns
+// false for an unknown name. Anything malformed goes to usage(), which does not return.
+template <typename Set>
+void parse_numeric_options(int argc, char** argv, int first, void (*usage)(const char*),
+                           Set&& set) {
+  for (int i = first; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) usage(("missing value after " + a).c_str());
+    const char* v = argv[++i];
+    char* end = nullptr;
+    double x = strtod(v, &end);
+    if (*end || x < 0) usage(("bad value for " + a + ": " + v).c_str());
+    if (!set(a, x)) usage(("unknown option " + a).c_str());
+  }
+}
 
 // Deterministic, allocation-free PRNG (xorshift64*), so every allocator sees the same sequence.
 struct Rng {

@@ -5,8 +5,8 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
-#include <memory>
 #include <cstdlib>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -74,41 +74,26 @@ void BM_batch(benchmark::State& state) {
   }
   state.counters["ops_per_iter"] = double(kCount);
 }
-BENCHMARK(BM_batch)->Arg(16)->Arg(64)->Arg(256)->Arg(512)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_batch)
+    ->Arg(16)
+    ->Arg(64)
+    ->Arg(256)
+    ->Arg(512)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
-void spin_wait(unsigned& spins) {
-  if (++spins < 64) {
-    __builtin_ia32_pause();
-  } else {
-    spins = 0;
-    std::this_thread::yield();  // the machine may have fewer free cores than threads
-  }
-}
-
-// Two threads: this one allocates blocks one at a time, the other frees them (every free is remote).
+// Two threads: this one allocates blocks one at a time, the other frees them (every free is
+// remote).
 void BM_prodcons(benchmark::State& state) {
   const size_t size = size_t(state.range(0));
   auto ring = std::make_unique<tmbench::SpscRing>();
   std::atomic<bool> done{false};
-  std::thread consumer([&] {
-    unsigned spins = 0;
-    for (;;) {
-      if (void* p = ring->pop()) {
-        free(p);
-        continue;
-      }
-      if (done.load(std::memory_order_acquire)) {  // every push happened before `done`: drain
-        while (void* p = ring->pop()) free(p);
-        break;
-      }
-      spin_wait(spins);
-    }
-  });
+  std::thread consumer([&] { tmbench::free_until_done(*ring, done); });
   for (auto _ : state) {
     void* p = malloc(size);
     touch(p);
     unsigned spins = 0;
-    while (!ring->push(p)) spin_wait(spins);
+    while (!ring->push(p)) tmbench::backoff(spins);
   }
   done.store(true, std::memory_order_release);
   consumer.join();
@@ -128,8 +113,9 @@ void BM_crossthread_free(benchmark::State& state) {
     unsigned spins = 0;
     for (size_t slot = 0;; slot = (slot + 1) % kSlots) {
       while (!full[slot].load(std::memory_order_acquire)) {
-        if (done.load(std::memory_order_acquire) && !full[slot].load(std::memory_order_acquire)) return;
-        spin_wait(spins);
+        if (done.load(std::memory_order_acquire) && !full[slot].load(std::memory_order_acquire))
+          return;
+        tmbench::backoff(spins);
       }
       for (void* p : batches[slot]) free(p);
       full[slot].store(0, std::memory_order_release);
@@ -138,7 +124,7 @@ void BM_crossthread_free(benchmark::State& state) {
   size_t slot = 0;
   for (auto _ : state) {
     unsigned spins = 0;
-    while (full[slot].load(std::memory_order_acquire)) spin_wait(spins);
+    while (full[slot].load(std::memory_order_acquire)) tmbench::backoff(spins);
     for (size_t i = 0; i < kBatch; ++i) {
       void* p = malloc(size);
       touch(p);

@@ -2,7 +2,8 @@
 //
 //   trimalloc_bench_rss docs   [--count N] [--idle S]   the documents' experiment: N small blocks,
 //                                                        free all, idle, explicit release
-//   trimalloc_bench_rss frag99 [--count N] [--idle S]   free 99% with scattered survivors; computes the
+//   trimalloc_bench_rss frag99 [--count N] [--idle S]   free 99% with scattered survivors; computes
+//   the
 //                                                        theoretical maximum releasable bytes
 //   trimalloc_bench_rss frag90 [--count N]              free 90%, allocate the same volume again:
 //                                                        how much does RSS grow (are holes reused)?
@@ -42,23 +43,26 @@ Options parse(int argc, char** argv) {
   if (argc < 2) usage("missing mode");
   Options o;
   o.mode = argv[1];
-  for (int i = 2; i < argc; ++i) {
-    std::string a = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-    const char* v = argv[++i];
-    char* end = nullptr;
-    double x = strtod(v, &end);
-    if (*end || x < 0) usage(("bad value for " + a + ": " + v).c_str());
-    if (a == "--count") o.count = size_t(x);
-    else if (a == "--min") o.min_size = size_t(x);
-    else if (a == "--max") o.max_size = size_t(x);
-    else if (a == "--idle") o.idle_s = x;
-    else if (a == "--seed") o.seed = uint64_t(x);
-    else usage(("unknown option " + a).c_str());
-  }
-  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90") usage(("unknown mode " + o.mode).c_str());
+  parse_numeric_options(argc, argv, 2, usage, [&](const std::string& a, double x) {
+    if (a == "--count")
+      o.count = size_t(x);
+    else if (a == "--min")
+      o.min_size = size_t(x);
+    else if (a == "--max")
+      o.max_size = size_t(x);
+    else if (a == "--idle")
+      o.idle_s = x;
+    else if (a == "--seed")
+      o.seed = uint64_t(x);
+    else
+      return false;
+    return true;
+  });
+  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90")
+    usage(("unknown mode " + o.mode).c_str());
   if (o.max_size == 0) o.max_size = o.mode == "docs" ? 256 : 512;
-  if (o.count == 0 || o.min_size == 0 || o.min_size > o.max_size) usage("need count > 0 and 0 < min <= max");
+  if (o.count == 0 || o.min_size == 0 || o.min_size > o.max_size)
+    usage("need count > 0 and 0 < min <= max");
   return o;
 }
 
@@ -192,7 +196,9 @@ int main(int argc, char** argv) {
     r.num("free_realloc_s", now_s() - t2);
     emit_event("reallocated");
     const size_t after = rss_bytes();
-    r.u64("freed_bytes", freed_bytes).u64("reallocated_bytes", again).u64("rss_after_realloc", after);
+    r.u64("freed_bytes", freed_bytes)
+        .u64("reallocated_bytes", again)
+        .u64("rss_after_realloc", after);
     check_survivors(h);
     free_all(h);
     emit_event("end");
