@@ -92,6 +92,10 @@ void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const cha
   large_free_sized(p, size, alignment);
 }
 
+void* malloc_zero() noexcept {
+  return malloc_impl(1);
+}
+
 bool valid_alignment(std::size_t alignment) noexcept {
   return alignment != 0 && (alignment & (alignment - 1)) == 0;
 }

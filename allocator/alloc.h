@@ -26,12 +26,18 @@ inline std::size_t os_page() noexcept {
 }
 
 void* malloc_after_quarantine(std::size_t size) noexcept;
+// malloc(0): out of line, so that inlining it twice does not give malloc a stack frame.
+[[gnu::noinline]] void* malloc_zero() noexcept;
 
 inline void* malloc_impl(std::size_t size) noexcept {
   void* p;
-  if (__builtin_expect(size <= kSmallMax, 1)) {
-    unsigned cls = size_class_of(size);
+  // size - 1 wraps for 0, so one unsigned compare admits exactly 1..512; malloc(0) takes the
+  // second branch and is served as a 1-byte request.
+  if (__builtin_expect(size - 1 < kSmallMax, 1)) {
+    unsigned cls = static_cast<unsigned>((size - 1) >> 4);
     p = sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+  } else if (size == 0) {
+    return malloc_zero();
   } else {
     p = large_alloc(size, 0, false);
   }

@@ -117,8 +117,13 @@ class ThreadHeap {
     std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
     pool->used.store(used, std::memory_order_relaxed);
     if (__builtin_expect(
-            used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0))
+            used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0)) {
+      // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
+      // an empty heap lands here on every free, so it is decided without a call.
+      if (used == 0 && pool->next == nullptr && avail_[pool->size_class].head == pool)
+        return leave(depth);
       return free_slow_and_leave(pool, depth);
+    }
     leave(depth);
   }
 

@@ -25,6 +25,7 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   // Invariant D from the start: nothing is carved, whether the pages are fresh or reused.
   pool->dormant.store(kAllPagesDormant, std::memory_order_relaxed);
   pool->key = random_word() | 1;
+  pool->mark = free_mark_of_key(pool->key);
   pool->next = pool->prev = nullptr;
   pool->remote.store(0, std::memory_order_relaxed);
   pool->notify_next.store(nullptr, std::memory_order_relaxed);

@@ -92,12 +92,13 @@ struct alignas(64) Pool {
   Pool* next;          // heap class list / abandoned list / (unused while free)
   Pool* prev;
   std::atomic<ThreadHeap*> owner;
-  std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay)
+  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
 
   // --- cache line 1: written by other threads ---
   alignas(64) std::atomic<std::uintptr_t> remote;
   std::atomic<Pool*> notify_next;
   std::atomic<bool> queued;
+  std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay; kFree pools only)
 };
 static_assert(sizeof(Pool) <= kPoolHeaderSize, "pool headers must fit the metadata slot");
 
@@ -113,8 +114,11 @@ inline std::uintptr_t pool_data(const Pool* pool) noexcept {
   return arena_base_of(pool) + std::uintptr_t{pool->index} * kPoolSize;
 }
 
+inline std::uintptr_t free_mark_of_key(std::uintptr_t key) noexcept {
+  return ~key ^ 0x9e3779b97f4a7c15u;
+}
 inline std::uintptr_t free_mark(const Pool* pool) noexcept {
-  return ~pool->key ^ 0x9e3779b97f4a7c15u;
+  return pool->mark;
 }
 inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept {
   return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
