@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "arena.h"
 #include "config.h"
 #include "fatal.h"
 #include "trimalloc/trimalloc.h"
@@ -29,6 +30,8 @@ const OptionSpec kSpecs[] = {
      "bytes, optionally with K, M or G"},
     {"background_thread", "TRIMALLOC_BACKGROUND_THREAD", &g_options.background_thread, 0, 1, false,
      "0 or 1"},
+    {"placement", "TRIMALLOC_PLACEMENT", &g_fullest_placement, 0, 1, false,
+     "1 (fullest arena and pool first) or 0 (the opposite, for comparison)"},
 };
 
 const OptionSpec* find(const char* name) {

@@ -11,6 +11,7 @@
 namespace trimalloc {
 
 ArenaSet g_arenas;
+std::atomic<long long> g_fullest_placement{1};
 
 std::uint64_t now_ms() noexcept {
   timespec ts;
@@ -68,7 +69,10 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     std::uint64_t usable = nonempty_ & ~std::uint64_t{1};
     Arena* a;
     if (usable) {
-      a = buckets_[__builtin_ctzll(usable)];
+      // Buckets are indexed by free pools: the lowest non-empty one holds the fullest arenas.
+      a = buckets_[g_fullest_placement.load(std::memory_order_relaxed)
+                       ? __builtin_ctzll(usable)
+                       : 63 - __builtin_clzll(usable)];
       bucket_remove(a);
     } else {
       a = create_arena();

@@ -47,6 +47,14 @@ inline Pool* pool_header(const Arena* a, unsigned i) noexcept {
   return reinterpret_cast<Pool*>(arena_base(a) + i * kPoolHeaderSize);
 }
 
+// Placement policy (TRIMALLOC_PLACEMENT): 1 (default) takes new pools from the fullest arena and
+// blocks from the fullest pool of a class, so that nearly empty arenas and pools drain and can be
+// given back; 0 takes the emptiest arena and the first pool that has a block, and exists only so
+// that the benchmarks can measure what the policy gains.
+extern std::atomic<long long> g_fullest_placement;
+// How many candidate pools an allocation slow path compares (heap.cpp).
+inline constexpr unsigned kPlacementScan = 8;
+
 struct ArenaCounts {
   std::size_t arenas = 0;  // mapped arenas
   std::size_t pools_in_use = 0;

@@ -225,26 +225,47 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
     g_on_maintenance();
   drain_notified();
 
-  // 1. The current pool: blocks other threads gave back, then a page not carved yet.
+  // 1. The current pool: blocks other threads gave back.
   Pool* pool = current_[cls];
-  if (pool != &g_empty_pool) {
-    if (pool_collect_remote(pool) || pool_revive_page(pool)) return pop_from(pool);
-  }
+  if (pool != &g_empty_pool && pool_collect_remote(pool)) return pop_from(pool);
   current_[cls] = &g_empty_pool;
 
-  // 2. The rest of the available list; pools with nothing to give are parked as full.
-  for (Pool* q = avail_[cls].head; q != nullptr;) {
+  // 2. The fullest available pool that has a free block (placement: allocating from the
+  // fullest pool lets the emptier ones drain and go back to their arenas). Pools with nothing
+  // to give are parked as full; one with only uncarved pages is remembered for step 3. The scan
+  // looks at kPlacementScan candidates at most, so a heap with thousands of partly used pools
+  // stays O(1) per refill (parked pools leave the list, so skipping them costs nothing twice).
+  const bool fullest = g_fullest_placement.load(std::memory_order_relaxed) != 0;
+  Pool* best = nullptr;
+  Pool* carvable = nullptr;
+  unsigned looked = 0;
+  for (Pool* q = avail_[cls].head; q != nullptr && looked < kPlacementScan;) {
     Pool* next = q->next;
     pool_collect_remote(q);
-    if (q->free || pool_revive_page(q)) {
-      make_current(cls, q);
-      return pop_from(q);
+    if (q->free) {
+      ++looked;
+      if (best == nullptr ||
+          q->used.load(std::memory_order_relaxed) > best->used.load(std::memory_order_relaxed))
+        best = q;
+      if (!fullest) break;  // first fit in list order (TRIMALLOC_PLACEMENT=0, for comparison)
+    } else if (q->dormant.load(std::memory_order_relaxed) != 0) {
+      ++looked;
+      if (carvable == nullptr ||
+          q->used.load(std::memory_order_relaxed) > carvable->used.load(std::memory_order_relaxed))
+        carvable = q;
+    } else if (!park_full(q)) {
+      continue;  // remote frees raced in: look at q again
     }
-    if (!park_full(q)) continue;  // remote frees raced in: look at q again
     q = next;
   }
+  // 3. No free block anywhere: carve a page, in the fullest pool that still has one.
+  if (best == nullptr && carvable != nullptr && pool_revive_page(carvable)) best = carvable;
+  if (best != nullptr) {
+    make_current(cls, best);
+    return pop_from(best);
+  }
 
-  // 3. A pool some exited thread left behind, then 4. a fresh pool from the arenas.
+  // 4. A pool some exited thread left behind, then 5. a fresh pool from the arenas.
   Pool* fresh = adopt_abandoned(cls, this);
   if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this);
   if (fresh == nullptr) {
@@ -360,6 +381,7 @@ Pool* adopt_abandoned(unsigned cls, ThreadHeap* heap) noexcept {
 std::size_t trim_abandoned(bool release_pages) noexcept {
   std::size_t released = 0;
   LockGuard guard(g_abandoned_lock);
+  PurgeBatch batch;  // flushed before the lock is dropped (declared after the guard)
   for (ClassList& list : g_abandoned) {
     for (Pool* p = list.head; p != nullptr;) {
       Pool* next = p->next;
@@ -369,7 +391,7 @@ std::size_t trim_abandoned(bool release_pages) noexcept {
         abandoned_remove(p);
         g_arenas.release_pool(p);  // its pages are purged by the arena pass that follows
       } else if (release_pages) {
-        released += pool_release_free_pages(p);
+        released += pool_release_free_pages(p, &batch);
       }
       p = next;
     }
@@ -381,6 +403,7 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
   // Parked pools are looked at too (trim is rare); the next slow path re-parks what is full.
   unpark_all();
   std::size_t released = 0;
+  PurgeBatch batch;  // flushed on return, while the caller still acts as owner
   for (unsigned c = 0; c < kClassCount; ++c) {
     for (Pool* p = avail_[c].head; p != nullptr;) {
       Pool* next = p->next;
@@ -389,7 +412,7 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
         list_remove(avail_[c], p);
         g_arenas.release_pool(p);  // no notification is possible after unpark_all()
       } else if (release_pages) {
-        released += pool_release_free_pages(p);
+        released += pool_release_free_pages(p, &batch);
       }
       p = next;
     }

@@ -177,7 +177,38 @@ bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
   return false;
 }
 
-std::size_t pool_release_free_pages(Pool* pool) noexcept {
+void PurgeBatch::add(std::uintptr_t start, std::size_t bytes) noexcept {
+  if (count_ > 0 && end_[count_ - 1] == start) {
+    end_[count_ - 1] += bytes;
+    return;
+  }
+  if (count_ == kRanges) flush();
+  start_[count_] = start;
+  end_[count_] = start + bytes;
+  ++count_;
+}
+
+void PurgeBatch::flush() noexcept {
+  // Insertion sort: small n, and ranges arrive mostly in order already.
+  for (unsigned i = 1; i < count_; ++i) {
+    std::uintptr_t s = start_[i], e = end_[i];
+    unsigned j = i;
+    for (; j > 0 && start_[j - 1] > s; --j) {
+      start_[j] = start_[j - 1];
+      end_[j] = end_[j - 1];
+    }
+    start_[j] = s;
+    end_[j] = e;
+  }
+  for (unsigned i = 0; i < count_;) {
+    std::uintptr_t s = start_[i], e = end_[i];
+    while (++i < count_ && start_[i] == e) e = end_[i];
+    os::purge(reinterpret_cast<void*>(s), e - s);
+  }
+  count_ = 0;
+}
+
+std::size_t pool_release_free_pages(Pool* pool, PurgeBatch* batch) noexcept {
   const std::uint32_t size = pool->block_size;
   const std::uint16_t capacity = pool->capacity;
   const std::uintptr_t base = pool_data(pool);
@@ -233,7 +264,11 @@ std::size_t pool_release_free_pages(Pool* pool) noexcept {
     unsigned end = page;
     while (end + 1 < kPagesPerPool && (releasable & (1u << (end + 1)))) ++end;
     std::size_t bytes = std::size_t{end - page + 1} << kPageShift;
-    os::purge(reinterpret_cast<void*>(base + (std::uintptr_t{page} << kPageShift)), bytes);
+    std::uintptr_t start = base + (std::uintptr_t{page} << kPageShift);
+    if (batch)
+      batch->add(start, bytes);
+    else
+      os::purge(reinterpret_cast<void*>(start), bytes);
     purged += bytes;
     page = end;
   }

@@ -147,9 +147,33 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept;
 bool pool_revive_page(Pool* pool) noexcept;
 // Moves the remote list onto the free list; returns how many blocks came back.
 std::size_t pool_collect_remote(Pool* pool) noexcept;
-// Makes every page that holds no live block dormant and purges it; returns bytes purged.
-// Owner (or lock holder for abandoned pools) only; remote list must be collected first.
-std::size_t pool_release_free_pages(Pool* pool) noexcept;
+// Page ranges made dormant but not yet given back. A trim releases pages pool by pool; one
+// madvise per pool would be one system call - and, with other threads running, one TLB
+// shoot-down interrupting each of them - per few pages. Ranges are collected, sorted and merged
+// (neighbouring pools of an arena are adjacent in memory), then purged together.
+// Invariant: flush() runs before the caller stops acting as the pools' owner (leaves the heap,
+// ends the visit, drops the abandoned lock), because only the owner could revive a dormant page,
+// and a page revived before its purge would lose the blocks carved into it.
+class PurgeBatch {
+ public:
+  PurgeBatch() = default;
+  PurgeBatch(const PurgeBatch&) = delete;
+  PurgeBatch& operator=(const PurgeBatch&) = delete;
+  ~PurgeBatch() { flush(); }
+  void add(std::uintptr_t start, std::size_t bytes) noexcept;
+  void flush() noexcept;
+
+ private:
+  static constexpr unsigned kRanges = 256;
+  std::uintptr_t start_[kRanges];
+  std::uintptr_t end_[kRanges];
+  unsigned count_ = 0;
+};
+
+// Makes every page that holds no live block dormant and purges it (through `batch`, or at once);
+// returns bytes released. Owner (or lock holder for abandoned pools) only; remote list must be
+// collected first.
+std::size_t pool_release_free_pages(Pool* pool, PurgeBatch* batch = nullptr) noexcept;
 // True if `block` is on the free or remote list (slow; used to confirm a suspected double free).
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept;
 // Clears kWantNotify and waits out an in-flight notification (owner only).
