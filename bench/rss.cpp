@@ -7,6 +7,11 @@
 //                                                        theoretical maximum releasable bytes
 //   trimalloc_bench_rss frag90 [--count N]              free 90%, allocate the same volume again:
 //                                                        how much does RSS grow (are holes reused)?
+//   trimalloc_bench_rss aging  [--count N] [--idle S]   6 rounds of: free a random half of the
+//                                                        live blocks, allocate N/4 new ones (other
+//                                                        sizes); then idle and release. Where new
+//                                                        blocks go decides how many pools stay
+//                                                        partly used: RSS over live-page bytes.
 //
 // Block sizes are uniform in [--min, --max] (default 16..256 for docs, 16..512 for frag*), drawn
 // from a fixed seed so every allocator sees the same sequence. Output: JSON lines (see common.h).
@@ -33,7 +38,7 @@ struct Options {
 [[noreturn]] void usage(const char* msg) {
   fprintf(stderr,
           "trimalloc_bench_rss: %s\n"
-          "usage: trimalloc_bench_rss docs|frag99|frag90 [--count N] [--min BYTES] [--max BYTES] "
+          "usage: trimalloc_bench_rss docs|frag99|frag90|aging [--count N] [--min BYTES] [--max BYTES] "
           "[--idle SECONDS] [--seed N]\n",
           msg);
   exit(2);
@@ -58,7 +63,7 @@ Options parse(int argc, char** argv) {
       return false;
     return true;
   });
-  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90")
+  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90" && o.mode != "aging")
     usage(("unknown mode " + o.mode).c_str());
   if (o.max_size == 0) o.max_size = o.mode == "docs" ? 256 : 512;
   if (o.count == 0 || o.min_size == 0 || o.min_size > o.max_size)
@@ -174,6 +179,33 @@ int main(int argc, char** argv) {
     const size_t heap = peak > baseline ? peak - baseline : 0;
     r.u64("freed_bytes", freed_bytes).u64("live_page_bytes", live_pages);
     r.u64("theoretical_max_release", heap > live_pages ? heap - live_pages : 0);
+    release_phases(r, o.idle_s);
+    check_survivors(h);
+    free_all(h);
+  } else if (o.mode == "aging") {
+    const double t2 = now_s();
+    size_t freed_bytes = 0;
+    for (int round = 0; round < 6; ++round) {
+      free_random(h, rng, 0.5, &freed_bytes);
+      // N/4 new blocks into free slots, spread over the index range like the survivors.
+      size_t todo = h.count / 4;
+      for (size_t i = 0; i < h.count && todo > 0; ++i) {
+        if (h.ptr[i] || rng.next() % 2) continue;
+        size_t n = rng.range(o.min_size, o.max_size);
+        char* p = static_cast<char*>(malloc(n));
+        memset(p, int(i), n);
+        h.ptr[i] = p;
+        h.size[i] = uint32_t(n);
+        --todo;
+      }
+      emit_event("round");
+    }
+    r.num("churn_s", now_s() - t2);
+    size_t live = 0;
+    for (size_t i = 0; i < h.count; ++i)
+      if (h.ptr[i]) live += h.size[i];
+    const size_t live_pages = live_page_bytes(h);
+    r.u64("live_bytes", live).u64("live_page_bytes", live_pages).u64("rss_after_churn", rss_bytes());
     release_phases(r, o.idle_s);
     check_survivors(h);
     free_all(h);
