@@ -219,7 +219,7 @@ size_t tm_usable_size(const void* p) {
 int tm_owns(const void* p) {
   if (small_owns(p)) {
     Pool* pool = pool_of(p);
-    return block_index(pool, reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1)) >= 0;
+    return is_block_start(pool, reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1));
   }
   if (p == nullptr || !g_arena_map.contains(SlotKind::kLarge, p)) return 0;
   if constexpr (kSecure) return registry_state(p) == LargeState::kLive;

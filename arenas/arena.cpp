@@ -105,10 +105,11 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
   {
     LockGuard guard(lock_);
     // Under the lock, like pool_init: statistics and the decay scan read in-use headers.
-    // A released pool reads as invalid to free(): capacity 0 makes block_index() fail.
+    // A released pool reads as invalid to free(): is_block_start() fails with bound 0.
     pool->capacity = 0;
     pool->block_size = 0;
-    pool->reciprocal = 0;
+    pool->start_bound = 0;
+    pool->start_magic = 0;
     pool->free = nullptr;
     pool->owner.store(nullptr, std::memory_order_relaxed);
     pool->state.store(PoolState::kFree, std::memory_order_relaxed);

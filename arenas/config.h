@@ -6,9 +6,19 @@
 // reuse, and an exact registry of large blocks (interior pointers and double frees of large
 // blocks are caught too). It is a separate build, not a run-time switch, so that the default
 // build's fast paths carry none of it.
+//
+// TRIMALLOC_UNCHECKED (CMake option, off) exists only so that the benchmarks can show what the
+// default build's misuse checks cost: it drops the start-of-block check on free, the double-free
+// mark and the dormant-page check, and stores free-list links unencoded and unchecked. Never
+// ship it: a double free in that build corrupts the heap silently.
 #pragma once
 
 namespace trimalloc {
+#if defined(TRIMALLOC_UNCHECKED) && TRIMALLOC_UNCHECKED
+inline constexpr bool kChecks = false;
+#else
+inline constexpr bool kChecks = true;
+#endif
 #if defined(TRIMALLOC_SECURE) && TRIMALLOC_SECURE
 inline constexpr bool kSecure = true;
 #else

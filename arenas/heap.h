@@ -63,7 +63,7 @@ class ThreadHeap {
     pool->free = decode_link(pool, b);
     pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
                      std::memory_order_relaxed);
-    b->mark = 0;
+    if constexpr (kChecks) b->mark = 0;
     leave(depth);
     return b;
   }
@@ -112,7 +112,7 @@ class ThreadHeap {
   // Free of a block this heap owns, inside enter_fast()/visitor check; leaves with `depth`.
   void free_local(Pool* pool, Block* b, std::uint32_t depth) noexcept {
     b->link = encode_link(pool, pool->free);
-    b->mark = free_mark(pool);
+    if constexpr (kChecks) b->mark = free_mark(pool);
     pool->free = b;
     std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
     pool->used.store(used, std::memory_order_relaxed);
@@ -229,17 +229,18 @@ void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_
 inline Pool* checked_pool(const void* p, const char* call) noexcept {
   Pool* pool = pool_of(p);
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
-  if (__builtin_expect(block_index(pool, offset) < 0, 0)) report_bad_small_free(call, p);
+  if (__builtin_expect(!is_block_start(pool, offset), 0)) report_bad_small_free(call, p);
   return pool;
 }
 
 // free() of a pointer known to be in a small arena. `call` names the public function.
 inline void small_free(void* p, const char* call) noexcept {
-  Pool* pool = checked_pool(p, call);
+  Pool* pool = kChecks ? checked_pool(p, call) : pool_of(p);
   Block* b = static_cast<Block*>(p);
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
   // A free mark, or a block on a dormant page (invariant D), means "already free": confirm.
-  if (__builtin_expect(
+  if (kChecks &&
+      __builtin_expect(
           b->mark == free_mark(pool) ||
               (pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1,
           0)) {
@@ -249,7 +250,7 @@ inline void small_free(void* p, const char* call) noexcept {
   if constexpr (kSecure) secure_scrub(pool, b);
   ThreadHeap* heap = tl_heap;
   if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
-    b->mark = free_mark(pool);
+    if constexpr (kChecks) b->mark = free_mark(pool);
     return pool_push_remote(pool, b);
   }
   std::uint32_t depth = heap->enter_fast();

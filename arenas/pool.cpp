@@ -17,10 +17,8 @@ void report_corrupt_free_list(const Pool*, const Block* block) noexcept {
 void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   std::uint32_t size = static_cast<std::uint32_t>(class_block_size(cls));
   pool->free = nullptr;
-  pool->block_size = size;
-  pool->reciprocal = static_cast<std::uint32_t>(((std::uint64_t{1} << 32) + size - 1) / size);
+  set_block_geometry(pool, size);
   pool->used.store(0, std::memory_order_relaxed);
-  pool->capacity = static_cast<std::uint16_t>(kPoolSize / size);
   pool->size_class = static_cast<std::uint8_t>(cls);
   // Invariant D from the start: nothing is carved, whether the pages are fresh or reused.
   pool->dormant.store(kAllPagesDormant, std::memory_order_relaxed);

@@ -43,6 +43,7 @@
 #include <cstdint>
 
 #include "arena_map.h"
+#include "config.h"
 #include "size_class.h"
 
 namespace trimalloc {
@@ -79,9 +80,10 @@ enum class PoolState : std::uint8_t {
 
 struct alignas(64) Pool {
   // --- cache line 0: owner-only (read racily by statistics) ---
-  Block* free;               // owner's free list
-  std::uint32_t block_size;  // 0 while the pool is kFree
-  std::uint32_t reciprocal;  // ceil(2^32 / block_size): block index without division
+  Block* free;                // owner's free list
+  std::uint16_t block_size;   // 0 while the pool is kFree
+  std::uint16_t start_bound;  // is_block_start(): capacity * e; 0 while kFree
+  std::uint32_t start_magic;  // is_block_start(): floor(2^32 / block_size) + 1
   std::atomic<std::uint16_t> used;
   std::uint16_t capacity;  // blocks in the pool; 0 while kFree
   std::uint8_t size_class;
@@ -121,12 +123,14 @@ inline std::uintptr_t free_mark(const Pool* pool) noexcept {
   return pool->mark;
 }
 inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept {
+  if constexpr (!kChecks) return reinterpret_cast<std::uintptr_t>(next);
   return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
 }
 
 // Decodes a popped link; a value that leaves the pool means the free block was overwritten.
 [[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
 inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
+  if constexpr (!kChecks) return reinterpret_cast<Block*>(block->link);
   std::uintptr_t next = block->link ^ pool->key;
   if (__builtin_expect(((next ^ reinterpret_cast<std::uintptr_t>(block)) >> kPoolShift) != 0, 0)) {
     if (next != 0) report_corrupt_free_list(pool, block);
@@ -134,11 +138,25 @@ inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
   return reinterpret_cast<Block*>(next);
 }
 
-// Block index of `offset` within its pool if it starts a block, else -1 (interior/foreign).
-inline long block_index(const Pool* pool, std::uintptr_t offset) noexcept {
-  std::uint32_t i = static_cast<std::uint32_t>((offset * pool->reciprocal) >> 32);
-  if (i * pool->block_size != offset || i >= pool->capacity) return -1;
-  return i;
+// Does `offset` (from the pool's start) begin one of its blocks? One multiply, one compare, no
+// division. With m = floor(2^32 / size) + 1 we have m * size = 2^32 + e, 1 <= e <= size. For
+// offset = i * size the 32-bit product offset * m is i * e, below 2^14; for any other offset
+// (i * size + r, 0 < r < size) it is i * e + r * m, which lies in [2^32 / size, 2^32) - at least
+// 2^23 for sizes up to 512 - because r * m > 2^32 / size and (size - 1) * m + 2^14 < 2^32. So
+// "product < capacity * e" holds exactly for the starts of blocks 0..capacity-1 (the pool's tail
+// past its last block is rejected too). tests/core/block_start_test.cpp checks every size and
+// offset. A free pool has both fields 0, so nothing in it is a block.
+inline bool is_block_start(const Pool* pool, std::uintptr_t offset) noexcept {
+  return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->start_bound;
+}
+// Sets block_size, capacity and the is_block_start() constants for blocks of `size` bytes.
+inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {
+  std::uint64_t magic = (std::uint64_t{1} << 32) / size + 1;
+  std::uint64_t e = magic * size - (std::uint64_t{1} << 32);
+  pool->block_size = static_cast<std::uint16_t>(size);
+  pool->capacity = static_cast<std::uint16_t>(kPoolSize / size);
+  pool->start_magic = static_cast<std::uint32_t>(magic);
+  pool->start_bound = static_cast<std::uint16_t>(pool->capacity * e);
 }
 
 // --- pool.cpp ---
