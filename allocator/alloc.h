@@ -27,11 +27,16 @@ inline std::size_t os_page() noexcept {
 
 void* malloc_after_quarantine(std::size_t size) noexcept;
 
+// Every small allocation (malloc, calloc, aligned) counts down the sampling countdown: a path
+// that skipped it would be missing from snapshots (CPython's bytes objects come from calloc).
+inline void* small_alloc_sampled(unsigned cls) noexcept {
+  return sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+}
+
 inline void* malloc_impl(std::size_t size) noexcept {
   void* p;
   if (__builtin_expect(size <= kSmallMax, 1)) {
-    unsigned cls = size_class_of(size);
-    p = sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+    p = small_alloc_sampled(size_class_of(size));
   } else {
     p = large_alloc(size, 0, false);
   }
