@@ -29,13 +29,18 @@ void* malloc_after_quarantine(std::size_t size) noexcept;
 // malloc(0): out of line, so that inlining it twice does not give malloc a stack frame.
 [[gnu::noinline]] void* malloc_zero() noexcept;
 
+// Every small allocation (malloc, calloc, aligned) counts down the sampling countdown: a path
+// that skipped it would be missing from snapshots (CPython's bytes objects come from calloc).
+inline void* small_alloc_sampled(unsigned cls) noexcept {
+  return sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+}
+
 inline void* malloc_impl(std::size_t size) noexcept {
   void* p;
   // size - 1 wraps for 0, so one unsigned compare admits exactly 1..512; malloc(0) takes the
   // second branch and is served as a 1-byte request.
   if (__builtin_expect(size - 1 < kSmallMax, 1)) {
-    unsigned cls = static_cast<unsigned>((size - 1) >> 4);
-    p = sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+    p = small_alloc_sampled(static_cast<unsigned>((size - 1) >> 4));
   } else if (size == 0) {
     return malloc_zero();
   } else {

@@ -180,14 +180,21 @@ void* large_realloc(void* p, std::size_t size) noexcept {
     errno = ENOMEM;
     return nullptr;
   }
+  // The moved or grown block is a new allocation for the sampler (its site: realloc's caller);
+  // without this, memory grown by realloc (a Python list, a vector-like buffer) is never seen.
+  sample_large(q, size);
   return q;
 }
 
 void large_free(void* p) noexcept {
+  // A sample must go with its block, or snapshots would count freed blocks as live until the
+  // address happens to be sampled again. No sample live: one relaxed load.
+  sample_forget(p);
   tm_je_dallocx(p, 0);
 }
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
+  sample_forget(p);
   // Size 0 was allocated as 1 (jemalloc has no size-0 class; see alloc_aligned): free it as
   // such, or jemalloc would file the block under the wrong size class.
   tm_je_sdallocx(p, size == 0 ? 1 : size, alignment > 16 ? lg_align(alignment) : 0);

@@ -27,10 +27,21 @@ extern std::atomic<std::size_t> g_sampled_live;  // live sampled blocks (0: free
 // Countdown ran out on a small request: the sampler serves it (or, with no sampler, re-arm).
 void* sample_small_slow(unsigned cls) noexcept;
 
+// -DTRIMALLOC_SAMPLING=OFF (TRIMALLOC_NO_SAMPLING) compiles the hooks out of malloc and free,
+// for an A/B of what they cost (bench/compare-stats-cost); tm_profile_set_rate then says that
+// sampling is not wired into the build.
+#if defined(TRIMALLOC_NO_SAMPLING)
+inline constexpr bool kSamplingHooks = false;
+#else
+inline constexpr bool kSamplingHooks = true;
+#endif
+
 inline bool sample_due(std::size_t bytes) noexcept {
+  if constexpr (!kSamplingHooks) return false;
   return __builtin_expect((tl_sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
 }
 inline void sample_large(void* p, std::size_t size) noexcept {
+  if constexpr (!kSamplingHooks) return;
   if (p && sample_due(size)) {
     if (g_sampler.sample_large)
       g_sampler.sample_large(p, size);
@@ -39,10 +50,12 @@ inline void sample_large(void* p, std::size_t size) noexcept {
   }
 }
 inline void sample_forget(const void* p) noexcept {
+  if constexpr (!kSamplingHooks) return;
   if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0) && g_sampler.forget)
     g_sampler.forget(p);
 }
 inline bool sample_is_sampled(const void* p) noexcept {
+  if constexpr (!kSamplingHooks) return false;
   return g_sampled_live.load(std::memory_order_relaxed) != 0 && g_sampler.is_sampled &&
          g_sampler.is_sampled(p);
 }

@@ -91,6 +91,7 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     pool = pool_header(a, i);
     // Under the lock: statistics and the decay scan read headers of in-use pools holding it.
     pool_init(pool, cls, owner);
+    if (++class_pools_[cls] > class_pools_peak_[cls]) class_pools_peak_[cls] = class_pools_[cls];
   }
   return pool;
 }
@@ -106,6 +107,7 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
     LockGuard guard(lock_);
     // Under the lock, like pool_init: statistics and the decay scan read in-use headers.
     // A released pool reads as invalid to free(): is_block_start() fails with bound 0.
+    --class_pools_[pool->size_class];
     pool->capacity = 0;
     pool->block_size = 0;
     pool->start_bound = 0;
@@ -181,6 +183,14 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
     }
   }
   return released;
+}
+
+void ArenaSet::class_pools(std::size_t now[kClassCount], std::size_t peak[kClassCount]) noexcept {
+  LockGuard guard(lock_);
+  for (unsigned c = 0; c < kClassCount; ++c) {
+    now[c] = class_pools_[c];
+    peak[c] = class_pools_peak_[c];
+  }
 }
 
 ArenaCounts ArenaSet::counts() noexcept {

@@ -73,6 +73,10 @@ class ArenaSet {
   // in use beyond `keep_empty`. Returns bytes given back. (Decay and trim use this.)
   std::size_t purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept;
   ArenaCounts counts() noexcept;
+  // Pools of each size class in use now, and the most there have been at once since start-up.
+  // Exact: both change only in acquire_pool/release_pool, under the lock (statistics: a true
+  // upper bound of each class's peak of live blocks, at no cost to malloc or free).
+  void class_pools(std::size_t now[kClassCount], std::size_t peak[kClassCount]) noexcept;
   // Calls fn(pool) for every in-use pool, under the lock (statistics). fn must not allocate.
   template <typename Fn>
   void for_each_pool_in_use(Fn&& fn) noexcept;
@@ -99,6 +103,8 @@ class ArenaSet {
   std::size_t released_count_ = 0;
   std::atomic<std::size_t> dirty_count_{0};
   std::atomic<std::size_t> mapped_{0};
+  std::uint32_t class_pools_[kClassCount] = {};
+  std::uint32_t class_pools_peak_[kClassCount] = {};
 };
 
 extern ArenaSet g_arenas;

@@ -14,6 +14,14 @@
 
 namespace {
 
+// TMBENCH_ITERATIONS=N runs every benchmark for exactly N iterations instead of for a time, so
+// that counting instructions (bench/compare-stats-cost) compares equal amounts of work. Read at
+// registration (static initialisation), where the environment is already in place.
+void fixed_iterations(benchmark::internal::Benchmark* b) {
+  if (const char* n = std::getenv("TMBENCH_ITERATIONS"))
+    if (long long v = std::atoll(n); v > 0) b->Iterations(v);
+}
+
 void touch(void* p) {
   static_cast<volatile char*>(p)[0] = 1;  // the block is really written, as a program would
 }
@@ -30,7 +38,8 @@ void BM_pair(benchmark::State& state) {
   }
   state.counters["ops_per_iter"] = 1;
 }
-BENCHMARK(BM_pair)->Arg(16)->Arg(64)->Arg(256)->Arg(512)->Arg(1024)->Arg(4096);
+BENCHMARK(BM_pair)->Arg(16)->Arg(64)->Arg(256)->Arg(512)->Arg(1024)->Arg(4096)->Apply(
+    fixed_iterations);
 
 // Small blocks of mixed sizes (16..512) with 64 live at a time: each iteration frees the oldest
 // and allocates a new one, so blocks are not simply handed back and forth at the top of one list.
@@ -54,7 +63,7 @@ void BM_pair_mixed(benchmark::State& state) {
   for (void* p : live) free(p);
   state.counters["ops_per_iter"] = 1;
 }
-BENCHMARK(BM_pair_mixed);
+BENCHMARK(BM_pair_mixed)->Apply(fixed_iterations);
 
 // Allocate 1M blocks, then free them all (in allocation order).
 void BM_batch(benchmark::State& state) {
@@ -80,7 +89,8 @@ BENCHMARK(BM_batch)
     ->Arg(256)
     ->Arg(512)
     ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
+    ->UseRealTime()
+    ->Apply(fixed_iterations);
 
 // Two threads: this one allocates blocks one at a time, the other frees them (every free is
 // remote).
@@ -99,7 +109,7 @@ void BM_prodcons(benchmark::State& state) {
   consumer.join();
   state.counters["ops_per_iter"] = 1;
 }
-BENCHMARK(BM_prodcons)->Arg(64)->Arg(512)->UseRealTime();
+BENCHMARK(BM_prodcons)->Arg(64)->Arg(512)->UseRealTime()->Apply(fixed_iterations);
 
 // Cross-thread free in batches: this thread fills a batch of 1024 blocks and hands the whole batch
 // to the other thread, which frees it while this one fills the next (4 batches in flight).
@@ -139,7 +149,7 @@ void BM_crossthread_free(benchmark::State& state) {
   freer.join();
   state.counters["ops_per_iter"] = double(kBatch);
 }
-BENCHMARK(BM_crossthread_free)->Arg(64)->Arg(512)->UseRealTime();
+BENCHMARK(BM_crossthread_free)->Arg(64)->Arg(512)->UseRealTime()->Apply(fixed_iterations);
 
 }  // namespace
 

@@ -8,7 +8,7 @@
 //   smblks   fastbin chunks          -> 0
 //   hblks    mmapped regions         -> small arenas mapped
 //   hblkhd   bytes in mmapped regions-> every byte trimalloc has mapped
-//   usmblks  (unused)                -> peak allocated seen
+//   usmblks  (unused)                -> peak allocated seen by a stats call (a lower bound)
 //   fsmblks  fastbin bytes           -> 0
 //   uordblks bytes in use            -> allocated (small at block size + jemalloc allocated)
 //   fordblks free bytes              -> resident but free: small free + slack + empty pools +
@@ -35,7 +35,7 @@ struct mallinfo2 info_from_stats() {
   for (const tm_class_stats& c : s.classes) m.ordblks += c.blocks_free;
   m.hblks = s.arenas;
   m.hblkhd = s.mapped;
-  m.usmblks = s.peak_allocated;
+  m.usmblks = s.peak_allocated_seen;
   m.uordblks = s.allocated;
   m.fordblks = l.small_free + l.small_pool_slack + l.small_empty_pools + l.large_slack + l.large_dirty;
   m.keepcost = l.small_empty_pools + l.large_dirty;

@@ -61,16 +61,20 @@ const LedgerLine kLedger[] = {
 void write_text(Writer& w, const tm_stats& s) noexcept {
   const tm_ledger& l = s.ledger;
   w.printf("trimalloc statistics\n");
-  w.printf("  allocated %.2f MiB (peak seen %.2f MiB), trimalloc resident %.2f MiB, mapped %.2f MiB\n",
-           mib(s.allocated), mib(s.peak_allocated), mib(s.resident_ours), mib(s.mapped));
+  w.printf(
+      "  allocated %.2f MiB (peak seen by stats calls %.2f MiB), trimalloc resident %.2f MiB, "
+      "mapped %.2f MiB\n",
+      mib(s.allocated), mib(s.peak_allocated_seen), mib(s.resident_ours), mib(s.mapped));
   w.printf("\nsmall blocks (<= 512 bytes)\n");
-  w.printf("  %5s %6s %12s %12s %12s %12s %12s\n", "class", "size", "pools", "live", "free",
-           "live MiB", "peak live");
+  // The true peak of live blocks lies between the last two columns (docs/stats.md, "Peaks").
+  w.printf("  %5s %6s %10s %12s %12s %10s %10s %12s %12s\n", "class", "size", "pools", "live",
+           "free", "live MiB", "peak pools", "peak >=", "peak <=");
   for (unsigned c = 0; c < TM_STATS_CLASSES; ++c) {
     const tm_class_stats& k = s.classes[c];
-    if (k.pools == 0 && k.peak_blocks_live == 0) continue;
-    w.printf("  %5u %6zu %12zu %12zu %12zu %12.2f %12zu\n", c, k.block_size, k.pools, k.blocks_live,
-             k.blocks_free, mib(k.blocks_live * k.block_size), k.peak_blocks_live);
+    if (k.pools == 0 && k.peak_pools == 0) continue;
+    w.printf("  %5u %6zu %10zu %12zu %12zu %10.2f %10zu %12zu %12zu\n", c, k.block_size, k.pools,
+             k.blocks_live, k.blocks_free, mib(k.blocks_live * k.block_size), k.peak_pools,
+             k.peak_blocks_seen, k.peak_blocks_bound);
   }
   w.printf("\narenas: %zu mapped (%.2f MiB), %.2f MiB resident, %zu released so far\n", s.arenas,
            mib(s.arena_mapped), mib(s.arena_resident), s.arenas_released);
@@ -103,14 +107,16 @@ void write_text(Writer& w, const tm_stats& s) noexcept {
 
 void write_json(Writer& w, const tm_stats& s) noexcept {
   const tm_ledger& l = s.ledger;
-  w.printf("{\"version\":1,\"allocated\":%zu,\"peak_allocated\":%zu,\"resident_ours\":%zu,\"mapped\":%zu,",
-           s.allocated, s.peak_allocated, s.resident_ours, s.mapped);
+  w.printf("{\"version\":2,\"allocated\":%zu,\"peak_allocated_seen\":%zu,\"resident_ours\":%zu,"
+           "\"mapped\":%zu,",
+           s.allocated, s.peak_allocated_seen, s.resident_ours, s.mapped);
   w.printf("\"classes\":[");
   for (unsigned c = 0; c < TM_STATS_CLASSES; ++c) {
     const tm_class_stats& k = s.classes[c];
     w.printf("%s{\"class\":%u,\"block_size\":%zu,\"pools\":%zu,\"blocks_live\":%zu,\"blocks_free\":%zu,"
-             "\"peak_blocks_live\":%zu}",
-             c ? "," : "", c, k.block_size, k.pools, k.blocks_live, k.blocks_free, k.peak_blocks_live);
+             "\"peak_blocks_seen\":%zu,\"peak_pools\":%zu,\"peak_blocks_bound\":%zu}",
+             c ? "," : "", c, k.block_size, k.pools, k.blocks_live, k.blocks_free, k.peak_blocks_seen,
+             k.peak_pools, k.peak_blocks_bound);
   }
   w.printf("],\"arenas\":{\"count\":%zu,\"released\":%zu,\"mapped\":%zu,\"resident\":%zu,\"pools_in_use\":%zu,"
            "\"pools_free_dirty\":%zu,\"pools_free_clean\":%zu,\"empty_pools_resident\":%zu,"

@@ -342,12 +342,21 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
   s.allocated = l.small_live + s.large_allocated;
   s.resident_ours = l.ours;
   s.mapped = os::reserved_bytes();
+  // Peaks (docs/stats.md, "Peaks"). The fast paths keep no counters, so the true peak of a
+  // class's live blocks is bracketed: what stats calls have seen from below, the exact peak of
+  // the class's pools times blocks per pool from above (every live block is in a pool in use).
+  // The peaks are read after the walk and never fall, so seen <= bound holds for every call.
+  std::size_t pools_now[kClassCount], pools_peak[kClassCount];
+  g_arenas.class_pools(pools_now, pools_peak);
   for (unsigned c = 0; c < kClassCount; ++c) {
-    raise_peak(g_peak_class[c], s.classes[c].blocks_live);
-    s.classes[c].peak_blocks_live = g_peak_class[c].load(std::memory_order_relaxed);
+    tm_class_stats& k = s.classes[c];
+    raise_peak(g_peak_class[c], k.blocks_live);
+    k.peak_blocks_seen = g_peak_class[c].load(std::memory_order_relaxed);
+    k.peak_pools = pools_peak[c];
+    k.peak_blocks_bound = pools_peak[c] * kCarved.n[c][0];
   }
   raise_peak(g_peak_allocated, s.allocated);
-  s.peak_allocated = g_peak_allocated.load(std::memory_order_relaxed);
+  s.peak_allocated_seen = g_peak_allocated.load(std::memory_order_relaxed);
 
   s.profile_rate = tm_profile_rate();
   s.profile_samples_live = profiler_live_samples();

@@ -12,9 +12,10 @@ import sys
 import tempfile
 
 KEYS = {
-    "": ["version", "allocated", "peak_allocated", "resident_ours", "mapped", "classes", "arenas",
+    "": ["version", "allocated", "peak_allocated_seen", "resident_ours", "mapped", "classes", "arenas",
          "large", "metadata", "kernel", "profile", "ledger"],
-    "classes[]": ["class", "block_size", "pools", "blocks_live", "blocks_free", "peak_blocks_live"],
+    "classes[]": ["class", "block_size", "pools", "blocks_live", "blocks_free", "peak_blocks_seen",
+                  "peak_pools", "peak_blocks_bound"],
     "arenas": ["count", "released", "mapped", "resident", "pools_in_use", "pools_free_dirty",
                "pools_free_clean", "empty_pools_resident", "pages_released", "trims", "trim_bytes_released"],
     "large": ["allocated", "active", "resident", "retained", "mapped", "metadata", "dirty", "resident_measured", "nmalloc", "ndalloc"],

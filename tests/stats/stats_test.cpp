@@ -40,7 +40,9 @@ TEST(Stats, CountersMatchAKnownSequence) {
     EXPECT_EQ(a.blocks_live - b.blocks_live, 100u);
     EXPECT_EQ(a.pools - b.pools, 3u);            // 48 + 48 + 4
     EXPECT_EQ(a.blocks_free - b.blocks_free, 8u);  // the third pool carved one page: 12 blocks
-    EXPECT_GE(a.peak_blocks_live, a.blocks_live);
+    EXPECT_GE(a.peak_blocks_seen, a.blocks_live);
+    EXPECT_GE(a.peak_pools, a.pools);
+    EXPECT_GE(a.peak_blocks_bound, a.pools * 48u);
     EXPECT_EQ(after.ledger.small_live - before.ledger.small_live, 100u * 336u);
 
     // Free the first pool's 48 blocks and 2 of the second: the first pool goes back to its arena.
@@ -50,10 +52,40 @@ TEST(Stats, CountersMatchAKnownSequence) {
     EXPECT_EQ(l.blocks_live - b.blocks_live, 50u);
     EXPECT_EQ(l.pools - b.pools, 2u);
     EXPECT_EQ(l.blocks_free - b.blocks_free, 10u);
-    EXPECT_EQ(l.peak_blocks_live, a.peak_blocks_live);  // the peak stays
+    EXPECT_EQ(l.peak_blocks_seen, a.peak_blocks_seen);  // the peaks stay
+    EXPECT_EQ(l.peak_pools, a.peak_pools);
+    EXPECT_EQ(l.peak_blocks_bound, a.peak_blocks_bound);
     for (int i = 50; i < 100; ++i) tm_free(blocks[i]);
     EXPECT_EQ(get().classes[kClass].blocks_live, b.blocks_live);
   }).join();
+}
+
+// A peak that no stats call saw: the lower bound (peak_blocks_seen) misses it, the upper bound
+// (pools at their peak times blocks per pool) holds it.
+TEST(Stats, PeakBoundsBracketAPeakNoCallSaw) {
+  constexpr unsigned kClass = 27;  // 448-byte blocks, 36 per 16 KiB pool
+  constexpr std::size_t kPerPool = 16384 / 448, kPools = 10, kBlocks = kPerPool * kPools;
+  tm_stats before = get();
+  const tm_class_stats& b = before.classes[kClass];
+  ASSERT_EQ(b.block_size, 448u);
+  std::thread([] {
+    std::vector<void*> blocks;
+    for (std::size_t i = 0; i < kBlocks; ++i) blocks.push_back(tm_malloc(440));
+    for (void* p : blocks) tm_free(p);
+  }).join();
+  tm_stats after = get();
+  const tm_class_stats& a = after.classes[kClass];
+  EXPECT_EQ(a.blocks_live, b.blocks_live);
+  EXPECT_GE(a.peak_blocks_bound, b.blocks_live + kBlocks);
+  EXPECT_GE(a.peak_blocks_bound, a.peak_blocks_seen);
+  EXPECT_EQ(a.peak_blocks_bound, a.peak_pools * kPerPool);
+  // Exact figures when this is the class's first use in the process (ctest runs each test in a
+  // process of its own; a run of the whole binary may have used the class before).
+  if (b.peak_pools == 0) {
+    EXPECT_EQ(a.peak_pools, kPools);
+    EXPECT_EQ(a.peak_blocks_bound, kBlocks);
+    EXPECT_EQ(a.peak_blocks_seen, 0u);
+  }
 }
 
 TEST(Stats, LargeBlocksAreCountedByJemalloc) {
@@ -130,7 +162,7 @@ TEST(Stats, JsonFollowsSnprintfContract) {
   std::vector<char> small(16, 'x');
   EXPECT_GE(tm_stats_json(small.data(), small.size()), need - 64);  // figures may move a little
   EXPECT_EQ(small[15], '\0');
-  EXPECT_EQ(std::strcmp(small.data(), "{\"version\":1,\"a"), 0);
+  EXPECT_EQ(std::strcmp(small.data(), "{\"version\":2,\"a"), 0);
   std::vector<char> big(need + 4096);
   size_t got = tm_stats_json(big.data(), big.size());
   ASSERT_LT(got, big.size());

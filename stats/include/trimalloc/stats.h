@@ -25,7 +25,11 @@ struct tm_class_stats {
   size_t blocks_live;      /* blocks handed out and not freed (a block freed by another thread
                               counts here until its pool's owner collects it) */
   size_t blocks_free;      /* free blocks on the lists of those pools (their pages are resident) */
-  size_t peak_blocks_live; /* highest blocks_live any stats call has seen (see docs: a sample) */
+  /* The true peak of blocks_live lies in [peak_blocks_seen, peak_blocks_bound] (docs/stats.md,
+     "Peaks"): malloc and free keep no counters, so it is not known exactly. */
+  size_t peak_blocks_seen;  /* highest blocks_live any stats call has seen: a lower bound */
+  size_t peak_pools;        /* most pools of this class in use at once since start-up (exact) */
+  size_t peak_blocks_bound; /* peak_pools * blocks per pool: an upper bound */
 };
 
 /* The RSS ledger: parts that add up to `total`; rss_kernel is what the kernel says.
@@ -56,7 +60,8 @@ struct tm_stats {
   size_t allocated;         /* small_live + large_live */
   size_t resident_ours;     /* ledger.ours */
   size_t mapped;            /* address space trimalloc has mapped (arenas, jemalloc, metadata) */
-  size_t peak_allocated;    /* highest `allocated` any stats call has seen */
+  size_t peak_allocated_seen; /* highest `allocated` any stats call has seen: a lower bound of
+                                 the true peak, which is not tracked */
 
   struct tm_class_stats classes[TM_STATS_CLASSES];
 
