@@ -40,7 +40,7 @@ void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept
   if (cls < kClassCount) {
     // A sampled block comes from the large allocator aligned to its block size's lowest set bit,
     // which aligned_class_of made a multiple of `alignment`.
-    void* p = small_alloc_sampled(cls);
+    void* p = small_alloc_sampled(cls, size);
     if (p && zero) std::memset(p, 0, class_block_size(cls));
     return p;
   }
@@ -140,7 +140,7 @@ void* tm_calloc(size_t count, size_t size) {
   }
   if (total <= kSmallMax) {
     unsigned cls = size_class_of(total);
-    void* p = small_alloc_sampled(cls);
+    void* p = small_alloc_sampled(cls, total);
     if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
     return p;
   }

@@ -31,8 +31,10 @@ void* malloc_after_quarantine(std::size_t size) noexcept;
 
 // Every small allocation (malloc, calloc, aligned) counts down the sampling countdown: a path
 // that skipped it would be missing from snapshots (CPython's bytes objects come from calloc).
-inline void* small_alloc_sampled(unsigned cls) noexcept {
-  return sample_due(class_block_size(cls)) ? sample_small_slow(cls) : small_alloc(cls);
+// The countdown runs on requested bytes (what the program asked for, as tracemalloc counts), which
+// is also one computation fewer than the block size on the fast path.
+inline void* small_alloc_sampled(unsigned cls, std::size_t size) noexcept {
+  return sample_due(size) ? sample_small_slow(cls, size) : small_alloc(cls);
 }
 
 inline void* malloc_impl(std::size_t size) noexcept {
@@ -40,7 +42,7 @@ inline void* malloc_impl(std::size_t size) noexcept {
   // size - 1 wraps for 0, so one unsigned compare admits exactly 1..512; malloc(0) takes the
   // second branch and is served as a 1-byte request.
   if (__builtin_expect(size - 1 < kSmallMax, 1)) {
-    p = small_alloc_sampled(static_cast<unsigned>((size - 1) >> 4));
+    p = small_alloc_sampled(static_cast<unsigned>((size - 1) >> 4), size);
   } else if (size == 0) {
     return malloc_zero();
   } else {

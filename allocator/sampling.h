@@ -14,7 +14,7 @@
 namespace trimalloc {
 
 struct SamplerHooks {
-  void* (*sample_small)(unsigned cls) noexcept;  // serve a sampled small request
+  void* (*sample_small)(unsigned cls, std::size_t size) noexcept;  // serve a sampled small request
   void (*sample_large)(void* p, std::size_t size) noexcept;
   void (*forget)(const void* p) noexcept;  // a sampled block is freed or moved
   bool (*is_sampled)(const void* p) noexcept;
@@ -24,8 +24,9 @@ extern SamplerHooks g_sampler;
 extern __thread std::int64_t tl_sample_countdown __attribute__((tls_model("initial-exec")));
 extern std::atomic<std::size_t> g_sampled_live;  // live sampled blocks (0: frees skip the lookup)
 
-// Countdown ran out on a small request: the sampler serves it (or, with no sampler, re-arm).
-void* sample_small_slow(unsigned cls) noexcept;
+// Countdown ran out on a small request of `size` bytes (class `cls`): the sampler serves it (or,
+// with no sampler, re-arm).
+void* sample_small_slow(unsigned cls, std::size_t size) noexcept;
 
 // -DTRIMALLOC_SAMPLING=OFF (TRIMALLOC_NO_SAMPLING) compiles the hooks out of malloc and free,
 // for an A/B of what they cost (bench/compare-stats-cost); tm_profile_set_rate then says that

@@ -36,7 +36,6 @@
 
 namespace trimalloc {
 
-
 namespace {
 
 constexpr std::int64_t kRecheckBytes = std::int64_t{16} << 20;
@@ -66,15 +65,15 @@ struct SiteTotal {
 
 std::atomic<std::size_t> g_rate{0};
 std::atomic<unsigned> g_generation{1};
-SpinLock g_lock;                    // the tables below
+SpinLock g_lock;  // the tables below
 Sample* g_samples = nullptr;
 Stack* g_stacks = nullptr;
 std::size_t g_stack_count = 0;
 std::size_t g_dropped = 0;
-SiteTotal* g_snapshot = nullptr;    // kStackSlots entries
+SiteTotal* g_snapshot = nullptr;  // kStackSlots entries
 std::size_t g_snapshot_sites = 0;
 bool g_snapshot_taken = false;
-double* g_agg = nullptr;            // scratch for take(): count, bytes, samples per stack slot
+double* g_agg = nullptr;  // scratch for take(): count, bytes, samples per stack slot
 SpinLock g_setup_lock;
 
 using BacktraceFn = int (*)(void**, int);
@@ -85,7 +84,8 @@ __thread bool tl_in_prof __attribute__((tls_model("initial-exec"))) = false;
 __thread std::uint64_t tl_rng __attribute__((tls_model("initial-exec"))) = 0;
 
 void* map_zeroed(std::size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? nullptr : p;
 }
 
@@ -94,7 +94,8 @@ double uniform01() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     tl_rng = (reinterpret_cast<std::uintptr_t>(&tl_rng) * 0x9e3779b97f4a7c15u) ^
-             static_cast<std::uint64_t>(ts.tv_nsec) ^ (static_cast<std::uint64_t>(ts.tv_sec) << 32) ^ 1;
+             static_cast<std::uint64_t>(ts.tv_nsec) ^
+             (static_cast<std::uint64_t>(ts.tv_sec) << 32) ^ 1;
   }
   tl_rng ^= tl_rng << 13;
   tl_rng ^= tl_rng >> 7;
@@ -119,7 +120,8 @@ std::uint32_t intern_stack(const std::uintptr_t* pc, unsigned depth) {
   std::uint64_t h = 0xcbf29ce484222325u ^ depth;
   for (unsigned i = 0; i < depth; ++i) h = (h ^ pc[i]) * 0x100000001b3u;
   if (h == 0) h = 1;
-  for (std::size_t i = h & (kStackSlots - 1), probes = 0; probes < kStackSlots; i = (i + 1) & (kStackSlots - 1), ++probes) {
+  for (std::size_t i = h & (kStackSlots - 1), probes = 0; probes < kStackSlots;
+       i = (i + 1) & (kStackSlots - 1), ++probes) {
     Stack& s = g_stacks[i];
     if (s.hash == 0) {
       if (g_stack_count >= kStackSlots * 3 / 4) return UINT32_MAX;
@@ -138,7 +140,8 @@ std::uint32_t intern_stack(const std::uintptr_t* pc, unsigned depth) {
 bool insert_sample(const Sample& sample) {
   std::size_t live = g_sampled_live.load(std::memory_order_relaxed);
   if (live >= kSampleSlots / 2) return false;
-  for (std::size_t i = hash_ptr(sample.ptr) & (kSampleSlots - 1);; i = (i + 1) & (kSampleSlots - 1)) {
+  for (std::size_t i = hash_ptr(sample.ptr) & (kSampleSlots - 1);;
+       i = (i + 1) & (kSampleSlots - 1)) {
     if (g_samples[i].ptr == 0 || g_samples[i].ptr == sample.ptr) {
       if (g_samples[i].ptr == 0) g_sampled_live.store(live + 1, std::memory_order_relaxed);
       g_samples[i] = sample;
@@ -157,7 +160,8 @@ std::size_t find_sample(std::uintptr_t p) {
 void erase_sample(std::size_t i) {
   // Backward-shift deletion keeps every probe sequence unbroken without tombstones.
   std::size_t hole = i;
-  for (std::size_t j = (i + 1) & (kSampleSlots - 1); g_samples[j].ptr != 0; j = (j + 1) & (kSampleSlots - 1)) {
+  for (std::size_t j = (i + 1) & (kSampleSlots - 1); g_samples[j].ptr != 0;
+       j = (j + 1) & (kSampleSlots - 1)) {
     std::size_t home = hash_ptr(g_samples[j].ptr) & (kSampleSlots - 1);
     // Move j into the hole if its home is not cyclically within (hole, j].
     bool stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
@@ -190,8 +194,10 @@ bool load_unwinder() {
   if (g_backtrace.load(std::memory_order_acquire)) return true;
   void* lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) {
-    std::fprintf(stderr, "trimalloc: allocation sampling needs libunwind.so.8 (apt-get install libunwind8): %s\n",
-                 dlerror());
+    std::fprintf(
+        stderr,
+        "trimalloc: allocation sampling needs libunwind.so.8 (apt-get install libunwind8): %s\n",
+        dlerror());
     return false;
   }
   auto fn = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
@@ -224,8 +230,10 @@ bool should_sample(std::size_t* rate_out) {
   std::size_t rate = g_rate.load(std::memory_order_relaxed);
   unsigned gen = g_generation.load(std::memory_order_relaxed);
   if (rate == 0 || tl_in_prof) {
-    if (rate == 0) tl_sample_countdown = kRecheckBytes;
-    else tl_sample_countdown = draw_interval(rate);
+    if (rate == 0)
+      tl_sample_countdown = kRecheckBytes;
+    else
+      tl_sample_countdown = draw_interval(rate);
     return false;
   }
   if (tl_generation != gen) {  // sampling (re)started since this thread last looked: arm only
@@ -246,12 +254,15 @@ inline std::size_t natural_alignment(std::size_t size) {
 
 }  // namespace
 
-void* prof_sample_small(unsigned cls) noexcept {
+void* prof_sample_small(unsigned cls, std::size_t size) noexcept {
   std::size_t rate;
   if (!should_sample(&rate)) return tl_heap->alloc(cls);
-  std::size_t size = class_block_size(cls);
+  // Served from the large allocator with the class's size and alignment (realloc and
+  // malloc_usable_size see the same block as unsampled); recorded with the requested size, the
+  // bytes the countdown counted, so the weights stay unbiased.
+  std::size_t block = class_block_size(cls);
   tl_in_prof = true;
-  void* p = large_alloc(size, natural_alignment(size), false);
+  void* p = large_alloc(block, natural_alignment(block), false);
   if (p != nullptr) record(p, size, rate);
   tl_in_prof = false;
   return p != nullptr ? p : tl_heap->alloc(cls);
@@ -286,13 +297,17 @@ std::size_t profiler_meta_bytes() noexcept {
   // Touched table memory, roughly: pages reached by the entries in use (upper bound: whole tables
   // once they fill). Sample slots are spread by hashing, so their table is counted whole.
   LockGuard guard(g_lock);
-  std::size_t samples = g_sampled_live.load(std::memory_order_relaxed) ? kSampleSlots * sizeof(Sample) : 0;
+  std::size_t samples =
+      g_sampled_live.load(std::memory_order_relaxed) ? kSampleSlots * sizeof(Sample) : 0;
   std::size_t stacks = g_stack_count ? kStackSlots * sizeof(Stack) : 0;
-  std::size_t snapshot = g_snapshot_taken ? kStackSlots * (sizeof(SiteTotal) + 3 * sizeof(double)) : 0;
+  std::size_t snapshot =
+      g_snapshot_taken ? kStackSlots * (sizeof(SiteTotal) + 3 * sizeof(double)) : 0;
   return samples + stacks + snapshot;
 }
 
-std::size_t profiler_live_samples() noexcept { return g_sampled_live.load(std::memory_order_relaxed); }
+std::size_t profiler_live_samples() noexcept {
+  return g_sampled_live.load(std::memory_order_relaxed);
+}
 
 namespace {
 
@@ -310,9 +325,12 @@ __attribute__((constructor(201))) void read_profile_env() {
   errno = 0;
   unsigned long long n = std::strtoull(v, &end, 10);
   unsigned long long mult = 1;
-  if (end && (*end == 'k' || *end == 'K')) mult = 1ull << 10, ++end;
-  else if (end && (*end == 'm' || *end == 'M')) mult = 1ull << 20, ++end;
-  else if (end && (*end == 'g' || *end == 'G')) mult = 1ull << 30, ++end;
+  if (end && (*end == 'k' || *end == 'K'))
+    mult = 1ull << 10, ++end;
+  else if (end && (*end == 'm' || *end == 'M'))
+    mult = 1ull << 20, ++end;
+  else if (end && (*end == 'g' || *end == 'G'))
+    mult = 1ull << 30, ++end;
   if (errno != 0 || end == v || *end != '\0' || v[0] == '-' || n > (1ull << 40) / mult) {
     report_bad_env("TRIMALLOC_PROFILE", v, "a byte count such as 524288 or 512k (0 = off)");
     return;
@@ -326,10 +344,13 @@ __attribute__((constructor(201))) void read_profile_env() {
 
 using namespace trimalloc;
 
-extern "C" TM_API size_t tm_profile_rate(void) { return g_rate.load(std::memory_order_relaxed); }
+extern "C" TM_API size_t tm_profile_rate(void) {
+  return g_rate.load(std::memory_order_relaxed);
+}
 
 extern "C" TM_API size_t tm_profile_set_rate(size_t rate) {
-  if (rate != 0 && (!load_unwinder() || !ensure_tables())) return g_rate.load(std::memory_order_relaxed);
+  if (rate != 0 && (!load_unwinder() || !ensure_tables()))
+    return g_rate.load(std::memory_order_relaxed);
   std::size_t old = g_rate.exchange(rate, std::memory_order_relaxed);
   g_generation.fetch_add(1, std::memory_order_relaxed);
   tl_sample_countdown = 0;  // this thread re-arms at its next allocation
@@ -339,8 +360,9 @@ extern "C" TM_API size_t tm_profile_set_rate(size_t rate) {
     std::int64_t before = tl_sample_countdown = kRecheckBytes;
     tm_free(tm_malloc(16));
     if (tl_sample_countdown == before && !warned.exchange(true))
-      std::fprintf(stderr, "trimalloc: allocation sampling is not wired into this build's allocation "
-                           "path; no samples will be taken (see docs/stats.md)\n");
+      std::fprintf(stderr,
+                   "trimalloc: allocation sampling is not wired into this build's allocation "
+                   "path; no samples will be taken (see docs/stats.md)\n");
     tl_sample_countdown = 0;
   }
   return old;
@@ -366,7 +388,8 @@ extern "C" TM_API long tm_snapshot_take(void) {
   std::size_t n = 0;
   for (std::size_t i = 0; i < kStackSlots; ++i)
     if (samples[i] > 0)
-      g_snapshot[n++] = SiteTotal{static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(samples[i]), count[i], bytes[i]};
+      g_snapshot[n++] = SiteTotal{static_cast<std::uint32_t>(i),
+                                  static_cast<std::uint32_t>(samples[i]), count[i], bytes[i]};
   g_snapshot_sites = n;
   g_snapshot_taken = true;
   return static_cast<long>(n);
@@ -382,11 +405,13 @@ extern "C" TM_API int tm_snapshot_write(const char* path) {
   FILE* f = std::fopen(path, "w");
   if (f == nullptr) {
     int err = errno;
-    std::fprintf(stderr, "trimalloc: tm_snapshot_write: cannot write '%s': %s\n", path, std::strerror(err));
+    std::fprintf(stderr, "trimalloc: tm_snapshot_write: cannot write '%s': %s\n", path,
+                 std::strerror(err));
     errno = err;
     return -1;
   }
-  std::fprintf(f, "# trimalloc-snapshot 1\nrate %zu\npid %ld\n", tm_profile_rate(), static_cast<long>(getpid()));
+  std::fprintf(f, "# trimalloc-snapshot 1\nrate %zu\npid %ld\n", tm_profile_rate(),
+               static_cast<long>(getpid()));
   // Executable mappings, so the tool can turn addresses into file offsets.
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd >= 0) {
@@ -405,7 +430,8 @@ extern "C" TM_API int tm_snapshot_write(const char* path) {
         unsigned long start, end, offset;
         char perms[8];
         int path_at = 0;
-        if (std::sscanf(line, "%lx-%lx %7s %lx %*s %*s %n", &start, &end, perms, &offset, &path_at) == 4 &&
+        if (std::sscanf(line, "%lx-%lx %7s %lx %*s %*s %n", &start, &end, perms, &offset,
+                        &path_at) == 4 &&
             perms[2] == 'x' && path_at > 0 && line[path_at] == '/')
           std::fprintf(f, "map %lx %lx %lx %s\n", start, end, offset, line + path_at);
         len = 0;
@@ -433,12 +459,14 @@ extern "C" TM_API int tm_snapshot_write(const char* path) {
       std::memcpy(st.pc, g_stacks[t.stack].pc, st.depth * sizeof st.pc[0]);
     }
     std::fprintf(f, "site %.0f %.1f %u", t.bytes, t.count, t.samples);
-    for (unsigned d = 0; d < st.depth; ++d) std::fprintf(f, " %lx", static_cast<unsigned long>(st.pc[d]));
+    for (unsigned d = 0; d < st.depth; ++d)
+      std::fprintf(f, " %lx", static_cast<unsigned long>(st.pc[d]));
     std::fputc('\n', f);
   }
   if (std::fclose(f) != 0) {
     int err = errno;
-    std::fprintf(stderr, "trimalloc: tm_snapshot_write: error writing '%s': %s\n", path, std::strerror(err));
+    std::fprintf(stderr, "trimalloc: tm_snapshot_write: error writing '%s': %s\n", path,
+                 std::strerror(err));
     errno = err;
     return -1;
   }

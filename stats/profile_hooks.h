@@ -19,7 +19,7 @@ namespace trimalloc {
 
 // Small allocation of class `cls` whose countdown went below zero: returns the block to hand out.
 // A sampled block is served by the large allocator, so its free is seen on the large path.
-void* prof_sample_small(unsigned cls) noexcept;
+void* prof_sample_small(unsigned cls, std::size_t size) noexcept;
 // A large allocation `p` of `size` bytes whose countdown went below zero.
 void prof_sample_large(void* p, std::size_t size) noexcept;
 // A large block is being freed or moved: drop its sample if it has one.
