@@ -35,6 +35,26 @@ void check_large(const void* p, const char* call) noexcept {
   }
 }
 
+namespace {
+// calloc after the overflow check. Internal linkage, so that tm_calloc inlines it (as it did
+// before raw_calloc existed).
+inline void* calloc_total(std::size_t total) noexcept {
+  if (total <= kSmallMax) {
+    unsigned cls = size_class_of(total);
+    void* p = small_alloc(cls);
+    if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
+    return p;
+  }
+  return large_alloc(total, 0, true);
+}
+}  // namespace
+
+#if TRIMALLOC_VALGRIND
+void* raw_calloc(std::size_t total) noexcept {
+  return calloc_total(total);
+}
+#endif
+
 void* raw_alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
   unsigned cls = aligned_class_of(size, alignment);
   if (cls < kClassCount) {
@@ -92,16 +112,6 @@ void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char
   large_free_sized(p, size, alignment);
 }
 
-void* raw_calloc(std::size_t total) noexcept {
-  if (total <= kSmallMax) {
-    unsigned cls = size_class_of(total);
-    void* p = small_alloc(cls);
-    if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
-    return p;
-  }
-  return large_alloc(total, 0, true);
-}
-
 bool valid_alignment(std::size_t alignment) noexcept {
   return alignment != 0 && (alignment & (alignment - 1)) == 0;
 }
@@ -148,7 +158,7 @@ void* tm_calloc(size_t count, size_t size) {
 #if TRIMALLOC_VALGRIND
   return vg_alloc(total, 0, true);
 #else
-  return raw_calloc(total);
+  return calloc_total(total);
 #endif
 }
 

@@ -17,7 +17,7 @@ namespace trimalloc {
 // alloc_aligned, ...) are, in the default build, these same functions; with TRIMALLOC_VALGRIND
 // they are the memcheck layer of valgrind.cpp, which pads each block and calls these.
 void* raw_alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept;
-void* raw_calloc(std::size_t total) noexcept;
+void* raw_calloc(std::size_t total) noexcept;  // TRIMALLOC_VALGRIND only
 void* raw_realloc(void* p, std::size_t size, const char* call) noexcept;
 std::size_t raw_usable_size(const void* p, const char* call) noexcept;
 void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
