@@ -76,6 +76,20 @@ static int underrun(size_t size) {
   return 0;
 }
 
+/* malloc'd bytes are undefined to memcheck, calloc'd bytes defined. */
+static int uninitialised(void) {
+  unsigned char* z = ours(C(1, 32));
+  unsigned char* p = ours(M(32));
+  p[0] = 0;
+  puts("planted");
+  fflush(stdout);
+  if (z[5] + p[0] == 1) puts("never");                   /* all defined: fine */
+  if (((volatile unsigned char*)p)[5] == 42) puts("42"); /* a branch on an undefined byte */
+  F(z);
+  F(p);
+  return 0;
+}
+
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuse-after-free" /* the planted bug */
 static int double_free(void) {
@@ -189,12 +203,13 @@ int main(int argc, char** argv) {
   if (!strcmp(c, "overrun_large")) return overrun(100000);
   if (!strcmp(c, "underrun_large")) return underrun(100000);
   if (!strcmp(c, "double_free")) return double_free();
+  if (!strcmp(c, "uninitialised")) return uninitialised();
   if (!strcmp(c, "uaf_small")) return use_after_free(40, 0);
   if (!strcmp(c, "uaf_large")) return use_after_free(50000, 0);
   if (!strcmp(c, "leak")) return leak();
   if (!strcmp(c, "clean")) return clean();
   fprintf(stderr,
           "usage: vg_cases overrun_small|overrun_small_exact|overrun_large|underrun_large|\n"
-          "                double_free|uaf_small|uaf_large|leak|clean\n");
+          "                double_free|uninitialised|uaf_small|uaf_large|leak|clean\n");
   return 2;
 }
