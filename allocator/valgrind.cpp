@@ -133,7 +133,7 @@ Located locate(const void* q, const char* call) noexcept {
     std::memcpy(&h, static_cast<const char*>(q) - kHeader, sizeof h);
     b.request = h.request;
   }
-  if (b.request == kQuarantined) die(call, "double free (or use after free) of", q);
+  if (b.request == kQuarantined) die(call, "double free of", q);  // the engine's words
   return b;
 }
 
@@ -180,6 +180,10 @@ void* vg_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
   {
     Quiet quiet;
     b.base = raw_alloc_aligned(padded + offset, alignment, zero);
+    if (b.base == nullptr && g_quarantine_bytes.load(std::memory_order_relaxed) != 0) {
+      vg_flush();  // blocks waiting for reuse are free memory: use them before failing
+      b.base = raw_alloc_aligned(padded + offset, alignment, zero);
+    }
     if (b.base == nullptr) return nullptr;  // errno set by the engine
     b.usable = raw_usable_size(b.base, "malloc");
     b.offset = offset;
@@ -233,7 +237,7 @@ void vg_free_sized(void* q, std::size_t size, std::size_t alignment, const char*
         size <= kSmallMax ? aligned_class_of(size + kPad, alignment ? alignment : 1) : kClassCount;
     if (cls >= kClassCount || class_block_size(cls) != b.usable)
       die(call, "size does not match the allocation of", q);
-  } else if (size + kPad <= kSmallMax && alignment <= kSmallMax) {
+  } else if (size + kPad + b.offset <= kSmallMax && alignment <= kSmallMax) {
     die(call, "size does not match the allocation of", q);
   }
   retire(q, b, call);

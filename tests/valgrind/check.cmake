@@ -1,5 +1,5 @@
 # Runs one case under memcheck and checks memcheck's report, not only its exit code.
-#   cmake -DVALGRIND=... -DPROG=... -DCASE=... -DRC=<expected exit code> [-DVGARGS=a@@b]
+#   cmake -DVALGRIND=... -DPROG=... -DCASE=arg@@arg... -DRC=<expected exit code> [-DVGARGS=a@@b]
 #         [-DEXPECT=regex@@regex...] [-DREJECT=regex@@...] [-DMIN_ALLOCS=n] -P check.cmake
 # "@@" separates list items (a ';' would be split by add_test).
 foreach(v VALGRIND PROG CASE RC)
@@ -10,9 +10,10 @@ endforeach()
 string(REPLACE "@@" ";" vgargs "${VGARGS}")
 string(REPLACE "@@" ";" expect "${EXPECT}")
 string(REPLACE "@@" ";" reject "${REJECT}")
+string(REPLACE "@@" ";" case_args "${CASE}")
 
 execute_process(
-  COMMAND ${VALGRIND} --error-exitcode=99 --leak-check=full ${vgargs} ${PROG} ${CASE}
+  COMMAND ${VALGRIND} --error-exitcode=99 --leak-check=full ${vgargs} ${PROG} ${case_args}
   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out TIMEOUT 600)
 message("${out}")
 set(failed "")
