@@ -35,7 +35,27 @@ void check_large(const void* p, const char* call) noexcept {
   }
 }
 
-void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
+namespace {
+// calloc after the overflow check. Internal linkage, so that tm_calloc inlines it (as it did
+// before raw_calloc existed).
+inline void* calloc_total(std::size_t total) noexcept {
+  if (total <= kSmallMax) {
+    unsigned cls = size_class_of(total);
+    void* p = small_alloc_sampled(cls, total);
+    if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
+    return p;
+  }
+  return large_alloc(total, 0, true);
+}
+}  // namespace
+
+#if TRIMALLOC_VALGRIND
+void* raw_calloc(std::size_t total) noexcept {
+  return calloc_total(total);
+}
+#endif
+
+void* raw_alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
   unsigned cls = aligned_class_of(size, alignment);
   if (cls < kClassCount) {
     // A sampled block comes from the large allocator aligned to its block size's lowest set bit,
@@ -47,8 +67,8 @@ void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept
   return large_alloc(size == 0 ? 1 : size, alignment, zero);
 }
 
-void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
-  if (p == nullptr) return malloc_impl(size);
+void* raw_realloc(void* p, std::size_t size, const char* call) noexcept {
+  if (p == nullptr) return raw_malloc(size);
   std::size_t old_size;
   if (small_owns(p)) {
     old_size = small_usable_size(p, call);
@@ -60,14 +80,14 @@ void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
     if (size > kSmallMax) return large_realloc(p, size);
     old_size = large_usable_size(p);
   }
-  void* q = malloc_impl(size);
+  void* q = raw_malloc(size);
   if (q == nullptr) return nullptr;  // errno set; the old block is untouched (C says so)
   std::memcpy(q, p, old_size < size ? old_size : size);
-  free_impl(p, call);
+  raw_free(p, call);
   return q;
 }
 
-std::size_t usable_size_impl(const void* p, const char* call) noexcept {
+std::size_t raw_usable_size(const void* p, const char* call) noexcept {
   if (p == nullptr) return 0;
   if (small_owns(p)) return small_usable_size(p, call);
   if (!large_owns(p)) report_foreign(call, p);
@@ -75,7 +95,7 @@ std::size_t usable_size_impl(const void* p, const char* call) noexcept {
   return large_usable_size(p);
 }
 
-void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept {
+void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept {
   if (small_owns(p)) {
     Pool* pool = checked_pool(p, call);
     unsigned cls = aligned_class_of(size, alignment ? alignment : 1);
@@ -95,7 +115,7 @@ void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const cha
 }
 
 void* malloc_zero() noexcept {
-  return malloc_impl(1);
+  return raw_malloc(1);
 }
 
 bool valid_alignment(std::size_t alignment) noexcept {
@@ -119,6 +139,9 @@ __attribute__((constructor(200))) void allocator_start() {
   options_init();
   visits_init();
   decay_init();
+#if TRIMALLOC_VALGRIND
+  vg_init();
+#endif
 }
 }  // namespace
 
@@ -138,13 +161,11 @@ void* tm_calloc(size_t count, size_t size) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (total <= kSmallMax) {
-    unsigned cls = size_class_of(total);
-    void* p = small_alloc_sampled(cls, total);
-    if (p) std::memset(p, 0, class_block_size(cls));  // the whole block, as glibc does
-    return p;
-  }
-  return large_alloc(total, 0, true);
+#if TRIMALLOC_VALGRIND
+  return vg_alloc(total, 0, true);
+#else
+  return calloc_total(total);
+#endif
 }
 
 void* tm_realloc(void* p, size_t size) {

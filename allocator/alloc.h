@@ -13,10 +13,14 @@
 namespace trimalloc {
 
 [[noreturn]] void report_foreign(const char* call, const void* p) noexcept;
-void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept;
-void* realloc_impl(void* p, std::size_t size, const char* call) noexcept;
-std::size_t usable_size_impl(const void* p, const char* call) noexcept;
-void free_sized_impl(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
+// The raw_* functions are the allocator proper. The names the shims call (malloc_impl,
+// alloc_aligned, ...) are, in the default build, these same functions; with TRIMALLOC_VALGRIND
+// they are the memcheck layer of valgrind.cpp, which pads each block and calls these.
+void* raw_alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept;
+void* raw_calloc(std::size_t total) noexcept;  // TRIMALLOC_VALGRIND only
+void* raw_realloc(void* p, std::size_t size, const char* call) noexcept;
+std::size_t raw_usable_size(const void* p, const char* call) noexcept;
+void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
 // Hardened build: aborts unless p is a live large block (not freed, not in quarantine, not an
 // interior pointer). No-op in the default build.
 void check_large(const void* p, const char* call) noexcept;
@@ -37,7 +41,7 @@ inline void* small_alloc_sampled(unsigned cls, std::size_t size) noexcept {
   return sample_due(size) ? sample_small_slow(cls, size) : small_alloc(cls);
 }
 
-inline void* malloc_impl(std::size_t size) noexcept {
+inline void* raw_malloc(std::size_t size) noexcept {
   void* p;
   // size - 1 wraps for 0, so one unsigned compare admits exactly 1..512; malloc(0) takes the
   // second branch and is served as a 1-byte request.
@@ -57,7 +61,7 @@ inline void* malloc_impl(std::size_t size) noexcept {
 
 // free() with the public call's name for messages. Small first: it is the common case and
 // null is never in a small arena, so the null check costs nothing there.
-inline void free_impl(void* p, const char* call) noexcept {
+inline void raw_free(void* p, const char* call) noexcept {
   if constexpr (kSecure) {
     if (p == nullptr) return;
     if (!small_owns(p) && !large_owns(p)) report_foreign(call, p);
@@ -72,5 +76,59 @@ inline void free_impl(void* p, const char* call) noexcept {
   large_free(p);
   decay_note_large_free();
 }
+
+#if TRIMALLOC_VALGRIND
+void* vg_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept;
+void vg_free(void* p, const char* call) noexcept;
+void vg_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
+void* vg_realloc(void* p, std::size_t size, const char* call) noexcept;
+std::size_t vg_usable_size(const void* p, const char* call) noexcept;
+void vg_init() noexcept;  // thread-exit hooks; after decay_init()
+// Memcheck's error reporting off/on for this thread (nests), around engine work on free blocks
+// that does not go through the entry points above (tm_trim, the decay thread).
+void vg_quiet_begin() noexcept;
+void vg_quiet_end() noexcept;
+void vg_flush() noexcept;  // frees the blocks whose reuse valgrind.cpp delays
+
+inline void* malloc_impl(std::size_t size) noexcept {
+  return vg_alloc(size, 0, false);
+}
+inline void free_impl(void* p, const char* call) noexcept {
+  vg_free(p, call);
+}
+inline void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
+  return vg_alloc(size, alignment, zero);
+}
+inline void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+  return vg_realloc(p, size, call);
+}
+inline std::size_t usable_size_impl(const void* p, const char* call) noexcept {
+  return vg_usable_size(p, call);
+}
+inline void free_sized_impl(void* p, std::size_t size, std::size_t alignment,
+                            const char* call) noexcept {
+  vg_free_sized(p, size, alignment, call);
+}
+#else
+inline void* malloc_impl(std::size_t size) noexcept {
+  return raw_malloc(size);
+}
+inline void free_impl(void* p, const char* call) noexcept {
+  raw_free(p, call);
+}
+inline void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
+  return raw_alloc_aligned(size, alignment, zero);
+}
+inline void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+  return raw_realloc(p, size, call);
+}
+inline std::size_t usable_size_impl(const void* p, const char* call) noexcept {
+  return raw_usable_size(p, call);
+}
+inline void free_sized_impl(void* p, std::size_t size, std::size_t alignment,
+                            const char* call) noexcept {
+  raw_free_sized(p, size, alignment, call);
+}
+#endif
 
 }  // namespace trimalloc

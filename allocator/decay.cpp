@@ -16,6 +16,10 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "alloc.h"
+#if TRIMALLOC_VALGRIND
+#include <valgrind/valgrind.h>
+#endif
 #include "arena.h"
 #include "heap.h"
 #include "large.h"
@@ -115,7 +119,13 @@ void* decay_main(void*) {
   pthread_setname_np(pthread_self(), "trimalloc-decay");
   for (;;) {
     std::uint32_t seq = g_wake_seq.load(std::memory_order_acquire);
+#if TRIMALLOC_VALGRIND
+    vg_quiet_begin();  // visits walk other threads' free lists (valgrind.cpp)
+#endif
     bool more = decay_pass();
+#if TRIMALLOC_VALGRIND
+    vg_quiet_end();
+#endif
     long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
     // A thread exited lately: it still counts until its last destructor has run, so look again
     // shortly for a while.
@@ -142,6 +152,11 @@ void start_thread() {
 #if defined(__SANITIZE_THREAD__)
   // TSan cannot start threads in the child of a multi-threaded fork (it dies instead).
   if (g_in_fork_child.load(std::memory_order_relaxed)) return;
+#endif
+#if TRIMALLOC_VALGRIND
+  // Under valgrind a detached thread alive at exit is a leak report of its own (glibc's DTV for
+  // its TLS is "possibly lost"), and returning memory early is not what valgrind runs are for.
+  if (RUNNING_ON_VALGRIND) return;
 #endif
   if (g_started.exchange(true, std::memory_order_acq_rel)) return;
   pthread_attr_t attr;

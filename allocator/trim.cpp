@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cerrno>
 
+#include "alloc.h"
 #include "config.h"
 #include "decay.h"
 #include "heap.h"
@@ -37,8 +38,15 @@ extern "C" size_t tm_trim(int level) {
     return 0;
   }
   if constexpr (kSecure) quarantine_flush();  // held blocks are free memory too
+#if TRIMALLOC_VALGRIND
+  vg_flush();        // blocks whose reuse is delayed are free memory too
+  vg_quiet_begin();  // trim walks free lists (valgrind.cpp)
+#endif
   size_t released = trim_small(static_cast<TrimLevel>(level));
   if (level != TM_TRIM_FAST) released += large_purge();
+#if TRIMALLOC_VALGRIND
+  vg_quiet_end();
+#endif
   g_trim_calls.fetch_add(1, std::memory_order_relaxed);
   g_trim_released.fetch_add(released, std::memory_order_relaxed);
   return released;

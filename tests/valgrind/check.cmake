@@ -1,0 +1,46 @@
+# Runs one case under memcheck and checks memcheck's report, not only its exit code.
+#   cmake -DVALGRIND=... -DPROG=... -DCASE=arg@@arg... -DRC=<expected exit code> [-DVGARGS=a@@b]
+#         [-DEXPECT=regex@@regex...] [-DREJECT=regex@@...] [-DMIN_ALLOCS=n] -P check.cmake
+# "@@" separates list items (a ';' would be split by add_test).
+foreach(v VALGRIND PROG CASE RC)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "check.cmake: ${v} not set")
+  endif()
+endforeach()
+string(REPLACE "@@" ";" vgargs "${VGARGS}")
+string(REPLACE "@@" ";" expect "${EXPECT}")
+string(REPLACE "@@" ";" reject "${REJECT}")
+string(REPLACE "@@" ";" case_args "${CASE}")
+
+execute_process(
+  COMMAND ${VALGRIND} --error-exitcode=99 --leak-check=full ${vgargs} ${PROG} ${case_args}
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out TIMEOUT 600)
+message("${out}")
+set(failed "")
+if(NOT rc STREQUAL RC)
+  string(APPEND failed "exit code ${rc}, expected ${RC}\n")
+endif()
+foreach(re IN LISTS expect)
+  if(NOT out MATCHES "${re}")
+    string(APPEND failed "missing from memcheck's report: ${re}\n")
+  endif()
+endforeach()
+foreach(re IN LISTS reject)
+  if(out MATCHES "${re}")
+    string(APPEND failed "memcheck's report must not contain: ${re}\n")
+  endif()
+endforeach()
+if(DEFINED MIN_ALLOCS)
+  # memcheck counts only blocks it was told about: proves the client requests were made.
+  if(out MATCHES "total heap usage: ([0-9,]+) allocs")
+    string(REPLACE "," "" allocs "${CMAKE_MATCH_1}")
+    if(allocs LESS MIN_ALLOCS)
+      string(APPEND failed "memcheck saw ${allocs} allocations, expected at least ${MIN_ALLOCS}\n")
+    endif()
+  else()
+    string(APPEND failed "no heap summary in memcheck's report\n")
+  endif()
+endif()
+if(failed)
+  message(FATAL_ERROR "valgrind check of '${CASE}' failed:\n${failed}")
+endif()
