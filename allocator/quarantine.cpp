@@ -49,7 +49,7 @@ void quarantine_free(void* p, const char* call) noexcept {
   }
   // Only a thread with a heap is told when it exits (and empties its quarantine then); a thread
   // that is exiting already (glibc frees its TLS blocks after our exit hook) must not get one.
-  if (tl_thread_exiting || (tl_heap == &g_empty_heap && heap_for_this_thread() == nullptr))
+  if (tl_thread_exiting || (tl_thread.heap == &g_empty_heap && heap_for_this_thread() == nullptr))
     return release(p, call);
   Quarantine& q = tl_quarantine;
   if (size > kMaxBytes / 4) return release(p, call);  // would push out everything else

@@ -5,13 +5,12 @@
 namespace trimalloc {
 
 SamplerHooks g_sampler = {nullptr, nullptr, nullptr, nullptr};
-__thread std::int64_t tl_sample_countdown __attribute__((tls_model("initial-exec"))) = 0;
 std::atomic<std::size_t> g_sampled_live{0};
 
 void* sample_small_slow(unsigned cls, std::size_t size) noexcept {
   if (g_sampler.sample_small) return g_sampler.sample_small(cls, size);
   // No sampler registered yet (allocation before constructors ran): look again later.
-  tl_sample_countdown = std::int64_t{16} << 20;
+  tl_thread.sample_countdown = std::int64_t{16} << 20;
   return small_alloc(cls);
 }
 

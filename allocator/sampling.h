@@ -2,14 +2,16 @@
 // snapshots) lives in stats/profile.cpp and registers its functions in g_sampler; the allocator
 // only keeps a per-thread byte countdown, so it never depends on stats/.
 //
-// tl_sample_countdown: bytes this thread may still allocate before the next sample. It starts at
-// 0, so a thread's first allocation asks the sampler whether sampling is on; while it is off the
-// sampler re-arms the countdown with a large value. The fast path pays one thread-local
+// tl_thread.sample_countdown: bytes this thread may still allocate before the next sample. It
+// starts at 0, so a thread's first allocation asks the sampler whether sampling is on; while it is
+// off the sampler re-arms the countdown with a large value. The fast path pays one thread-local
 // subtraction and a branch that is not taken.
 #pragma once
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+
+#include "heap.h"
 
 namespace trimalloc {
 
@@ -21,7 +23,7 @@ struct SamplerHooks {
 };
 
 extern SamplerHooks g_sampler;
-extern __thread std::int64_t tl_sample_countdown __attribute__((tls_model("initial-exec")));
+// The countdown is tl_thread.sample_countdown, in the engine's thread-local block (heap.h).
 extern std::atomic<std::size_t> g_sampled_live;  // live sampled blocks (0: frees skip the lookup)
 
 // Countdown ran out on a small request of `size` bytes (class `cls`): the sampler serves it (or,
@@ -39,7 +41,7 @@ inline constexpr bool kSamplingHooks = true;
 
 inline bool sample_due(std::size_t bytes) noexcept {
   if constexpr (!kSamplingHooks) return false;
-  return __builtin_expect((tl_sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
+  return __builtin_expect((tl_thread.sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
 }
 inline void sample_large(void* p, std::size_t size) noexcept {
   if constexpr (!kSamplingHooks) return;
@@ -47,7 +49,7 @@ inline void sample_large(void* p, std::size_t size) noexcept {
     if (g_sampler.sample_large)
       g_sampler.sample_large(p, size);
     else
-      tl_sample_countdown = std::int64_t{1} << 40;
+      tl_thread.sample_countdown = std::int64_t{1} << 40;
   }
 }
 inline void sample_forget(const void* p) noexcept {

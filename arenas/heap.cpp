@@ -63,7 +63,7 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
     fatal(call, "double free of", b);
   // The owner can confirm by walking its lists; another thread cannot read them safely and
   // trusts the 64-bit mark (a live block has mark 0 unless the program wrote this exact value).
-  ThreadHeap* heap = tl_heap;
+  ThreadHeap* heap = tl_thread.heap;
   if (pool->owner.load(std::memory_order_relaxed) != heap) fatal(call, "double free of", b);
   std::uint32_t depth = heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
@@ -73,7 +73,7 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
 }
 
 void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_t depth) noexcept {
-  ThreadHeap* heap = tl_heap;
+  ThreadHeap* heap = tl_thread.heap;
   if (depth == 0) heap->wait_for_visitor();
   // The visit may have handed the pool on (released it if it had been emptied, which cannot
   // happen while `b` is live, or abandoned it): re-check ownership before acting as owner.

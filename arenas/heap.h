@@ -187,8 +187,17 @@ constexpr ThreadHeap::ThreadHeap() noexcept : current_{} {
   for (auto& p : current_) p = &g_empty_pool;
 }
 
-// This thread's heap; &g_empty_heap until the first allocation (and again after thread exit).
-extern __thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec")));
+// Thread-local state of the fast paths, in one block so that malloc loads the TLS offset once
+// (a shared library's initial-exec TLS variable costs a GOT load per variable):
+//   heap              this thread's heap; &g_empty_heap until the first allocation (and again
+//                     after thread exit);
+//   sample_countdown  the allocator layer's sampling countdown (allocator/sampling.h), bytes
+//                     this thread may still allocate before the next sample.
+struct ThreadLocals {
+  ThreadHeap* heap;
+  std::int64_t sample_countdown;
+};
+extern __thread ThreadLocals tl_thread __attribute__((tls_model("initial-exec")));
 
 // --- thread.cpp ---
 // Runs in an exiting thread before its heap is abandoned (set by the allocator layer).
@@ -218,7 +227,7 @@ inline bool small_owns(const void* p) noexcept {
 }
 
 inline void* small_alloc(unsigned cls) noexcept {
-  return tl_heap->alloc(cls);
+  return tl_thread.heap->alloc(cls);
 }
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
@@ -248,7 +257,7 @@ inline void small_free(void* p, const char* call) noexcept {
     return;
   }
   if constexpr (kSecure) secure_scrub(pool, b);
-  ThreadHeap* heap = tl_heap;
+  ThreadHeap* heap = tl_thread.heap;
   if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
     if constexpr (kChecks) b->mark = free_mark(pool);
     return pool_push_remote(pool, b);

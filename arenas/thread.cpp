@@ -19,7 +19,7 @@
 
 namespace trimalloc {
 
-__thread ThreadHeap* tl_heap __attribute__((tls_model("initial-exec"))) = &g_empty_heap;
+__thread ThreadLocals tl_thread __attribute__((tls_model("initial-exec"))) = {&g_empty_heap, 0};
 void (*g_before_thread_exit)() noexcept = nullptr;
 void (*g_after_thread_exit)() noexcept = nullptr;
 __thread bool tl_thread_exiting __attribute__((tls_model("initial-exec"))) = false;
@@ -37,10 +37,10 @@ void on_thread_exit(void* value) {
   if (heap == nullptr || heap == &g_empty_heap) return;
   if (g_before_thread_exit) g_before_thread_exit();  // e.g. empty the hardened quarantine
   tl_thread_exiting = true;
-  heap = tl_heap;  // the hook may have freed, but never creates a heap: still this one
+  heap = tl_thread.heap;  // the hook may have freed, but never creates a heap: still this one
   // Later frees from this thread (other TLS destructors, glibc freeing the DTV) take the remote
   // path: its pools are ownerless once abandoned.
-  tl_heap = &g_empty_heap;
+  tl_thread.heap = &g_empty_heap;
   std::uint32_t depth = heap->enter();  // a visitor may be working on this heap: let it finish
   heap->abandon(false);
   heap->leave(depth);
@@ -73,7 +73,7 @@ void after_fork_child() {
   // Only this thread exists now. Other heaps are left untouched and marked dead (see heap.h);
   // they are not recycled, since their pools still name them as owner.
   for (ThreadHeap* h = g_registry.load(std::memory_order_relaxed); h; h = h->registry_next)
-    if (h != tl_heap) h->live.store(false, std::memory_order_relaxed);
+    if (h != tl_thread.heap) h->live.store(false, std::memory_order_relaxed);
 }
 
 // Priority 101: before the allocator layer's constructor, so these handlers are registered first
@@ -105,7 +105,7 @@ ThreadHeap* registry_head() noexcept {
 }
 
 ThreadHeap* heap_for_this_thread() noexcept {
-  if (tl_heap != &g_empty_heap) return tl_heap;
+  if (tl_thread.heap != &g_empty_heap) return tl_thread.heap;
   if (!engine_init()) return nullptr;
   ThreadHeap* heap = nullptr;
   {
@@ -126,7 +126,7 @@ ThreadHeap* heap_for_this_thread() noexcept {
   heap->reset();
   heap->live.store(true, std::memory_order_release);
   // TLS first: pthread_setspecific may itself call calloc (keys >= 32), which must find the heap.
-  tl_heap = heap;
+  tl_thread.heap = heap;
   pthread_setspecific(g_exit_key, heap);
   return heap;
 }

@@ -15,7 +15,7 @@ namespace {
 constexpr std::size_t kVisitWorthBytes = 64 * 1024;
 
 std::size_t trim_own_heap(bool release_pages) noexcept {
-  ThreadHeap* heap = tl_heap;
+  ThreadHeap* heap = tl_thread.heap;
   if (heap == &g_empty_heap) return 0;
   std::uint32_t depth = heap->enter();
   std::size_t released = heap->trim_own(release_pages);
@@ -25,7 +25,7 @@ std::size_t trim_own_heap(bool release_pages) noexcept {
 
 std::size_t trim_other_heaps() noexcept {
   std::size_t released = 0;
-  ThreadHeap* self = tl_heap;
+  ThreadHeap* self = tl_thread.heap;
   visit_lock();
   for_each_heap([&](ThreadHeap* h) {
     if (h == self) return;

@@ -231,18 +231,18 @@ bool should_sample(std::size_t* rate_out) {
   unsigned gen = g_generation.load(std::memory_order_relaxed);
   if (rate == 0 || tl_in_prof) {
     if (rate == 0)
-      tl_sample_countdown = kRecheckBytes;
+      tl_thread.sample_countdown = kRecheckBytes;
     else
-      tl_sample_countdown = draw_interval(rate);
+      tl_thread.sample_countdown = draw_interval(rate);
     return false;
   }
   if (tl_generation != gen) {  // sampling (re)started since this thread last looked: arm only
     tl_generation = gen;
-    tl_sample_countdown = draw_interval(rate);
+    tl_thread.sample_countdown = draw_interval(rate);
     return false;
   }
   // Several sample points may fall inside one allocation; it is sampled once either way.
-  while (tl_sample_countdown < 0) tl_sample_countdown += draw_interval(rate);
+  while (tl_thread.sample_countdown < 0) tl_thread.sample_countdown += draw_interval(rate);
   *rate_out = rate;
   return true;
 }
@@ -256,7 +256,7 @@ inline std::size_t natural_alignment(std::size_t size) {
 
 void* prof_sample_small(unsigned cls, std::size_t size) noexcept {
   std::size_t rate;
-  if (!should_sample(&rate)) return tl_heap->alloc(cls);
+  if (!should_sample(&rate)) return tl_thread.heap->alloc(cls);
   // Served from the large allocator with the class's size and alignment (realloc and
   // malloc_usable_size see the same block as unsampled); recorded with the requested size, the
   // bytes the countdown counted, so the weights stay unbiased.
@@ -265,7 +265,7 @@ void* prof_sample_small(unsigned cls, std::size_t size) noexcept {
   void* p = large_alloc(block, natural_alignment(block), false);
   if (p != nullptr) record(p, size, rate);
   tl_in_prof = false;
-  return p != nullptr ? p : tl_heap->alloc(cls);
+  return p != nullptr ? p : tl_thread.heap->alloc(cls);
 }
 
 void prof_sample_large(void* p, std::size_t size) noexcept {
@@ -353,17 +353,17 @@ extern "C" TM_API size_t tm_profile_set_rate(size_t rate) {
     return g_rate.load(std::memory_order_relaxed);
   std::size_t old = g_rate.exchange(rate, std::memory_order_relaxed);
   g_generation.fetch_add(1, std::memory_order_relaxed);
-  tl_sample_countdown = 0;  // this thread re-arms at its next allocation
+  tl_thread.sample_countdown = 0;  // this thread re-arms at its next allocation
   if (rate != 0) {
     // Is the allocator calling the hooks? The countdown moves if it is.
     static std::atomic<bool> warned{false};
-    std::int64_t before = tl_sample_countdown = kRecheckBytes;
+    std::int64_t before = tl_thread.sample_countdown = kRecheckBytes;
     tm_free(tm_malloc(16));
-    if (tl_sample_countdown == before && !warned.exchange(true))
+    if (tl_thread.sample_countdown == before && !warned.exchange(true))
       std::fprintf(stderr,
                    "trimalloc: allocation sampling is not wired into this build's allocation "
                    "path; no samples will be taken (see docs/stats.md)\n");
-    tl_sample_countdown = 0;
+    tl_thread.sample_countdown = 0;
   }
   return old;
 }

@@ -1,10 +1,10 @@
 // The allocation-sampling hooks the allocator calls (see docs/stats.md, "Allocation-site
 // sampling", for the patch that wires them and its measured cost). Defined in stats/profile.cpp.
 //
-// tl_sample_countdown: bytes this thread may still allocate before the next sample. It starts at 0,
-// so a thread's first allocation calls in and learns whether sampling is on; while it is off the
-// countdown is re-armed with a large value (a re-check every 16 MiB allocated), so the fast path
-// pays one thread-local subtraction and a never-taken branch.
+// tl_thread.sample_countdown: bytes this thread may still allocate before the next sample. It
+// starts at 0, so a thread's first allocation calls in and learns whether sampling is on; while it
+// is off the countdown is re-armed with a large value (a re-check every 16 MiB allocated), so the
+// fast path pays one thread-local subtraction and a never-taken branch.
 #pragma once
 #include <atomic>
 #include <cstddef>
