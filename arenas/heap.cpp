@@ -416,7 +416,8 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
       }
       p = next;
     }
-    current_[c] = avail_[c].head ? avail_[c].head : &g_empty_pool;
+    // No current pool: the next allocation's slow path picks one by the placement policy.
+    current_[c] = &g_empty_pool;
   }
   return released;
 }
