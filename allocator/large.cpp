@@ -23,8 +23,7 @@
 //   as the previous hooks did, cost a whole MiB per slab: 7.0 GiB of address space for 20000
 //   blocks of 1000 B, 2000 of 20000 B and 64 of 1 MiB (123 MiB live), against 136 MiB with
 //   retain:true (docs/reliability.md). So the hooks do that sub-allocation themselves: a
-//   region is at least 2 MiB, grows with the heap for big extents, and its remainder is a hole
-//   for later requests (138 MiB there, and 0.3 MiB left after free + tm_trim).
+//   region grows with the heap (1 to 16 MiB), and its remainder is a hole for later requests.
 // - Refusing a piece that is not a whole region (the first idea) does not work either: the
 //   refused piece becomes retained, and a region partly retained is never again offered
 //   whole, since jemalloc only merges extents in the same state. So the dalloc hook *accepts*
@@ -140,13 +139,14 @@ constexpr std::uint32_t kNoHole = UINT32_MAX;
 // touched as used (a few KiB for ordinary heaps).
 constexpr std::size_t kMaxRegions = std::size_t{1} << 16;
 constexpr std::size_t kMaxHoles = std::size_t{1} << 16;
-// A request smaller than this gets a region of this size, the rest of which becomes a hole
-// for the next requests (without it every slab would cost a whole MiB of address space).
-constexpr std::size_t kMinRegion = std::size_t{2} << 20;
-// Regions for big extents grow with the heap (an eighth of what is mapped, up to this), so
-// that sizes just over a MiB multiple (1 MiB + jemalloc's page of padding) are packed
-// instead of each wasting most of a MiB; bounded because one live block keeps its whole region.
-constexpr std::size_t kMaxGrownRegion = std::size_t{16} << 20;
+// Regions grow with the heap: an eighth of what is mapped, at least 1 MiB, at most 4 MiB for
+// small extents and 16 MiB for big ones. The remainder of a region is a hole for the next
+// requests, so slabs share regions, and sizes just over a MiB multiple (1 MiB + jemalloc's page
+// of padding) are packed instead of each wasting most of a MiB. Bounded, because one live
+// block keeps its whole region mapped; growing, so that a big heap has fewer regions to scan.
+constexpr std::size_t kMinRegion = std::size_t{1} << 20;
+constexpr std::size_t kMaxSmallRegion = std::size_t{4} << 20;
+constexpr std::size_t kMaxBigRegion = std::size_t{16} << 20;
 // Slabs and blocks up to jemalloc's thread-cache limit (32 KiB) are often long-lived or held in
 // some thread's cache: mixed into the tails of regions holding big blocks, a handful of them
 // would keep every such region mapped after the big blocks are gone. So extents up to this size
@@ -308,11 +308,9 @@ void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
 void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
   std::size_t need = (size + kSlotSize - 1) & ~(kSlotSize - 1);
   if (need < size) return nullptr;
-  std::size_t grow = kMinRegion;
-  if (size > kSmallExtent) {
-    std::size_t eighth = (g_mapped.load(std::memory_order_relaxed) / 8) & ~(kSlotSize - 1);
-    grow = eighth < kMinRegion ? kMinRegion : eighth > kMaxGrownRegion ? kMaxGrownRegion : eighth;
-  }
+  std::size_t cap = size <= kSmallExtent ? kMaxSmallRegion : kMaxBigRegion;
+  std::size_t grow = (g_mapped.load(std::memory_order_relaxed) / 8) & ~(kSlotSize - 1);
+  grow = grow < kMinRegion ? kMinRegion : grow > cap ? cap : grow;
   std::size_t span = need < grow ? grow : need;
   alignment = alignment > kSlotSize ? alignment : kSlotSize;
   void* p = os::reserve_aligned(span, alignment);
@@ -412,8 +410,11 @@ extent_hooks_t g_hooks = {hook_alloc, hook_dalloc,       hook_destroy, nullptr, 
                           nullptr,    hook_purge_forced, hook_split,   hook_merge};
 
 // The region lock is taken inside jemalloc's hooks, under jemalloc's mutexes, so at fork() it
-// must be taken after them: registered before jemalloc's own handlers (its constructor runs
-// at the default priority), prepare handlers run in reverse order.
+// must be taken after them. Prepare handlers run in reverse order of registration, so this one
+// is registered before jemalloc initialises (and registers its own): from a constructor that
+// runs before jemalloc's (default priority), or from large_init before its first call into
+// jemalloc, if a large block is asked for before this library's constructors have run (the C++
+// runtime's start-up allocations can be).
 void regions_prefork() {
   g_regions_lock.lock();
 }
@@ -423,8 +424,10 @@ void regions_postfork_parent() {
 void regions_postfork_child() {
   g_regions_lock.reset_after_fork();
 }
+std::atomic<bool> g_region_handlers{false};
 __attribute__((constructor(102))) void register_region_fork_handlers() {
-  pthread_atfork(regions_prefork, regions_postfork_parent, regions_postfork_child);
+  if (!g_region_handlers.exchange(true))
+    pthread_atfork(regions_prefork, regions_postfork_parent, regions_postfork_child);
 }
 
 // jemalloc runs one purge of an arena at a time, and a second caller returns at once, before
@@ -465,6 +468,7 @@ bool large_init() noexcept {
   // Every failure here is lack of memory (the map's or jemalloc's arena's): leave the state at
   // 0 so that a later call tries again, rather than fall back to an arena trimalloc cannot
   // vouch for.
+  register_region_fork_handlers();
   unsigned index = 0;
   std::size_t len = sizeof(index);
   extent_hooks_t* hooks = &g_hooks;
@@ -478,7 +482,8 @@ bool large_init() noexcept {
   g_arena_flags = arena_flag(index);
   g_on_out_of_memory = large_release_address_space;
   // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
-  // in reverse order, so this one takes the purge lock before jemalloc takes its mutexes.
+  // in reverse order, so this one takes the purge lock before jemalloc takes its mutexes (the
+  // purge lock's holder takes jemalloc's mutexes, then the region lock).
   pthread_atfork(purge_prefork, purge_postfork_parent, purge_postfork_child);
   g_state.store(2, std::memory_order_release);
   return true;
