@@ -21,7 +21,7 @@
 // - retain:false (set below) asks the alloc hook for exactly what each extent needs (a slab of
 //   a few pages, or a block plus a page of padding). That alone, with one mapping per request
 //   as the previous hooks did, cost a whole MiB per slab: 7.0 GiB of address space for 20000
-//   blocks of 1000 B, 2000 of 20000 B and 64 of 1 MiB (123 MiB live), against 136 MiB with
+//   blocks of 1000 B, 2000 of 20000 B and 64 of 1 MiB (121 MiB asked), against 136 MiB with
 //   retain:true (docs/reliability.md). So the hooks do that sub-allocation themselves: a
 //   region grows with the heap (1 to 16 MiB), and its remainder is a hole for later requests.
 // - Refusing a piece that is not a whole region (the first idea) does not work either: the
@@ -81,6 +81,7 @@ extern const char* tm_je_malloc_conf;
 // narenas:1: all our blocks come from the dedicated arena, so jemalloc must not create an auto
 // arena per CPU for each new thread (an arena it fails to create under memory exhaustion would
 // crash the thread's first allocation: the tcache would be associated with a null arena).
+// retain:false: see the top of this file.
 const char* tm_je_malloc_conf =
     "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false";
 
@@ -298,7 +299,7 @@ void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
   for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
     const Hole& h = g_holes[*link];
     if (h.start > at) break;
-    if (h.end - at >= size && h.end > at)
+    if (h.end > at && h.end - at >= size)
       return carve(r, link, at, size) ? reinterpret_cast<void*>(at) : nullptr;
   }
   return nullptr;
@@ -380,7 +381,8 @@ bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) 
   // data is not purged under it). Nobody else can reach the piece meanwhile.
   if (!os::purge(addr, size)) return true;
   LockGuard guard(g_regions_lock);
-  long i = region_of(a);  // the table may have moved while unlocked
+  long i = region_of(a);   // the table may have moved while unlocked
+  if (i < 0) return true;  // cannot happen: the region holds this piece
   if (g_regions[i].free + size == g_regions[i].span) {
     unmap_region(i);
     return false;
