@@ -100,10 +100,11 @@ TEST(LargeRegions, ARegionWithALiveBlockStaysTheOthersGo) {
   std::size_t hooks_kept = trimalloc::large_mapped_bytes() - hooks_before;
   EXPECT_LE(hooks_kept, 18 * kMiB) << hooks_kept / kMiB << " MiB still mapped by the hooks";
   std::size_t after = vm_bytes();
-  if (!tmtest::kSanitized)
+  if (!tmtest::kSanitized) {
     EXPECT_LE(after, before + 18 * kMiB)
         << "of " << grown / kMiB << " MiB mapped for 40 blocks of 3 MiB, "
         << (after - before) / kMiB << " MiB still mapped with one block live";
+  }
   // The survivor still works as a block: realloc within it, then free.
   void* q = tm_realloc(blocks[17], kSize + 4096);
   ASSERT_NE(q, nullptr);
