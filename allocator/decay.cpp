@@ -66,9 +66,7 @@ std::size_t large_dirty_bytes() {
 std::size_t large_decay() {
   std::size_t before = large_dirty_bytes();
   if (before == 0) return 0;
-  char name[64];
-  std::snprintf(name, sizeof name, "arena.%u.decay", large_arena_index());
-  large_mallctl(name, nullptr, nullptr, nullptr, 0);
+  large_decay_step();
   std::size_t after = large_dirty_bytes();
   return before > after ? before - after : 0;
 }

@@ -1,4 +1,51 @@
+// Large blocks (> 512 B): a dedicated arena of the embedded jemalloc, whose extent hooks own
+// the address space (see large.h for the embedding).
+//
+// Address space goes back to the kernel, region by region. The alloc hook maps *regions*
+// (1 MiB-aligned, whole MiB, marked in the arena map so free() can route) and hands jemalloc
+// pieces of them; a table of regions (below) records, for each, which bytes jemalloc does not
+// hold. When jemalloc gives back the last piece of a region, the region is wholly free, so no
+// live block can be in it: its arena-map bits are cleared and it is unmapped. jemalloc gives
+// pieces back through the dalloc hook when it purges them: after dirty_decay_ms (its decay,
+// run by our decay thread), at once for extents over its oversize threshold (8 MiB), and for
+// all of them on arena.<i>.purge (tm_trim, and a mapping that failed: see below).
+//
+// What jemalloc 5.3 does, and why the hooks are shaped this way (src/extent.c, src/pac.c):
+// - With custom hooks the dalloc hook is called whatever `retain` says (ehooks_dalloc_will_fail
+//   only consults opt_retain for the default hooks); when it refuses, jemalloc purges the
+//   extent and files it as "retained", from where it is only ever reused, never offered again.
+// - retain:true (the default) grows the arena by mapping ever larger regions
+//   (extent_grow_retained) and files the unused rest as retained at once. A region is then
+//   never all dirty at the same time, so it is never offered whole and nothing is unmapped:
+//   the previous design (dalloc always refusing) kept all address space for good.
+// - retain:false (set below) asks the alloc hook for exactly what each extent needs (a slab of
+//   a few pages, or a block plus a page of padding). That alone, with one mapping per request
+//   as the previous hooks did, cost a whole MiB per slab: 7.0 GiB of address space for 20000
+//   blocks of 1000 B, 2000 of 20000 B and 64 of 1 MiB (121 MiB asked), against 136 MiB with
+//   retain:true (docs/reliability.md). So the hooks do that sub-allocation themselves: a
+//   region grows with the heap (1 to 16 MiB), and its remainder is a hole for later requests.
+// - Refusing a piece that is not a whole region (the first idea) does not work either: the
+//   refused piece becomes retained, and a region partly retained is never again offered
+//   whole, since jemalloc only merges extents in the same state. So the dalloc hook *accepts*
+//   every piece: it purges it and keeps it as a hole (zero-filled, so the alloc hook reports
+//   *zero = true), and unmaps the region when the last piece comes back. It refuses only when
+//   the piece is unknown or no hole entry is left (the piece is then jemalloc's retained).
+// - The merge hook refuses to merge extents of two regions (an extent spanning two could never
+//   be a whole region's last piece); split is allowed. Growth in place (alloc with new_addr)
+//   is served only from a hole in the same region.
+// - Slabs and small blocks (<= 64 KiB, often long-lived or held in some thread's tcache) get
+//   regions of their own: mixed into big blocks' regions, a few of them would keep every
+//   region mapped after the big blocks were freed.
+// - jemalloc purges an arena in one thread at a time and a second caller returns at once,
+//   before anything is unmapped; trimalloc's own purges take turns on a lock so that a purge
+//   that returns has finished. A small arena or a large block that cannot be mapped purges
+//   the arena (unmapping free regions) and tries once more (g_on_out_of_memory), which is what
+//   lets a program under a low RLIMIT_AS go on after freeing large blocks.
+// Failure paths are unchanged: when mmap fails the alloc hook returns NULL, jemalloc returns
+// NULL and the caller gets ENOMEM. Hooks never call malloc: the region table is mapped once.
 #include "large.h"
+
+#include <pthread.h>
 
 #include <atomic>
 #include <cerrno>
@@ -11,6 +58,7 @@
 #include "decay.h"
 #include "fatal.h"
 #include "large_registry.h"
+#include "lock.h"
 #include "os.h"
 #include "quarantine.h"
 #include "sampling.h"
@@ -33,8 +81,9 @@ extern const char* tm_je_malloc_conf;
 // narenas:1: all our blocks come from the dedicated arena, so jemalloc must not create an auto
 // arena per CPU for each new thread (an arena it fails to create under memory exhaustion would
 // crash the thread's first allocation: the tcache would be associated with a null arena).
+// retain:false: see the top of this file.
 const char* tm_je_malloc_conf =
-    "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";
+    "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false";
 
 struct extent_hooks_s;
 typedef struct extent_hooks_s extent_hooks_t;
@@ -66,26 +115,279 @@ int g_arena_flags = 0;
 unsigned g_arena_index = 0;
 std::atomic<std::size_t> g_mapped{0};
 
+// --- regions: the mappings the extent hooks made, and what of each jemalloc holds ---
+//
+// A region is one mmap (1 MiB-aligned, whole MiB). jemalloc holds some pieces of it as extents;
+// the rest is free: holes the alloc hook can hand out again, plus "lost" bytes (a remainder
+// for which no hole entry was left) that only count. When jemalloc gives the last piece back,
+// free == span: no live block can be in the region, so its arena-map bits are cleared and it
+// is unmapped. The table lives in memory mapped once (the hooks run inside jemalloc, under its
+// locks, and must never call malloc) and everything below runs under g_regions_lock, a leaf
+// lock: nothing is called under it but mmap/munmap/madvise and the arena map.
+struct Region {
+  std::uintptr_t base;
+  std::size_t span;
+  std::size_t free;     // bytes not held by jemalloc (holes + lost)
+  std::uint32_t holes;  // first hole, address order; kNoHole if none
+  bool small;           // serves extents of at most kSmallExtent bytes only
+};
+struct Hole {
+  std::uintptr_t start, end;
+  std::uint32_t next;
+};
+constexpr std::uint32_t kNoHole = UINT32_MAX;
+// 65536 regions of at least 1 MiB, 65536 holes: 3.5 MiB of address space reserved once,
+// touched as used (a few KiB for ordinary heaps).
+constexpr std::size_t kMaxRegions = std::size_t{1} << 16;
+constexpr std::size_t kMaxHoles = std::size_t{1} << 16;
+// Regions grow with the heap: an eighth of what is mapped, at least 1 MiB, at most 4 MiB for
+// small extents and 16 MiB for big ones. The remainder of a region is a hole for the next
+// requests, so slabs share regions, and sizes just over a MiB multiple (1 MiB + jemalloc's page
+// of padding) are packed instead of each wasting most of a MiB. Bounded, because one live
+// block keeps its whole region mapped; growing, so that a big heap has fewer regions to scan.
+constexpr std::size_t kMinRegion = std::size_t{1} << 20;
+constexpr std::size_t kMaxSmallRegion = std::size_t{4} << 20;
+constexpr std::size_t kMaxBigRegion = std::size_t{16} << 20;
+// Slabs and blocks up to jemalloc's thread-cache limit (32 KiB) are often long-lived or held in
+// some thread's cache: mixed into the tails of regions holding big blocks, a handful of them
+// would keep every such region mapped after the big blocks are gone. So extents up to this size
+// are carved from regions of their own, and big ones from the others.
+constexpr std::size_t kSmallExtent = std::size_t{64} << 10;
+
+SpinLock g_regions_lock;
+Region* g_regions = nullptr;  // sorted by base
+std::size_t g_region_count = 0;
+Hole* g_holes = nullptr;
+std::uint32_t g_hole_bump = 0;             // entries ever used
+std::uint32_t g_hole_free_list = kNoHole;  // entries given back
+
+bool tables_ready() noexcept {
+  if (g_regions) return true;
+  constexpr std::size_t kBytes = kMaxRegions * sizeof(Region) + kMaxHoles * sizeof(Hole);
+  void* p = os::reserve_aligned(kBytes, os::page_size());
+  if (!p) return false;
+  g_holes = reinterpret_cast<Hole*>(static_cast<char*>(p) + kMaxRegions * sizeof(Region));
+  g_regions = static_cast<Region*>(p);
+  return true;
+}
+
+std::uint32_t hole_new(std::uintptr_t start, std::uintptr_t end, std::uint32_t next) noexcept {
+  std::uint32_t i = g_hole_free_list;
+  if (i != kNoHole)
+    g_hole_free_list = g_holes[i].next;
+  else if (g_hole_bump < kMaxHoles)
+    i = g_hole_bump++;
+  else
+    return kNoHole;
+  g_holes[i] = {start, end, next};
+  return i;
+}
+void hole_delete(std::uint32_t i) noexcept {
+  g_holes[i].next = g_hole_free_list;
+  g_hole_free_list = i;
+}
+
+// Index of the region containing address a, or -1.
+long region_of(std::uintptr_t a) noexcept {
+  std::size_t lo = 0, hi = g_region_count;  // first region with base > a
+  while (lo < hi) {
+    std::size_t mid = (lo + hi) / 2;
+    if (g_regions[mid].base <= a)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == 0) return -1;
+  const Region& r = g_regions[lo - 1];
+  return a - r.base < r.span ? static_cast<long>(lo - 1) : -1;
+}
+
+// Hands [start, start + size) of hole h (reached from *link) to jemalloc. False if that would
+// need a new hole entry and none is left.
+bool carve(Region& r, std::uint32_t* link, std::uintptr_t start, std::size_t size) noexcept {
+  Hole& h = g_holes[*link];
+  std::uintptr_t end = start + size;
+  if (start == h.start && end == h.end) {
+    std::uint32_t i = *link;
+    *link = h.next;
+    hole_delete(i);
+  } else if (start == h.start) {
+    h.start = end;
+  } else if (end == h.end) {
+    h.end = start;
+  } else {
+    std::uint32_t tail = hole_new(end, h.end, h.next);
+    if (tail == kNoHole) return false;
+    h.end = start;
+    h.next = tail;
+  }
+  r.free -= size;
+  return true;
+}
+
+// Takes [start, start + size) back into region r as a hole (merged with its neighbours). False
+// if a new entry was needed and none is left.
+bool give_back(Region& r, std::uintptr_t start, std::size_t size) noexcept {
+  std::uintptr_t end = start + size;
+  std::uint32_t* link = &r.holes;
+  Hole* prev = nullptr;
+  while (*link != kNoHole && g_holes[*link].start < start) {
+    prev = &g_holes[*link];
+    link = &prev->next;
+  }
+  std::uint32_t next = *link;
+  bool joins_next = next != kNoHole && g_holes[next].start == end;
+  if (prev && prev->end == start) {
+    if (joins_next) {
+      prev->end = g_holes[next].end;
+      prev->next = g_holes[next].next;
+      hole_delete(next);
+    } else {
+      prev->end = end;
+    }
+  } else if (joins_next) {
+    g_holes[next].start = start;
+  } else {
+    std::uint32_t i = hole_new(start, end, next);
+    if (i == kNoHole) return false;
+    *link = i;
+  }
+  r.free += size;
+  return true;
+}
+
+// Region r is wholly free: forget it and unmap it. The arena-map bits go first, under the lock,
+// so no other thread can map a new region at this address and have its bits cleared.
+void unmap_region(long index) noexcept {
+  Region r = g_regions[index];
+  for (std::uint32_t h = r.holes; h != kNoHole;) {
+    std::uint32_t next = g_holes[h].next;
+    hole_delete(h);
+    h = next;
+  }
+  std::memmove(&g_regions[index], &g_regions[index + 1],
+               (g_region_count - static_cast<std::size_t>(index) - 1) * sizeof(Region));
+  --g_region_count;
+  void* base = reinterpret_cast<void*>(r.base);
+  g_arena_map.set(SlotKind::kLarge, base, r.span, false);
+  os::release(base, r.span);
+  g_mapped.fetch_sub(r.span, std::memory_order_relaxed);
+}
+
+// First fit in address order over every hole (lower addresses first keeps the heap compact,
+// which is what lets whole regions empty out).
+void* alloc_from_holes(std::size_t size, std::size_t alignment) noexcept {
+  bool small = size <= kSmallExtent;
+  for (std::size_t i = 0; i < g_region_count; ++i) {
+    Region& r = g_regions[i];
+    if (r.free < size || r.small != small) continue;
+    for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
+      const Hole& h = g_holes[*link];
+      std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
+      if (start < h.start || start > h.end || h.end - start < size) continue;
+      if (carve(r, link, start, size)) return reinterpret_cast<void*>(start);
+    }
+  }
+  return nullptr;
+}
+
+void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
+  long i = region_of(at);
+  // At a region's base: that would extend an extent of the region below into this one.
+  if (i < 0 || g_regions[i].base == at) return nullptr;
+  Region& r = g_regions[i];
+  for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
+    const Hole& h = g_holes[*link];
+    if (h.start > at) break;
+    if (h.end > at && h.end - at >= size)
+      return carve(r, link, at, size) ? reinterpret_cast<void*>(at) : nullptr;
+  }
+  return nullptr;
+}
+
+// A new region for a request no hole could serve. nullptr if the kernel or the table refused.
+void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
+  std::size_t need = (size + kSlotSize - 1) & ~(kSlotSize - 1);
+  if (need < size) return nullptr;
+  std::size_t cap = size <= kSmallExtent ? kMaxSmallRegion : kMaxBigRegion;
+  std::size_t grow = (g_mapped.load(std::memory_order_relaxed) / 8) & ~(kSlotSize - 1);
+  grow = grow < kMinRegion ? kMinRegion : grow > cap ? cap : grow;
+  std::size_t span = need < grow ? grow : need;
+  alignment = alignment > kSlotSize ? alignment : kSlotSize;
+  void* p = os::reserve_aligned(span, alignment);
+  if (p == nullptr && span > need) {  // short of address space: only what was asked for
+    span = need;
+    p = os::reserve_aligned(span, alignment);
+  }
+  if (p == nullptr) return nullptr;
+  auto base = reinterpret_cast<std::uintptr_t>(p);
+  LockGuard guard(g_regions_lock);
+  if (g_region_count == kMaxRegions) {
+    os::release(p, span);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t at = g_region_count;
+  while (at > 0 && g_regions[at - 1].base > base) --at;
+  std::memmove(&g_regions[at + 1], &g_regions[at], (g_region_count - at) * sizeof(Region));
+  ++g_region_count;
+  Region& r = g_regions[at];
+  r = {base, span, span - size, kNoHole, size <= kSmallExtent};
+  if (span > size) r.holes = hole_new(base + size, base + span, kNoHole);  // or lost
+  g_arena_map.set(SlotKind::kLarge, p, span, true);
+  g_mapped.fetch_add(span, std::memory_order_relaxed);
+  return p;
+}
+
 // --- extent hooks: jemalloc's address space for trimalloc's arena ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
                  bool* zero, bool* commit, unsigned) {
-  if (new_addr != nullptr) return nullptr;  // growing in place at a fixed address: decline
-  std::size_t span = (size + kSlotSize - 1) & ~(kSlotSize - 1);
-  if (span < size) return nullptr;
-  void* p = os::reserve_aligned(span, alignment > kSlotSize ? alignment : kSlotSize);
+  void* p;
+  if (new_addr != nullptr) {  // growing an extent in place
+    LockGuard guard(g_regions_lock);
+    p = alloc_at(reinterpret_cast<std::uintptr_t>(new_addr), size);
+  } else {
+    {
+      LockGuard guard(g_regions_lock);
+      p = alloc_from_holes(size, alignment);
+    }
+    if (p == nullptr) {
+      p = alloc_region(size, alignment);
+      if (p == nullptr) return nullptr;
+      decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
+    }
+  }
   if (p == nullptr) return nullptr;
-  g_arena_map.set(SlotKind::kLarge, p, span, true);
-  g_mapped.fetch_add(span, std::memory_order_relaxed);
-  decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
-  *zero = true;
+  *zero = true;  // fresh mappings, and holes were purged when they came back
   *commit = true;
   return p;
 }
-// Regions are rounded up to whole MiB and may have been split or merged since, so an extent is
-// never a whole mapping we could unmap: decline, and jemalloc keeps it as retained address
-// space (its default on 64-bit Linux anyway). Physical memory goes back through purge_forced.
-bool hook_dalloc(extent_hooks_t*, void*, std::size_t, bool, unsigned) {
-  return true;
+
+// jemalloc gives an extent back (after decay or purge, or at once for the oversize ones).
+// false = taken: it is unmapped with its region if it was the region's last piece, otherwise
+// purged and kept as a hole. true = refused: jemalloc keeps it as retained address space.
+bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) {
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  {
+    LockGuard guard(g_regions_lock);
+    long i = region_of(a);
+    if (i < 0 || a + size > g_regions[i].base + g_regions[i].span) return true;
+    if (g_regions[i].free + size == g_regions[i].span) {
+      unmap_region(i);
+      return false;
+    }
+  }
+  // Purged before it becomes a hole, so that whoever takes the hole next gets zeros (and its
+  // data is not purged under it). Nobody else can reach the piece meanwhile.
+  if (!os::purge(addr, size)) return true;
+  LockGuard guard(g_regions_lock);
+  long i = region_of(a);   // the table may have moved while unlocked
+  if (i < 0) return true;  // cannot happen: the region holds this piece
+  if (g_regions[i].free + size == g_regions[i].span) {
+    unmap_region(i);
+    return false;
+  }
+  return !give_back(g_regions[i], a, size);
 }
 void hook_destroy(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) {
   os::purge(addr, size);
@@ -97,11 +399,61 @@ bool hook_purge_forced(extent_hooks_t*, void* addr, std::size_t, std::size_t off
 bool hook_split(extent_hooks_t*, void*, std::size_t, std::size_t, std::size_t, bool, unsigned) {
   return false;
 }
-bool hook_merge(extent_hooks_t*, void*, std::size_t, void*, std::size_t, bool, unsigned) {
-  return false;
+// Never across regions: an extent spanning two could never be given back as whole regions.
+// Region bases are MiB-aligned, so most merges need no look-up.
+bool hook_merge(extent_hooks_t*, void*, std::size_t, void* addr_b, std::size_t, bool, unsigned) {
+  auto b = reinterpret_cast<std::uintptr_t>(addr_b);
+  if (b & (kSlotSize - 1)) return false;
+  LockGuard guard(g_regions_lock);
+  long i = region_of(b);
+  return i < 0 || g_regions[i].base == b;
 }
 extent_hooks_t g_hooks = {hook_alloc, hook_dalloc,       hook_destroy, nullptr,   nullptr,
                           nullptr,    hook_purge_forced, hook_split,   hook_merge};
+
+// The region lock is taken inside jemalloc's hooks, under jemalloc's mutexes, so at fork() it
+// must be taken after them. Prepare handlers run in reverse order of registration, so this one
+// is registered before jemalloc initialises (and registers its own): from a constructor that
+// runs before jemalloc's (default priority), or from large_init before its first call into
+// jemalloc, if a large block is asked for before this library's constructors have run (the C++
+// runtime's start-up allocations can be).
+void regions_prefork() {
+  g_regions_lock.lock();
+}
+void regions_postfork_parent() {
+  g_regions_lock.unlock();
+}
+void regions_postfork_child() {
+  g_regions_lock.reset_after_fork();
+}
+std::atomic<bool> g_region_handlers{false};
+__attribute__((constructor(102))) void register_region_fork_handlers() {
+  if (!g_region_handlers.exchange(true))
+    pthread_atfork(regions_prefork, regions_postfork_parent, regions_postfork_child);
+}
+
+// jemalloc runs one purge of an arena at a time, and a second caller returns at once, before
+// the first has unmapped anything. trimalloc's own purges (decay thread, tm_trim, a failed
+// mapping) take turns on this lock, so a thread that just ran out of address space and purged
+// knows every region freed so far is unmapped when its purge returns. It is held while calling
+// into jemalloc, so at fork() it is taken before jemalloc's mutexes (see large_init).
+SpinLock g_purge_lock;
+void purge_prefork() {
+  g_purge_lock.lock();
+}
+void purge_postfork_parent() {
+  g_purge_lock.unlock();
+}
+void purge_postfork_child() {
+  g_purge_lock.reset_after_fork();
+}
+
+void arena_decay(bool all) noexcept {
+  char name[64];
+  std::snprintf(name, sizeof name, all ? "arena.%u.purge" : "arena.%u.decay", g_arena_index);
+  LockGuard guard(g_purge_lock);
+  tm_je_mallctl(name, nullptr, nullptr, nullptr, 0);
+}
 
 inline bool ready() noexcept {
   return g_state.load(std::memory_order_acquire) == 2 || large_init();
@@ -118,10 +470,11 @@ bool large_init() noexcept {
   // Every failure here is lack of memory (the map's or jemalloc's arena's): leave the state at
   // 0 so that a later call tries again, rather than fall back to an arena trimalloc cannot
   // vouch for.
+  register_region_fork_handlers();
   unsigned index = 0;
   std::size_t len = sizeof(index);
   extent_hooks_t* hooks = &g_hooks;
-  if (!g_arena_map.init() ||
+  if (!g_arena_map.init() || !tables_ready() ||
       tm_je_mallctl("arenas.create", &index, &len, &hooks, sizeof(hooks)) != 0) {
     g_state.store(0, std::memory_order_release);
     errno = ENOMEM;
@@ -129,6 +482,11 @@ bool large_init() noexcept {
   }
   g_arena_index = index;
   g_arena_flags = arena_flag(index);
+  g_on_out_of_memory = large_release_address_space;
+  // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
+  // in reverse order, so this one takes the purge lock before jemalloc takes its mutexes (the
+  // purge lock's holder takes jemalloc's mutexes, then the region lock).
+  pthread_atfork(purge_prefork, purge_postfork_parent, purge_postfork_child);
   g_state.store(2, std::memory_order_release);
   return true;
 }
@@ -144,6 +502,9 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
     g_on_maintenance();
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   void* p = tm_je_mallocx(size, flags);
+  // Free blocks jemalloc has not purged yet hold address space; with a low RLIMIT_AS that can
+  // be what stands between this request and a new region.
+  if (p == nullptr && large_release_address_space()) p = tm_je_mallocx(size, flags);
   if (p == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -222,6 +583,19 @@ std::size_t large_mapped_bytes() noexcept {
   return g_mapped.load(std::memory_order_relaxed);
 }
 
+bool large_release_address_space() noexcept {
+  if (g_state.load(std::memory_order_acquire) != 2) return false;
+  tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
+  arena_decay(true);
+  // Always worth the retry: when several threads run out together, the purge that unmaps the
+  // regions may be another thread's, done between our failure and this call.
+  return true;
+}
+
+void large_decay_step() noexcept {
+  if (ready()) arena_decay(false);
+}
+
 std::size_t large_purge() noexcept {
   if (!ready()) return 0;
   auto resident = [] {
@@ -237,9 +611,7 @@ std::size_t large_purge() noexcept {
   };
   std::size_t before = resident();
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
-  char name[64];
-  std::snprintf(name, sizeof name, "arena.%u.purge", g_arena_index);
-  tm_je_mallctl(name, nullptr, nullptr, nullptr, 0);
+  arena_decay(true);
   std::size_t after = resident();
   return before > after ? before - after : 0;
 }

@@ -23,6 +23,12 @@ bool large_owns(const void* p) noexcept;
 // Purges the dedicated arena's dirty pages and this thread's jemalloc cache; bytes purged
 // (estimated from jemalloc's resident counter before and after).
 std::size_t large_purge() noexcept;
+// jemalloc's decay step on the arena (what its decay curve says is due), taking turns with the
+// other purges.
+void large_decay_step() noexcept;
+// After a failed mapping: flushes this thread's jemalloc cache and purges the arena, which
+// unmaps every region left wholly free. True (try once more) once the arena exists.
+bool large_release_address_space() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
                   std::size_t newlen) noexcept;

@@ -268,6 +268,8 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   // 4. A pool some exited thread left behind, then 5. a fresh pool from the arenas.
   Pool* fresh = adopt_abandoned(cls, this);
   if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this);
+  if (fresh == nullptr && g_on_out_of_memory && g_on_out_of_memory())
+    fresh = g_arenas.acquire_pool(cls, this);
   if (fresh == nullptr) {
     errno = ENOMEM;
     return nullptr;

@@ -41,7 +41,11 @@ std::size_t dirty_small_bytes() noexcept;
 // g_on_maintenance runs at the top of an allocation slow path whenever g_maintenance_requested
 // is set: a safe point to start the decay thread (glibc never mallocs under that lock).
 // g_on_heap_growth runs, under the arena lock, when an arena is mapped: it may only set flags.
+// g_on_out_of_memory runs, outside any allocator lock, when a new arena could not be mapped:
+// it gives back address space held elsewhere (free large blocks) and returns true if the arena
+// is worth trying once more.
 extern void (*g_on_dirty_pool)() noexcept;
+extern bool (*g_on_out_of_memory)() noexcept;
 extern void (*g_on_maintenance)() noexcept;
 extern void (*g_on_heap_growth)() noexcept;
 extern std::atomic<bool> g_maintenance_requested;

@@ -593,7 +593,9 @@ int rlimit_child() {
       } catch (const std::bad_alloc&) {
       }
       try {
-        char* c = new char[300000];
+        // volatile: the compiler may drop an unused new/delete pair altogether (C++14 lets it),
+        // and then the expression "succeeds" on an exhausted heap.
+        char* volatile c = new char[300000];
         delete[] c;
         rc = 23;
       } catch (const std::bad_alloc&) {
@@ -613,9 +615,9 @@ int rlimit_child() {
       while (freed_all.load() < kThreads) std::this_thread::yield();
       for (int i = 0; i < 2000; ++i) {  // works again
         std::string s(static_cast<std::size_t>(i), 'x');
-        void* p = malloc(1 + i * 100);
+        void* p = LibcApi::malloc(1 + static_cast<std::size_t>(i) * 100);  // not elided
         if (!p) rc = 26;
-        free(p);
+        LibcApi::free(p);
       }
     });
   }

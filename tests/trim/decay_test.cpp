@@ -6,8 +6,11 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 #include <trimalloc/trimalloc.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -127,4 +130,37 @@ TEST(Decay, OffMeansOff) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1200));
   EXPECT_GT(resident_pages(free_pages), before * 9 / 10) << "released with decay_ms = -1";
   for (void* p : keep) tm_free(p);
+}
+
+// Freed large blocks give back their address space too, not only their pages: once jemalloc's
+// decay hands the dirty extents back, every region left wholly free is unmapped (VmSize).
+TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  auto vm_bytes = [] {
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (f) {
+      if (std::fscanf(f, "%lu", &pages) != 1) pages = 0;
+      std::fclose(f);
+    }
+    return pages * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  };
+  std::size_t before = vm_bytes();
+  std::vector<void*> blocks;
+  for (int i = 0; i < 128; ++i) {  // 1 MiB: under jemalloc's oversize threshold, so they decay
+    void* p = tm_malloc(1 << 20);
+    ASSERT_NE(p, nullptr);
+    static_cast<char*>(p)[0] = 1;
+    blocks.push_back(p);
+  }
+  std::size_t grown = vm_bytes() - before;
+  ASSERT_GE(grown, std::size_t{128} << 20);
+  for (void* p : blocks) tm_free(p);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  std::size_t kept;
+  while ((kept = vm_bytes() - std::min(before, vm_bytes())) > grown / 10 &&
+         std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_LE(kept, grown / 10) << (kept >> 20) << " MiB of " << (grown >> 20)
+                              << " MiB still mapped 5 s after the frees";
 }
