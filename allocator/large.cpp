@@ -67,6 +67,8 @@
 // The renamed jemalloc API (same ABI as <jemalloc/jemalloc.h>, which cannot be included here:
 // it declares malloc() and friends under their plain names).
 extern "C" {
+void* tm_je_malloc(std::size_t size);
+void tm_je_free(void* p);
 void* tm_je_mallocx(std::size_t size, int flags);
 void* tm_je_rallocx(void* p, std::size_t size, int flags);
 std::size_t tm_je_sallocx(const void* p, int flags);
@@ -82,8 +84,11 @@ extern const char* tm_je_malloc_conf;
 // arena per CPU for each new thread (an arena it fails to create under memory exhaustion would
 // crash the thread's first allocation: the tcache would be associated with a null arena).
 // retain:false: see the top of this file.
+// oversize_threshold:0: no separate "huge" arena (jemalloc creates it with the default extent
+// hooks); every block, whatever its size, comes from the arena a thread is bound to - ours.
 const char* tm_je_malloc_conf =
-    "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false";
+    "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false,"
+    "oversize_threshold:0";
 
 struct extent_hooks_s;
 typedef struct extent_hooks_s extent_hooks_t;
@@ -111,6 +116,13 @@ constexpr int arena_flag(unsigned a) {
 }  // MALLOCX_ARENA
 
 std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialising, 2 ready
+
+// Each thread that allocates a large block is bound to trimalloc's arena (mallctl
+// "thread.arena"), so plain tm_je_malloc/tm_je_free - jemalloc's fast paths, about a third of
+// mallocx/dallocx's instructions - allocate there: the arena a thread is bound to is where its
+// tcache refills and where its requests above the tcache go. mallocx with the arena flag stays
+// for aligned and zeroed requests, and for a thread whose binding failed.
+__thread bool tl_bound_to_arena __attribute__((tls_model("initial-exec"))) = false;
 int g_arena_flags = 0;
 unsigned g_arena_index = 0;
 std::atomic<std::size_t> g_mapped{0};
@@ -491,6 +503,23 @@ bool large_init() noexcept {
   return true;
 }
 
+namespace {
+bool bind_thread_to_arena() noexcept {
+  unsigned index = g_arena_index;
+  if (tm_je_mallctl("thread.arena", nullptr, nullptr, &index, sizeof(index)) != 0) return false;
+  tl_bound_to_arena = true;
+  return true;
+}
+
+[[gnu::always_inline]] inline void* large_alloc_once(std::size_t size, std::size_t alignment,
+                                                     bool zero) noexcept {
+  if (alignment <= 16 && !zero && (tl_bound_to_arena || bind_thread_to_arena()))
+    return tm_je_malloc(size);
+  int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
+  return tm_je_mallocx(size, flags);
+}
+}  // namespace
+
 void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
   // jemalloc's own limit is PTRDIFF_MAX; check first so errno is always ours to set.
   if (size > static_cast<std::size_t>(PTRDIFF_MAX) || !ready()) {
@@ -500,11 +529,10 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
   if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
       g_on_maintenance)
     g_on_maintenance();
-  int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
-  void* p = tm_je_mallocx(size, flags);
+  void* p = large_alloc_once(size, alignment, zero);
   // Free blocks jemalloc has not purged yet hold address space; with a low RLIMIT_AS that can
   // be what stands between this request and a new region.
-  if (p == nullptr && large_release_address_space()) p = tm_je_mallocx(size, flags);
+  if (p == nullptr && large_release_address_space()) p = large_alloc_once(size, alignment, zero);
   if (p == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -551,7 +579,7 @@ void large_free(void* p) noexcept {
   // A sample must go with its block, or snapshots would count freed blocks as live until the
   // address happens to be sampled again. No sample live: one relaxed load.
   sample_forget(p);
-  tm_je_dallocx(p, 0);
+  tm_je_free(p);
 }
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
@@ -563,11 +591,6 @@ void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept
 
 std::size_t large_usable_size(const void* p) noexcept {
   return tm_je_sallocx(p, 0);
-}
-
-bool large_owns(const void* p) noexcept {
-  // Every large block lives in memory the extent hooks mapped (before init there is none).
-  return g_arena_map.contains(SlotKind::kLarge, p);
 }
 
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,

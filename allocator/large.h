@@ -10,6 +10,8 @@
 #pragma once
 #include <cstddef>
 
+#include "arena_map.h"
+
 namespace trimalloc {
 
 bool large_init() noexcept;
@@ -19,7 +21,10 @@ void* large_realloc(void* p, std::size_t size) noexcept;
 void large_free(void* p) noexcept;
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept;
 std::size_t large_usable_size(const void* p) noexcept;
-bool large_owns(const void* p) noexcept;
+// Every large block lives in memory the extent hooks mapped (before init there is none).
+inline bool large_owns(const void* p) noexcept {
+  return g_arena_map.contains(SlotKind::kLarge, p);
+}
 // Purges the dedicated arena's dirty pages and this thread's jemalloc cache; bytes purged
 // (estimated from jemalloc's resident counter before and after).
 std::size_t large_purge() noexcept;
