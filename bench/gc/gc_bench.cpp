@@ -1,6 +1,7 @@
 // trimalloc::gc side of bench/gc/run: builds the graphs and times gc::collect().
 //
-//   gc_bench N REPS      prints one line per measurement:  cpp <scenario> <N> <ns per object>
+//   gc_bench N REPS [ONLY]   prints one line per measurement:  cpp <scenario> <N> <ns per object>
+//                            (ONLY: run just the scenarios whose name contains it, for perf)
 //
 // Scenarios (the same in gc_bench.py and boehm_bench.cpp):
 //   cycles_garbage   N/2 two-node cycles, unreferenced: collect() finds and frees N objects
@@ -19,6 +20,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -121,25 +123,31 @@ int main(int argc, char** argv) {
   }
   const std::size_t n = std::strtoull(argv[1], nullptr, 10);
   const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
+  const char* only = argc > 3 ? argv[3] : "";
+  auto want = [&](const char* scenario) { return std::strstr(scenario, only) != nullptr; };
   gc::disable();  // building is not what is measured, except in build_auto_*
 
-  gcbench::report("cpp", "cycles_garbage", n, gcbench::median_ns(reps, n, [&] {
-                    build_cycles(n);  // holders dropped at once: N objects in garbage cycles
-                    double start = gcbench::cpu_seconds();
-                    std::size_t found = gc::collect();
-                    double s = seconds_since(start);
-                    if (found != n / 2 * 2) std::abort();
-                    return s;
-                  }));
-  gcbench::report("cpp", "list_garbage", n, gcbench::median_ns(reps, n, [&] {
-                    build_list(n);
-                    double start = gcbench::cpu_seconds();
-                    std::size_t found = gc::collect();
-                    double s = seconds_since(start);
-                    if (found != n) std::abort();
-                    return s;
-                  }));
-  {
+  if (want("cycles_garbage")) {
+    gcbench::report("cpp", "cycles_garbage", n, gcbench::median_ns(reps, n, [&] {
+                      build_cycles(n);  // holders dropped at once: N objects in garbage cycles
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != n / 2 * 2) std::abort();
+                      return s;
+                    }));
+  }
+  if (want("list_garbage")) {
+    gcbench::report("cpp", "list_garbage", n, gcbench::median_ns(reps, n, [&] {
+                      build_list(n);
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != n) std::abort();
+                      return s;
+                    }));
+  }
+  if (want("cycles_live")) {
     auto holders = build_cycles(n);
     gc::collect();  // settle everything into the oldest generation first, as in Python
     gcbench::report("cpp", "cycles_live", n, gcbench::median_ns(reps, n, [&] {
@@ -152,7 +160,7 @@ int main(int argc, char** argv) {
     holders.clear();
     gc::collect();
   }
-  {
+  if (want("list_live")) {
     auto head = build_list(n);
     gc::collect();
     gcbench::report("cpp", "list_live", n, gcbench::median_ns(reps, n, [&] {
@@ -166,6 +174,7 @@ int main(int argc, char** argv) {
     gc::collect();
   }
   for (bool automatic : {true, false}) {
+    if (!want(automatic ? "build_auto_on" : "build_auto_off")) continue;
     gcbench::report(
         "cpp", automatic ? "build_auto_on" : "build_auto_off", n, gcbench::median_ns(reps, n, [&] {
           if (automatic) gc::enable();
@@ -178,7 +187,7 @@ int main(int argc, char** argv) {
           return s;
         }));
   }
-  walk_experiment(n, reps);
+  if (want("walk_")) walk_experiment(n, reps);
   // Header (count + slot index) beyond the vtable pointer, plus one slot word in the table.
   std::printf("cpp bookkeeping_bytes %zu %zu\n", n,
               sizeof(gc::Object) - sizeof(void*) + sizeof(std::uintptr_t));
