@@ -78,9 +78,11 @@
 // entered generation 2 since the last full one exceed 25% of those that survived it, so that
 // building a large live structure costs linear, not quadratic, time.
 // ---------------------------------------------------------------------------------------------
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <new>
 #include <stdexcept>
 
 #include "heap.hpp"
@@ -112,50 +114,194 @@ struct Scan {
   }
 };
 
+// Records, during a re-trace, the edges of one object into the scan (see grow_edges).
+struct EdgeSink {
+  std::uint32_t* out;
+  std::uint32_t base;
+  std::uint32_t n;
+};
+void record_edge(Tracer& t, Object* target) {
+  auto* sink = static_cast<EdgeSink*>(TracerAccess::context(t));
+  std::uint32_t i = Access::slot(target) - sink->base;
+  if (i < sink->n) *sink->out++ = i;
+}
+
+// The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
+// it and record o's edges again (its subtractions are done and stay). Returns false, and the
+// scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
+// or memory.
+bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
+  Heap& heap = *scan.heap;
+  const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
+                           TracerAccess::edges_lost(subtracter);
+  const std::size_t needed = first + mine;
+  if (needed >= heap.edge_limit) return false;
+  const std::size_t size =
+      std::min(std::max(2 * heap.edges.size(), needed + needed / 2), heap.edge_limit);
+  try {
+    heap.edges.grow(size, first);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  EdgeSink sink{heap.edges.data() + first, scan.base, scan.n};
+  Tracer recorder = TracerAccess::visitor(record_edge, nullptr, &sink);
+  Access::trace(o, recorder);
+  TracerAccess::set_edge_buffer(subtracter, sink.out, heap.edges.data() + heap.edges.size());
+  return true;
+}
+
 // Steps 1 and 2 in one pass, so each object is read once: gc_refs[i] gets object i's count
 // (less `discount`) added and, through trace(), one subtracted per edge into the scan. Entries
 // may dip below zero until the edges into them from later objects have all been counted.
-void subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
+// The same pass records those edges (Heap::edges), so that marking reachability reads a
+// compact array instead of calling every object's trace() a second time. Returns whether the
+// edges were recorded.
+bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Heap& heap = *scan.heap;
-  heap.gc_refs.assign(scan.n, 0);
+  const std::uint32_t n = scan.n;
+  heap.gc_refs.assign(n, 0);
   std::int32_t* refs = heap.gc_refs.data();
-  Tracer subtracter = TracerAccess::subtracter(refs, scan.base, scan.n);
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    Object* o = scan.at(i);
-    std::uint32_t count = Access::refcount(o) - discount;
-    refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
-    Access::trace(o, subtracter);
+  heap.edge_start.reserve_fresh(std::size_t{n} + 1);
+  // Two edges per object to start with; pages that stay unused are never touched.
+  heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
+  std::uint32_t* start = heap.edge_start.data();
+  std::uint32_t* const edges = heap.edges.data();
+  Tracer subtracter =
+      TracerAccess::subtracter(refs, scan.base, n, edges, edges + heap.edges.size());
+  bool recording = heap.edge_limit != 0;
+  if (!recording) TracerAccess::set_edge_buffer(subtracter, nullptr, nullptr);
+  std::uint32_t i = 0;
+  while (i < n) {
+    // The table in contiguous runs (its chunks), or the whole detached list.
+    std::uint32_t len;
+    const std::uintptr_t* words =
+        scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
+    if (scan.base == kDetached || len > n - i) len = n - i;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
+      Object* o = object_of(*words);
+      std::uint32_t count = Access::refcount(o) - discount;
+      refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+      const auto first =
+          static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+      start[i] = first;
+      Access::trace(o, subtracter);
+      if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
+        recording = grow_edges(scan, subtracter, first, o);
+        if (!recording) TracerAccess::set_edge_buffer(subtracter, nullptr, nullptr);
+      }
+    }
+  }
+  if (!recording) return false;
+  start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+  return true;
+}
+
+// Marking by calling trace(), for when the edges were not recorded (see grow_edges).
+struct TracedMark {
+  std::int32_t* refs;
+  std::uint32_t base;
+  std::uint32_t n;
+  std::int32_t mark;
+  std::vector<Object*>* worklist;
+};
+void mark_edge(Tracer& t, Object* target) {
+  auto* m = static_cast<TracedMark*>(TracerAccess::context(t));
+  std::uint32_t i = Access::slot(target) - m->base;
+  if (i < m->n && !marked(m->refs[i])) {
+    m->refs[i] = m->mark;
+    m->worklist->push_back(target);
   }
 }
 
-// Everything reachable from the worklist gets `mark`.
-void propagate(const Scan& scan, std::int32_t mark) {
+// Everything reachable from Heap::worklist gets `mark`. Returns how many objects it visited.
+std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark) {
   Heap& heap = *scan.heap;
-  Tracer marker =
-      TracerAccess::marker(heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist);
+  TracedMark m{heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist};
+  Tracer marker = TracerAccess::visitor(mark_edge, nullptr, &m);
+  std::uint32_t visited = 0;
   while (!heap.worklist.empty()) {
     Object* o = heap.worklist.back();
     heap.worklist.pop_back();
     Access::trace(o, marker);
+    ++visited;
   }
+  return visited;
 }
 
-// Step 3: objects with references from outside are roots; what they reach is reachable. Each
-// root is drained as the scan meets it, which keeps the worklist short and visits objects
-// roughly in table (allocation) order. A trace() that reports more references than an object
-// holds leaves a negative count: such an object has no outside references, but it is still
-// marked if something reachable refers to it.
-void mark_reachable_from_outside(const Scan& scan) {
-  Heap& heap = *scan.heap;
+// The same over the recorded edges, from the `top` indexes on Heap::index_stack. An object
+// reached at or after `scan_from` is only marked, not pushed: the caller's scan will meet it.
+// Each object is pushed at most once, so the stack never needs more than n entries.
+std::uint32_t propagate_edges(Heap& heap, std::uint32_t top, std::int32_t mark,
+                              std::uint32_t scan_from) {
   std::int32_t* refs = heap.gc_refs.data();
-  heap.worklist.clear();
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (refs[i] > 0) {
-      refs[i] = kReachable;
-      heap.worklist.push_back(scan.at(i));
-      propagate(scan, kReachable);
+  const std::uint32_t* start = heap.edge_start.data();
+  const std::uint32_t* edges = heap.edges.data();
+  std::uint32_t* stack = heap.index_stack.data();
+  std::uint32_t visited = 0;
+  while (top != 0) {
+    std::uint32_t j = stack[--top];
+    ++visited;
+    for (std::uint32_t e = start[j], end = start[j + 1]; e != end; ++e) {
+      std::uint32_t target = edges[e];
+      if (marked(refs[target])) continue;
+      refs[target] = mark;
+      if (target < scan_from) stack[top++] = target;
     }
   }
+  return visited;
+}
+
+// Step 3: objects with references from outside are roots; what they reach is reachable.
+// Returns the number of reachable objects. A trace() that reports more references than an
+// object holds leaves a negative count: such an object has no outside references, but it is
+// still marked if something reachable refers to it.
+//
+// With recorded edges this is CPython 3.12's move_unreachable, on indexes: one pass in table
+// (allocation) order handles each root, and each object a root or an earlier object reached,
+// as the pass meets it; an edge forward in the table only marks its target, and only an edge
+// back to an object the pass already left behind as tentatively unreachable needs the stack.
+// A list built in order, or pairs of objects, are marked in a single forward sweep.
+std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded) {
+  Heap& heap = *scan.heap;
+  std::int32_t* refs = heap.gc_refs.data();
+  const std::uint32_t n = scan.n;
+  // Every object held from outside: nothing to propagate (a cheap check that usually stops at
+  // the first object that is not).
+  if (std::all_of(refs, refs + n, [](std::int32_t r) { return r > 0; })) {
+    std::fill(refs, refs + n, kReachable);
+    return n;
+  }
+  std::uint32_t reached = 0;
+  if (!edges_recorded) {
+    heap.worklist.clear();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (refs[i] > 0) {
+        refs[i] = kReachable;
+        heap.worklist.push_back(scan.at(i));
+        reached += propagate_traced(scan, kReachable);
+      }
+    }
+    return reached;
+  }
+  heap.index_stack.reserve_fresh(n);
+  const std::uint32_t* start = heap.edge_start.data();
+  const std::uint32_t* edges = heap.edges.data();
+  std::uint32_t* stack = heap.index_stack.data();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    std::int32_t r = refs[i];
+    if (r <= 0 && r != kReachable) continue;  // tentatively unreachable
+    refs[i] = kReachable;
+    ++reached;
+    std::uint32_t top = 0;
+    for (std::uint32_t e = start[i], end = start[i + 1]; e != end; ++e) {
+      std::uint32_t target = edges[e];
+      if (marked(refs[target])) continue;
+      refs[target] = kReachable;
+      if (target < i) stack[top++] = target;
+    }
+    if (top != 0) reached += propagate_edges(heap, top, kReachable, i);
+  }
+  return reached;
 }
 
 void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
@@ -186,8 +332,8 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 // Step 8: objects a finalizer or callback made reachable again go back to the table.
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
-  subtract_internal_refs(scan, 1);  // 1: the collection's own hold
-  mark_reachable_from_outside(scan);
+  const bool edges = subtract_internal_refs(scan, 1);  // 1: the collection's own hold
+  mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     std::uintptr_t word = heap.unreachable[i];
@@ -284,21 +430,30 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // Steps 1-3 over the suffix that holds generation `generation` and every younger one.
   const std::uint32_t base = heap.begin[segment_of_generation(generation)];
   const Scan scan{&heap, base, heap.table.size() - base};
-  subtract_internal_refs(scan, 0);
-  mark_reachable_from_outside(scan);
+  const bool edges = subtract_internal_refs(scan, 0);
+  const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
-  std::size_t n_unreachable = 0;
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (marked(refs[i])) continue;
-    ++n_unreachable;
-    if (heap.table[base + i] & kLegacy) {
+  if (n_unreachable != 0) {
+    std::uint32_t top = 0;
+    heap.worklist.clear();
+    if (edges) heap.index_stack.reserve_fresh(scan.n);
+    for (std::uint32_t i = 0; i < scan.n; ++i) {
+      if (marked(refs[i]) || !(heap.table[base + i] & kLegacy)) continue;
       refs[i] = kUncollectable;
-      heap.worklist.push_back(object_of(heap.table[base + i]));
+      if (edges) {
+        heap.index_stack.data()[top++] = i;
+      } else {
+        heap.worklist.push_back(object_of(heap.table[base + i]));
+      }
+    }
+    if (edges) {
+      propagate_edges(heap, top, kUncollectable, scan.n);
+    } else {
+      propagate_traced(scan, kUncollectable);
     }
   }
-  if (!heap.worklist.empty()) propagate(scan, kUncollectable);
 
   // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
   // unreachable. Nothing to do when everything survived, the common case for old generations.
@@ -339,6 +494,9 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   if (heap.gc_refs.capacity() > kKeepScratch && heap.gc_refs.capacity() > 2 * std::size_t{kept}) {
     std::vector<std::int32_t>().swap(heap.gc_refs);
     std::vector<Object*>().swap(heap.worklist);
+    heap.edge_start.release();
+    heap.edges.release();
+    heap.index_stack.release();
   }
 
   if (heap.debug & DEBUG_COLLECTABLE) {
