@@ -366,11 +366,32 @@ void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
   heap.destroy(o);
 }
 
-// Step 10: reset every Ref the garbage's trace() reports, then free what is unreferenced, so
-// destructors run with those members already null. Whatever is still referenced at the end
-// (by a Ref that trace() does not report) survives like any live object. Destructors may free
-// garbage early through such unreported Refs: untrack() then zeroes its entry, which both
-// passes skip.
+// The second half of step 10: free every garbage object whose count is now zero (its Refs
+// are cleared), so destructors run with those members already null. Whatever is still
+// referenced (by a Ref that trace() does not report) survives like any live object.
+// Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
+// entry, which this pass skips.
+void free_garbage(Heap& heap, int survivor_segment) {
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
+    if (word == 0) continue;
+    Object* o = object_of(word);
+    if (Access::refcount(o) == 0) {
+      destroy_garbage(heap, o, word);
+    } else {
+      heap.reattach(o, word, survivor_segment);
+    }
+  }
+  heap.unreachable.clear();
+  if (heap.unreachable.capacity() > kKeepScratch &&
+      heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
+    std::vector<std::uintptr_t>().swap(heap.unreachable);
+  }
+}
+
+// Step 10 after user code may have run (or for DEBUG_SAVEALL): reset every Ref the detached
+// garbage's trace() reports, then free_garbage(). A reference to an object outside the garbage
+// is released right after that object's trace() returns.
 void delete_garbage(Heap& heap, int survivor_segment) {
   if (heap.debug & DEBUG_SAVEALL) {
     for (std::uintptr_t word : heap.unreachable) {
@@ -390,21 +411,7 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     for (Object* o : outside) decref(o);  // may run destructors: user code
     outside.clear();
   }
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
-    if (word == 0) continue;
-    Object* o = object_of(word);
-    if (Access::refcount(o) == 0) {
-      destroy_garbage(heap, o, word);
-    } else {
-      heap.reattach(o, word, survivor_segment);
-    }
-  }
-  heap.unreachable.clear();
-  if (heap.unreachable.capacity() > kKeepScratch &&
-      heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
-    std::vector<std::uintptr_t>().swap(heap.unreachable);
-  }
+  free_garbage(heap, survivor_segment);
 }
 
 void print_generation_sizes(Heap& heap) {
@@ -435,12 +442,16 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
+  std::uintptr_t candidate_flags = 0;  // union of the flags of the unreachable, legacy or not
   if (n_unreachable != 0) {
     std::uint32_t top = 0;
     heap.worklist.clear();
     if (edges) heap.index_stack.reserve_fresh(scan.n);
     for (std::uint32_t i = 0; i < scan.n; ++i) {
-      if (marked(refs[i]) || !(heap.table[base + i] & kLegacy)) continue;
+      if (marked(refs[i])) continue;
+      const std::uintptr_t word = heap.table[base + i];
+      candidate_flags |= word;
+      if (!(word & kLegacy)) continue;
       refs[i] = kUncollectable;
       if (edges) {
         heap.index_stack.data()[top++] = i;
@@ -457,6 +468,18 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
 
   // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
   // unreachable. Nothing to do when everything survived, the common case for old generations.
+  //
+  // When no garbage object has a finalizer or weak references, no user code can run before
+  // the cycles are broken (steps 6-9 have nothing to do), and the same pass also clears each
+  // garbage object's Refs (the first half of step 10) while it has the object in cache. Its
+  // clearer tells garbage by the detached slot or, for objects the pass has not reached yet,
+  // by the unmarked refs entry; a survivor moved down the table takes a marked entry with it.
+  // References to objects outside the garbage are released once the table is consistent.
+  const bool clear_now = n_unreachable != 0 &&
+                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer)) &&
+                         !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
+  std::vector<Object*> outside;
+  Tracer clearer = TracerAccess::clearer(take_reference, &outside, refs, base, scan.n);
   std::vector<Ref<Object>> uncollectable;
   heap.unreachable.clear();
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
@@ -468,14 +491,16 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
       std::uintptr_t word = heap.table[base + i];
       if (!marked(refs[i])) {
         unreachable_flags |= word;
-        Access::slot(object_of(word)) =
-            kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
+        Object* o = object_of(word);
+        Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
         heap.unreachable.push_back(word);
+        if (clear_now) Access::trace(o, clearer);
         continue;
       }
       if (kept != base + i) {
         heap.table[kept] = word;
         Access::slot(object_of(word)) = kept;
+        refs[kept - base] = kReachable;
       }
       ++kept;
       if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
@@ -533,7 +558,12 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
 
   // Step 10.
   const std::size_t collected = heap.unreachable.size();
-  delete_garbage(heap, survivor_segment);
+  if (clear_now) {
+    for (Object* o : outside) decref(o);  // may run destructors: user code
+    free_garbage(heap, survivor_segment);
+  } else {
+    delete_garbage(heap, survivor_segment);
+  }
 
   // Step 11. An uncollectable object whose only referrers were freed in step 10 was not in a
   // cycle after all; dropping our Ref lets counting run its finalizer and free it.

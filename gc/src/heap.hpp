@@ -202,8 +202,11 @@ struct TracerAccess {
   static std::uint32_t* edge_out(const Tracer& t) noexcept { return t.edge_out_; }
   static std::size_t edges_lost(const Tracer& t) noexcept { return t.edges_lost_; }
   // Nulls every reported Ref and hands its reference to `take` (see Tracer::operator()).
-  static Tracer clearer(Tracer::VisitFn take, void* context) noexcept {
-    return Tracer(Mode::kClear, take, nullptr, context);
+  // With refs: objects of the scan [base, base + n) whose refs entry is not marked are
+  // garbage as well as detached ones.
+  static Tracer clearer(Tracer::VisitFn take, void* context, std::int32_t* refs = nullptr,
+                        std::uint32_t base = 0, std::uint32_t n = 0) noexcept {
+    return Tracer(Mode::kClear, take, nullptr, context, refs, base, n);
   }
   static void* context(Tracer& t) noexcept { return t.context_; }
 };
