@@ -84,6 +84,7 @@
 #include <cstdio>
 #include <new>
 #include <stdexcept>
+#include <utility>
 
 #include "heap.hpp"
 
@@ -146,7 +147,8 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
   EdgeSink sink{heap.edges.data() + first, scan.base, scan.n};
   Tracer recorder = TracerAccess::visitor(record_edge, nullptr, &sink);
   Access::trace(o, recorder);
-  TracerAccess::set_edge_buffer(subtracter, sink.out, heap.edges.data() + heap.edges.size());
+  TracerAccess::set_edge_buffer(subtracter, sink.out,
+                                heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
   return true;
 }
 
@@ -159,15 +161,16 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
 bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
-  heap.gc_refs.assign(n, 0);
+  heap.gc_refs.reserve_fresh(n);
   std::int32_t* refs = heap.gc_refs.data();
+  std::fill(refs, refs + n, 0);
   heap.edge_start.reserve_fresh(std::size_t{n} + 1);
   // Two edges per object to start with; pages that stay unused are never touched.
   heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
   std::uint32_t* start = heap.edge_start.data();
   std::uint32_t* const edges = heap.edges.data();
-  Tracer subtracter =
-      TracerAccess::subtracter(refs, scan.base, n, edges, edges + heap.edges.size());
+  Tracer subtracter = TracerAccess::subtracter(
+      refs, scan.base, n, edges, edges + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
   if (!recording) TracerAccess::set_edge_buffer(subtracter, nullptr, nullptr);
   std::uint32_t i = 0;
@@ -338,7 +341,7 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     std::uintptr_t word = heap.unreachable[i];
     Object* o = object_of(word);
-    if (heap.gc_refs[i] == kReachable) {
+    if (heap.gc_refs.data()[i] == kReachable) {
       heap.reattach(o, word, survivor_segment);
       --Access::refcount(o);  // cannot reach zero: something outside holds it or its referrer
     } else {
@@ -469,17 +472,18 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
   // unreachable. Nothing to do when everything survived, the common case for old generations.
   //
-  // When no garbage object has a finalizer or weak references, no user code can run before
-  // the cycles are broken (steps 6-9 have nothing to do), and the same pass also clears each
-  // garbage object's Refs (the first half of step 10) while it has the object in cache. Its
-  // clearer tells garbage by the detached slot or, for objects the pass has not reached yet,
-  // by the unmarked refs entry; a survivor moved down the table takes a marked entry with it.
-  // References to objects outside the garbage are released once the table is consistent.
+  // When no unreachable object has a finalizer, weak references or a legacy finalizer, no
+  // user code can run before the cycles are broken (steps 6-9 have nothing to do), and the
+  // same pass also clears each garbage object's Refs (the first half of step 10) while it has
+  // the object in cache. References into the scan are dropped at once: to garbage, detached or
+  // not yet, as in step 10; to a survivor, which is reachable, so something outside the
+  // garbage holds a count on it and its count stays positive. References to objects outside
+  // the scan are released once the table is consistent again.
   const bool clear_now = n_unreachable != 0 &&
-                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer)) &&
+                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer | kLegacy)) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   std::vector<Object*> outside;
-  Tracer clearer = TracerAccess::clearer(take_reference, &outside, refs, base, scan.n);
+  Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
   std::vector<Ref<Object>> uncollectable;
   heap.unreachable.clear();
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
@@ -500,7 +504,6 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
       if (kept != base + i) {
         heap.table[kept] = word;
         Access::slot(object_of(word)) = kept;
-        refs[kept - base] = kReachable;
       }
       ++kept;
       if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
@@ -516,8 +519,8 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
   // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
   // paid in page faults each time) while the heap is as large; not once it has shrunk.
-  if (heap.gc_refs.capacity() > kKeepScratch && heap.gc_refs.capacity() > 2 * std::size_t{kept}) {
-    std::vector<std::int32_t>().swap(heap.gc_refs);
+  if (heap.gc_refs.size() > kKeepScratch && heap.gc_refs.size() > 2 * std::size_t{kept}) {
+    heap.gc_refs.release();
     std::vector<Object*>().swap(heap.worklist);
     heap.edge_start.release();
     heap.edges.release();
@@ -620,6 +623,10 @@ std::size_t collect_with_callbacks(Heap& heap, int generation) {
 }
 
 }  // namespace
+
+std::size_t set_edge_limit(std::size_t limit) noexcept {
+  return std::exchange(current_heap().edge_limit, limit);
+}
 
 void collect_generations(Heap& heap) noexcept {
   for (int generation = 2; generation >= 0; --generation) {

@@ -51,16 +51,16 @@ class Tracer {
         }
       }
     } else if (mode_ == Mode::kClear) {
-      // Breaking a cycle. An edge to another object of the garbage is dropped at once; that
-      // object is freed later, when its count is zero and its own Refs are cleared. Garbage is
-      // detached, or (while the collector detaches and clears in one pass) still an unmarked
-      // entry of the scan. Any other reference passes to the visitor, which releases it only
-      // after trace() returns, so that no destructor runs inside the user's trace().
+      // Breaking a cycle. An edge to another object of the garbage (detached) is dropped at
+      // once; that object is freed later, when its count is zero and its own Refs are cleared.
+      // So is, while the collector detaches and clears in one pass, an edge into the scan
+      // [base_, base_ + n_): garbage not detached yet, or a survivor, whose count cannot reach
+      // zero here (what keeps it alive holds a count the garbage's references do not include).
+      // Any other reference passes to the visitor, which releases it only after trace()
+      // returns, so that no destructor runs inside the user's trace().
       detail::Access::pointer(ref) = nullptr;
       std::uint32_t slot = detail::Access::slot(target);
-      std::uint32_t i = slot - base_;
-      if ((slot & detail::kDetached) ? slot != detail::kUntracked
-                                     : i < n_ && refs_[i] > detail::kLastMark) {
+      if ((slot & detail::kDetached) ? slot != detail::kUntracked : slot - base_ < n_) {
         --detail::Access::refcount(target);
       } else {
         visit_(*this, target);
@@ -88,12 +88,11 @@ class Tracer {
   using VisitFn = void (*)(Tracer&, Object*);
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
-  Tracer(Mode mode, VisitFn visit, WeakVisitFn weak_visit, void* context,
-         std::int32_t* refs = nullptr, std::uint32_t base = 0, std::uint32_t n = 0) noexcept
+  Tracer(Mode mode, VisitFn visit, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
+         std::uint32_t n = 0) noexcept
       : mode_(mode),
         base_(base),
         n_(n),
-        refs_(refs),
         visit_(visit),
         weak_visit_(weak_visit),
         context_(context) {}
@@ -109,7 +108,7 @@ class Tracer {
   Mode mode_;
   // kSubtract: each edge into slots [base_, base_ + n_) decrements refs_[slot - base_] and
   // its index is appended at edge_out_ while edge_out_ != edge_end_; past that it is only
-  // counted in edges_lost_. kClear: refs_[slot - base_] tells garbage from survivors.
+  // counted in edges_lost_. kClear: edges into [base_, base_ + n_) are dropped at once.
   std::uint32_t base_ = 0;
   std::uint32_t n_ = 0;
   std::int32_t* refs_ = nullptr;
