@@ -56,30 +56,24 @@ class SlotTable {
 
 // Collector scratch of a trivial type. Unlike std::vector, growing does not zero the new
 // elements, so capacity that no collection writes to is never touched (nor paged in).
-// Large blocks are page-aligned, so the scratch arrays indexed alike (i-th object's count, its
-// first edge) would share their address bits below 4 KiB, and the CPU would take a load from
-// one for a load after a store to the other ("4K aliasing"): measured 15-20% on the mark
-// pass. Each array therefore starts `kStagger` bytes into its block, a different amount each.
-template <class T, std::size_t kStagger>
+template <class T>
 class ScratchArray {
-  static constexpr std::size_t kPad = kStagger / sizeof(T);
-
  public:
-  T* data() noexcept { return data_.get() + kPad; }
+  T* data() noexcept { return data_.get(); }
   std::size_t size() const noexcept { return size_; }
   // At least n elements, contents not kept.
   void reserve_fresh(std::size_t n) {
     if (n <= size_) return;
     data_.reset();
     size_ = 0;
-    data_.reset(new T[n + kPad]);
+    data_.reset(new T[n]);
     size_ = n;
   }
   // At least n elements, the first `keep` kept.
   void grow(std::size_t n, std::size_t keep) {
     if (n <= size_) return;
-    std::unique_ptr<T[]> bigger(new T[n + kPad]);
-    std::copy(data(), data() + keep, bigger.get() + kPad);
+    std::unique_ptr<T[]> bigger(new T[n]);
+    std::copy(data(), data() + keep, bigger.get());
     data_ = std::move(bigger);
     size_ = n;
   }
@@ -135,13 +129,13 @@ struct Heap {
   std::uint32_t constructing = 0;  // make() calls in progress on this thread
 
   // Collector scratch, reused between collections (see collector.cpp).
-  ScratchArray<std::int32_t, 0> gc_refs;
+  ScratchArray<std::int32_t> gc_refs;
   std::vector<Object*> worklist;
   // The edges inside the objects being collected, recorded by the subtract pass: object i's
   // edges are edges[edge_start[i], edge_start[i + 1]), as indexes into the scan.
-  ScratchArray<std::uint32_t, 1088> edge_start;
-  ScratchArray<std::uint32_t, 2176> edges;
-  ScratchArray<std::uint32_t, 3264> index_stack;
+  ScratchArray<std::uint32_t> edge_start;
+  ScratchArray<std::uint32_t> edges;
+  ScratchArray<std::uint32_t> index_stack;
   // More edges than this in one scan are not recorded; marking then calls trace() again.
   std::size_t edge_limit = UINT32_MAX;
 
