@@ -10,6 +10,10 @@
 //   list_live        the list, its head held from outside
 //   build_auto_on    build the live list with automatic collection on (per object)
 //   build_auto_off   the same with it off
+//   build_auto_scanned_full, build_auto_scanned_young
+//                    (not times) objects the automatic collections examined while the list was
+//                    built, per object built: by full collections, and by generation 0 and 1
+//                    ones. Times the cost of one scan gives the least the build can cost.
 //   walk_*           the scan-order experiment: read the header of N objects through a table
 //                    in allocation order, a shuffled table, a linked list in allocation order,
 //                    a shuffled linked list (what the table buys over CPython's list)
@@ -172,6 +176,25 @@ int main(int argc, char** argv) {
                     }));
     head = nullptr;
     gc::collect();
+  }
+  if (want("build_auto_scanned")) {
+    // An untimed build that counts, at the start of each automatic collection, the objects it
+    // will examine: generation g and every younger one.
+    std::size_t full = 0, young = 0;
+    gc::CallbackId id = gc::add_callback([&](gc::Phase phase, const gc::CollectionInfo& info) {
+      if (phase != gc::Phase::start) return;
+      std::size_t examined = 0;
+      for (int g = 0; g <= info.generation; ++g) examined += gc::get_objects(g).size();
+      (info.generation == 2 ? full : young) += examined;
+    });
+    gc::enable();
+    gc::Ref<Node> head = build_list(n);
+    gc::disable();
+    gc::remove_callback(id);
+    head = nullptr;
+    gc::collect();
+    gcbench::report("cpp", "build_auto_scanned_full", n, static_cast<double>(full) / n);
+    gcbench::report("cpp", "build_auto_scanned_young", n, static_cast<double>(young) / n);
   }
   for (bool automatic : {true, false}) {
     if (!want(automatic ? "build_auto_on" : "build_auto_off")) continue;
