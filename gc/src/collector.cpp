@@ -365,7 +365,10 @@ void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
     release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
     return;
   }
-  heap.untrack(o);
+  // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads again:
+  // the caller has passed it, and find_word() stops at the untracked slot.
+  Access::slot(o) = kUntracked;
+  if (heap.count[0] > 0) --heap.count[0];
   heap.destroy(o);
 }
 
