@@ -32,9 +32,12 @@
 // in sequence it is also the order of their blocks in trimalloc's pools, so scanning reads
 // memory mostly forward (bench/gc measures table order against a shuffled order).
 //
-// Scratch per collected object lives in Heap::gc_refs, indexed by table position, not in the
-// object, so the header stays 8 bytes; it is 4 bytes per collected object, kept for the next
-// collection while the heap stays that large and released once it has shrunk.
+// Scratch per collected object lives beside the table, indexed by table position, not in the
+// object, so the header stays 8 bytes: Heap::gc_refs (the count being reduced, 4 bytes), and
+// the edges the subtract pass records (Heap::edge_start, 4 bytes, plus Heap::edges, 4 bytes
+// per reference between two collected objects). It is kept for the next collection while the
+// heap stays that large and released once it has shrunk. Reading those edges, marking costs
+// about a quarter of a second trace() pass over the objects (bench/gc, docs/gc.md).
 //
 // Invariants, outside a collection:
 //   I1  every tracked object has exactly one slot; table[o->slot_] points at o;
@@ -49,14 +52,21 @@
 // One collection of generation g (collect_generation below), in CPython's order:
 //
 //   1. update_refs     gc_refs[i] = count of object i, for the suffix [begin(g), size)
-//   2. subtract_refs   trace() every object; each reported edge into the suffix decrements
-//   3. reachability    gc_refs > 0 are roots; mark everything they reach, with an explicit
-//                      worklist (a 10-million-node chain must not recurse 10 million deep)
+//   2. subtract_refs   trace() every object; each reported edge into the suffix decrements,
+//                      and is recorded as the index of its target (1 and 2 are one pass)
+//   3. reachability    gc_refs > 0 are roots; mark everything they reach over the recorded
+//                      edges, in one pass in table order that returns (with an explicit stack,
+//                      never recursion) only for edges to objects it already passed; CPython
+//                      3.12's move_unreachable. If the edges could not be recorded (memory, or
+//                      more than 2^32 of them), marking calls trace() again instead.
 //   4. legacy          unreachable objects whose type has a legacy finalizer, and everything
 //                      they reach, are uncollectable (Python before 3.4): kept, and later
 //                      appended to garbage()
 //   5. partition       survivors are compacted in place and the boundary moves, so they now
-//                      belong to generation g+1; the unreachable are detached
+//                      belong to generation g+1; the unreachable are detached. With no
+//                      finalizer, weak reference or legacy type among them, nothing can run
+//                      user code before step 10, and this pass clears their Refs as well
+//                      (the first half of 10) while each object is in cache: 6-9 do nothing.
 //   6. weak refs       weak references with callbacks to unreachable objects are cleared; the
 //                      callbacks of those not themselves reported by unreachable objects run
 //   7. finalize        finalize() on every unreachable object that has one and has not run it
@@ -82,6 +92,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <ctime>
 #include <new>
 #include <stdexcept>
 #include <utility>
@@ -420,6 +431,39 @@ void delete_garbage(Heap& heap, int survivor_segment) {
   free_garbage(heap, survivor_segment);
 }
 
+// -DTRIMALLOC_GC_PHASE_TIMES=ON (CMake): each collection of at least kPhaseTimesMin objects
+// prints the thread CPU time of its phases, in ns per object examined, to stderr. A tool for
+// tuning the collector (docs/gc.md quotes it), off in every normal build.
+#ifdef TRIMALLOC_GC_PHASE_TIMES
+class PhaseTimes {
+ public:
+  static constexpr std::uint32_t kPhaseTimesMin = 100000;
+  void mark() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    if (count_ < kMax) at_[count_++] = static_cast<double>(ts.tv_sec) * 1e9 + ts.tv_nsec;
+  }
+  void print(int generation, std::uint32_t n) const noexcept {
+    if (n < kPhaseTimesMin || count_ != kMax) return;
+    auto per = [&](int k) { return (at_[k + 1] - at_[k]) / n; };
+    std::fprintf(stderr,
+                 "gc phases: generation %d, %u objects: subtract %.2f mark %.2f partition %.2f "
+                 "user %.2f free %.2f ns per object\n",
+                 generation, n, per(0), per(1), per(2), per(3), per(4));
+  }
+
+ private:
+  static constexpr int kMax = 6;
+  double at_[kMax] = {};
+  int count_ = 0;
+};
+#else
+struct PhaseTimes {
+  void mark() noexcept {}
+  void print(int, std::uint32_t) const noexcept {}
+};
+#endif
+
 void print_generation_sizes(Heap& heap) {
   std::fprintf(stderr, "gc: objects in each generation: %u %u %u\n",
                heap.segment_end(kGen0) - heap.begin[kGen0],
@@ -443,8 +487,12 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // Steps 1-3 over the suffix that holds generation `generation` and every younger one.
   const std::uint32_t base = heap.begin[segment_of_generation(generation)];
   const Scan scan{&heap, base, heap.table.size() - base};
+  PhaseTimes phases;
+  phases.mark();
   const bool edges = subtract_internal_refs(scan, 0);
+  phases.mark();
   const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
+  phases.mark();
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
@@ -530,6 +578,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     heap.index_stack.release();
   }
 
+  phases.mark();
   if (heap.debug & DEBUG_COLLECTABLE) {
     for (std::uintptr_t word : heap.unreachable) print_object_line("collectable", object_of(word));
   }
@@ -563,6 +612,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
 
   // Step 10.
+  phases.mark();
   const std::size_t collected = heap.unreachable.size();
   if (clear_now) {
     for (Object* o : outside) decref(o);  // may run destructors: user code
@@ -570,6 +620,9 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   } else {
     delete_garbage(heap, survivor_segment);
   }
+
+  phases.mark();
+  phases.print(generation, scan.n);
 
   // Step 11. An uncollectable object whose only referrers were freed in step 10 was not in a
   // cycle after all; dropping our Ref lets counting run its finalizer and free it.
