@@ -179,11 +179,12 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   // Two edges per object to start with; pages that stay unused are never touched.
   heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
   std::uint32_t* start = heap.edge_start.data();
-  std::uint32_t* const edges = heap.edges.data();
+  // Where the edges go; changes only when grow_edges() moves them. Once recording has given
+  // up, the buffer is empty from here on: edges are only counted, and `start` is not used.
+  std::uint32_t* edge_base = heap.edges.data();
   Tracer subtracter = TracerAccess::subtracter(
-      refs, scan.base, n, edges, edges + std::min(heap.edges.size(), heap.edge_limit));
+      refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
-  if (!recording) TracerAccess::set_edge_buffer(subtracter, nullptr, nullptr);
   std::uint32_t i = 0;
   while (i < n) {
     // The table in contiguous runs (its chunks), or the whole detached list.
@@ -195,18 +196,18 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
       Object* o = object_of(*words);
       std::uint32_t count = Access::refcount(o) - discount;
       refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
-      const auto first =
-          static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+      const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
       start[i] = first;
       Access::trace(o, subtracter);
       if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
         recording = grow_edges(scan, subtracter, first, o);
-        if (!recording) TracerAccess::set_edge_buffer(subtracter, nullptr, nullptr);
+        edge_base = heap.edges.data();
+        if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
       }
     }
   }
   if (!recording) return false;
-  start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+  start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
   return true;
 }
 
