@@ -14,6 +14,8 @@
 //                    (not times) objects the automatic collections examined while the list was
 //                    built, per object built: by full collections, and by generation 0 and 1
 //                    ones. Times the cost of one scan gives the least the build can cost.
+//   free_in_order    (not the collector) tm_free_sized of N blocks of a Node's size, in the
+//                    order they were allocated: what freeing garbage costs the allocator alone
 //   walk_*           the scan-order experiment: read the header of N objects through a table
 //                    in allocation order, a shuffled table, a linked list in allocation order,
 //                    a shuffled linked list (what the table buys over CPython's list)
@@ -209,6 +211,16 @@ int main(int argc, char** argv) {
           gc::collect();  // the list's neighbour pairs are cycles: not part of the timing
           return s;
         }));
+  }
+  if (want("free_in_order")) {
+    constexpr std::size_t kBlock = sizeof(Node);
+    std::vector<void*> blocks(n);
+    gcbench::report("cpp", "free_in_order", n, gcbench::median_ns(reps, n, [&] {
+                      for (auto& b : blocks) b = tm_malloc(kBlock);
+                      double start = gcbench::cpu_seconds();
+                      for (void* b : blocks) tm_free_sized(b, kBlock);
+                      return seconds_since(start);
+                    }));
   }
   if (want("walk_")) walk_experiment(n, reps);
   // Header (count + slot index) beyond the vtable pointer, plus one slot word in the table.
