@@ -1,6 +1,7 @@
 // trimalloc::gc side of bench/gc/run: builds the graphs and times gc::collect().
 //
-//   gc_bench N REPS      prints one line per measurement:  cpp <scenario> <N> <ns per object>
+//   gc_bench N REPS [ONLY]   prints one line per measurement:  cpp <scenario> <N> <ns per object>
+//                            (ONLY: run just the scenarios whose name contains it, for perf)
 //
 // Scenarios (the same in gc_bench.py and boehm_bench.cpp):
 //   cycles_garbage   N/2 two-node cycles, unreferenced: collect() finds and frees N objects
@@ -9,6 +10,14 @@
 //   list_live        the list, its head held from outside
 //   build_auto_on    build the live list with automatic collection on (per object)
 //   build_auto_off   the same with it off
+//   build_auto_young_only  the same with only generation 0 and 1 collections (threshold 2 out
+//                    of reach): with build_auto_scanned_young, what a young scan costs
+//   build_auto_scanned_full, build_auto_scanned_young
+//                    (not times) objects the automatic collections examined while the list was
+//                    built, per object built: by full collections, and by generation 0 and 1
+//                    ones. Times the cost of one scan gives the least the build can cost.
+//   free_in_order    (not the collector) tm_free_sized of N blocks of a Node's size, in the
+//                    order they were allocated: what freeing garbage costs the allocator alone
 //   walk_*           the scan-order experiment: read the header of N objects through a table
 //                    in allocation order, a shuffled table, a linked list in allocation order,
 //                    a shuffled linked list (what the table buys over CPython's list)
@@ -17,8 +26,10 @@
 #include <trimalloc/gc.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -121,25 +132,31 @@ int main(int argc, char** argv) {
   }
   const std::size_t n = std::strtoull(argv[1], nullptr, 10);
   const int reps = argc > 2 ? std::atoi(argv[2]) : 3;
+  const char* only = argc > 3 ? argv[3] : "";
+  auto want = [&](const char* scenario) { return std::strstr(scenario, only) != nullptr; };
   gc::disable();  // building is not what is measured, except in build_auto_*
 
-  gcbench::report("cpp", "cycles_garbage", n, gcbench::median_ns(reps, n, [&] {
-                    build_cycles(n);  // holders dropped at once: N objects in garbage cycles
-                    double start = gcbench::cpu_seconds();
-                    std::size_t found = gc::collect();
-                    double s = seconds_since(start);
-                    if (found != n / 2 * 2) std::abort();
-                    return s;
-                  }));
-  gcbench::report("cpp", "list_garbage", n, gcbench::median_ns(reps, n, [&] {
-                    build_list(n);
-                    double start = gcbench::cpu_seconds();
-                    std::size_t found = gc::collect();
-                    double s = seconds_since(start);
-                    if (found != n) std::abort();
-                    return s;
-                  }));
-  {
+  if (want("cycles_garbage")) {
+    gcbench::report("cpp", "cycles_garbage", n, gcbench::median_ns(reps, n, [&] {
+                      build_cycles(n);  // holders dropped at once: N objects in garbage cycles
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != n / 2 * 2) std::abort();
+                      return s;
+                    }));
+  }
+  if (want("list_garbage")) {
+    gcbench::report("cpp", "list_garbage", n, gcbench::median_ns(reps, n, [&] {
+                      build_list(n);
+                      double start = gcbench::cpu_seconds();
+                      std::size_t found = gc::collect();
+                      double s = seconds_since(start);
+                      if (found != n) std::abort();
+                      return s;
+                    }));
+  }
+  if (want("cycles_live")) {
     auto holders = build_cycles(n);
     gc::collect();  // settle everything into the oldest generation first, as in Python
     gcbench::report("cpp", "cycles_live", n, gcbench::median_ns(reps, n, [&] {
@@ -152,7 +169,7 @@ int main(int argc, char** argv) {
     holders.clear();
     gc::collect();
   }
-  {
+  if (want("list_live")) {
     auto head = build_list(n);
     gc::collect();
     gcbench::report("cpp", "list_live", n, gcbench::median_ns(reps, n, [&] {
@@ -165,20 +182,55 @@ int main(int argc, char** argv) {
     head = nullptr;
     gc::collect();
   }
-  for (bool automatic : {true, false}) {
-    gcbench::report(
-        "cpp", automatic ? "build_auto_on" : "build_auto_off", n, gcbench::median_ns(reps, n, [&] {
-          if (automatic) gc::enable();
-          double start = gcbench::cpu_seconds();
-          gc::Ref<Node> head = build_list(n);
-          double s = seconds_since(start);
-          gc::disable();
-          head = nullptr;
-          gc::collect();  // the list's neighbour pairs are cycles: not part of the timing
-          return s;
-        }));
+  if (want("build_auto_scanned")) {
+    // An untimed build that counts, at the start of each automatic collection, the objects it
+    // will examine: generation g and every younger one.
+    std::size_t full = 0, young = 0;
+    gc::CallbackId id = gc::add_callback([&](gc::Phase phase, const gc::CollectionInfo& info) {
+      if (phase != gc::Phase::start) return;
+      std::size_t examined = 0;
+      for (int g = 0; g <= info.generation; ++g) examined += gc::get_objects(g).size();
+      (info.generation == 2 ? full : young) += examined;
+    });
+    gc::enable();
+    gc::Ref<Node> head = build_list(n);
+    gc::disable();
+    gc::remove_callback(id);
+    head = nullptr;
+    gc::collect();
+    gcbench::report("cpp", "build_auto_scanned_full", n, static_cast<double>(full) / n);
+    gcbench::report("cpp", "build_auto_scanned_young", n, static_cast<double>(young) / n);
   }
-  walk_experiment(n, reps);
+  // young_only: automatic collection on, but threshold 2 out of reach, so only the generation 0
+  // and 1 collections run: their cost per object they examine, for the build's cost model.
+  for (const char* mode : {"build_auto_on", "build_auto_off", "build_auto_young_only"}) {
+    if (!want(mode)) continue;
+    const bool off = std::strcmp(mode, "build_auto_off") == 0;
+    const bool young_only = std::strcmp(mode, "build_auto_young_only") == 0;
+    gcbench::report("cpp", mode, n, gcbench::median_ns(reps, n, [&] {
+                      if (!off) gc::enable();
+                      if (young_only) gc::set_threshold(700, 10, SIZE_MAX);
+                      double start = gcbench::cpu_seconds();
+                      gc::Ref<Node> head = build_list(n);
+                      double s = seconds_since(start);
+                      gc::disable();
+                      gc::set_threshold(700, 10, 10);
+                      head = nullptr;
+                      gc::collect();  // the list's neighbour pairs are cycles: not timed
+                      return s;
+                    }));
+  }
+  if (want("free_in_order")) {
+    constexpr std::size_t kBlock = sizeof(Node);
+    std::vector<void*> blocks(n);
+    gcbench::report("cpp", "free_in_order", n, gcbench::median_ns(reps, n, [&] {
+                      for (auto& b : blocks) b = tm_malloc(kBlock);
+                      double start = gcbench::cpu_seconds();
+                      for (void* b : blocks) tm_free_sized(b, kBlock);
+                      return seconds_since(start);
+                    }));
+  }
+  if (want("walk_")) walk_experiment(n, reps);
   // Header (count + slot index) beyond the vtable pointer, plus one slot word in the table.
   std::printf("cpp bookkeeping_bytes %zu %zu\n", n,
               sizeof(gc::Object) - sizeof(void*) + sizeof(std::uintptr_t));

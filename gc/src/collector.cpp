@@ -32,9 +32,13 @@
 // in sequence it is also the order of their blocks in trimalloc's pools, so scanning reads
 // memory mostly forward (bench/gc measures table order against a shuffled order).
 //
-// Scratch per collected object lives in Heap::gc_refs, indexed by table position, not in the
-// object, so the header stays 8 bytes; it is 4 bytes per collected object, kept for the next
-// collection while the heap stays that large and released once it has shrunk.
+// Scratch per collected object lives beside the table, indexed by table position, not in the
+// object, so the header stays 8 bytes: Heap::gc_refs (the count being reduced, 4 bytes), and
+// the edges the subtract pass records (Heap::edge_start, 4 bytes, plus Heap::edges, 4 bytes
+// per reference between two collected objects). It is kept for the next collection while the
+// heap stays that large and released once it has shrunk. Reading those edges instead of
+// calling trace() a second time, marking a live list takes about 2 ns per object instead of
+// 6-7 (docs/gc.md, "Where the time goes").
 //
 // Invariants, outside a collection:
 //   I1  every tracked object has exactly one slot; table[o->slot_] points at o;
@@ -49,14 +53,21 @@
 // One collection of generation g (collect_generation below), in CPython's order:
 //
 //   1. update_refs     gc_refs[i] = count of object i, for the suffix [begin(g), size)
-//   2. subtract_refs   trace() every object; each reported edge into the suffix decrements
-//   3. reachability    gc_refs > 0 are roots; mark everything they reach, with an explicit
-//                      worklist (a 10-million-node chain must not recurse 10 million deep)
+//   2. subtract_refs   trace() every object; each reported edge into the suffix decrements,
+//                      and is recorded as the index of its target (1 and 2 are one pass)
+//   3. reachability    gc_refs > 0 are roots; mark everything they reach over the recorded
+//                      edges, in one pass in table order that returns (with an explicit stack,
+//                      never recursion) only for edges to objects it already passed; CPython
+//                      3.12's move_unreachable. If the edges could not be recorded (memory, or
+//                      more than 2^32 of them), marking calls trace() again instead.
 //   4. legacy          unreachable objects whose type has a legacy finalizer, and everything
 //                      they reach, are uncollectable (Python before 3.4): kept, and later
 //                      appended to garbage()
 //   5. partition       survivors are compacted in place and the boundary moves, so they now
-//                      belong to generation g+1; the unreachable are detached
+//                      belong to generation g+1; the unreachable are detached. With no
+//                      finalizer, weak reference or legacy type among them, nothing can run
+//                      user code before step 10, and this pass clears their Refs as well
+//                      (the first half of 10) while each object is in cache: 6-9 do nothing.
 //   6. weak refs       weak references with callbacks to unreachable objects are cleared; the
 //                      callbacks of those not themselves reported by unreachable objects run
 //   7. finalize        finalize() on every unreachable object that has one and has not run it
@@ -78,10 +89,14 @@
 // entered generation 2 since the last full one exceed 25% of those that survived it, so that
 // building a large live structure costs linear, not quadratic, time.
 // ---------------------------------------------------------------------------------------------
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <ctime>
+#include <new>
 #include <stdexcept>
+#include <utility>
 
 #include "heap.hpp"
 
@@ -112,50 +127,197 @@ struct Scan {
   }
 };
 
+// Records, during a re-trace, the edges of one object into the scan (see grow_edges).
+struct EdgeSink {
+  std::uint32_t* out;
+  std::uint32_t base;
+  std::uint32_t n;
+};
+void record_edge(Tracer& t, Object* target) {
+  auto* sink = static_cast<EdgeSink*>(TracerAccess::context(t));
+  std::uint32_t i = Access::slot(target) - sink->base;
+  if (i < sink->n) *sink->out++ = i;
+}
+
+// The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
+// it and record o's edges again (its subtractions are done and stay). Returns false, and the
+// scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
+// or memory.
+bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
+  Heap& heap = *scan.heap;
+  const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
+                           TracerAccess::edges_lost(subtracter);
+  const std::size_t needed = first + mine;
+  if (needed >= heap.edge_limit) return false;
+  const std::size_t size =
+      std::min(std::max(2 * heap.edges.size(), needed + needed / 2), heap.edge_limit);
+  try {
+    heap.edges.grow(size, first);
+  } catch (const std::bad_alloc&) {
+    return false;
+  }
+  EdgeSink sink{heap.edges.data() + first, scan.base, scan.n};
+  Tracer recorder = TracerAccess::visitor(record_edge, nullptr, &sink);
+  Access::trace(o, recorder);
+  TracerAccess::set_edge_buffer(subtracter, sink.out,
+                                heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
+  return true;
+}
+
 // Steps 1 and 2 in one pass, so each object is read once: gc_refs[i] gets object i's count
 // (less `discount`) added and, through trace(), one subtracted per edge into the scan. Entries
 // may dip below zero until the edges into them from later objects have all been counted.
-void subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
+// The same pass records those edges (Heap::edges), so that marking reachability reads a
+// compact array instead of calling every object's trace() a second time. Returns whether the
+// edges were recorded.
+bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Heap& heap = *scan.heap;
-  heap.gc_refs.assign(scan.n, 0);
+  const std::uint32_t n = scan.n;
+  heap.gc_refs.reserve_fresh(n);
   std::int32_t* refs = heap.gc_refs.data();
-  Tracer subtracter = TracerAccess::subtracter(refs, scan.base, scan.n);
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    Object* o = scan.at(i);
-    std::uint32_t count = Access::refcount(o) - discount;
-    refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
-    Access::trace(o, subtracter);
+  std::fill(refs, refs + n, 0);
+  heap.edge_start.reserve_fresh(std::size_t{n} + 1);
+  // Two edges per object to start with; pages that stay unused are never touched.
+  heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
+  std::uint32_t* start = heap.edge_start.data();
+  // Where the edges go; changes only when grow_edges() moves them. Once recording has given
+  // up, the buffer is empty from here on: edges are only counted, and `start` is not used.
+  std::uint32_t* edge_base = heap.edges.data();
+  Tracer subtracter = TracerAccess::subtracter(
+      refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
+  bool recording = heap.edge_limit != 0;
+  std::uint32_t i = 0;
+  while (i < n) {
+    // The table in contiguous runs (its chunks), or the whole detached list.
+    std::uint32_t len;
+    const std::uintptr_t* words =
+        scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
+    if (scan.base == kDetached || len > n - i) len = n - i;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
+      Object* o = object_of(*words);
+      std::uint32_t count = Access::refcount(o) - discount;
+      refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+      const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
+      start[i] = first;
+      Access::trace(o, subtracter);
+      if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
+        recording = grow_edges(scan, subtracter, first, o);
+        edge_base = heap.edges.data();
+        if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
+      }
+    }
+  }
+  if (!recording) return false;
+  start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
+  return true;
+}
+
+// Marking by calling trace(), for when the edges were not recorded (see grow_edges).
+struct TracedMark {
+  std::int32_t* refs;
+  std::uint32_t base;
+  std::uint32_t n;
+  std::int32_t mark;
+  std::vector<Object*>* worklist;
+};
+void mark_edge(Tracer& t, Object* target) {
+  auto* m = static_cast<TracedMark*>(TracerAccess::context(t));
+  std::uint32_t i = Access::slot(target) - m->base;
+  if (i < m->n && !marked(m->refs[i])) {
+    m->refs[i] = m->mark;
+    m->worklist->push_back(target);
   }
 }
 
-// Everything reachable from the worklist gets `mark`.
-void propagate(const Scan& scan, std::int32_t mark) {
+// Everything reachable from Heap::worklist gets `mark`. Returns how many objects it visited.
+std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark) {
   Heap& heap = *scan.heap;
-  Tracer marker =
-      TracerAccess::marker(heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist);
+  TracedMark m{heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist};
+  Tracer marker = TracerAccess::visitor(mark_edge, nullptr, &m);
+  std::uint32_t visited = 0;
   while (!heap.worklist.empty()) {
     Object* o = heap.worklist.back();
     heap.worklist.pop_back();
     Access::trace(o, marker);
+    ++visited;
   }
+  return visited;
 }
 
-// Step 3: objects with references from outside are roots; what they reach is reachable. Each
-// root is drained as the scan meets it, which keeps the worklist short and visits objects
-// roughly in table (allocation) order. A trace() that reports more references than an object
-// holds leaves a negative count: such an object has no outside references, but it is still
-// marked if something reachable refers to it.
-void mark_reachable_from_outside(const Scan& scan) {
-  Heap& heap = *scan.heap;
+// The same over the recorded edges, from the `top` indexes on Heap::index_stack. An object
+// reached at or after `scan_from` is only marked, not pushed: the caller's scan will meet it.
+// Each object is pushed at most once, so the stack never needs more than n entries.
+std::uint32_t propagate_edges(Heap& heap, std::uint32_t top, std::int32_t mark,
+                              std::uint32_t scan_from) {
   std::int32_t* refs = heap.gc_refs.data();
-  heap.worklist.clear();
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (refs[i] > 0) {
-      refs[i] = kReachable;
-      heap.worklist.push_back(scan.at(i));
-      propagate(scan, kReachable);
+  const std::uint32_t* start = heap.edge_start.data();
+  const std::uint32_t* edges = heap.edges.data();
+  std::uint32_t* stack = heap.index_stack.data();
+  std::uint32_t visited = 0;
+  while (top != 0) {
+    std::uint32_t j = stack[--top];
+    ++visited;
+    for (std::uint32_t e = start[j], end = start[j + 1]; e != end; ++e) {
+      std::uint32_t target = edges[e];
+      if (marked(refs[target])) continue;
+      refs[target] = mark;
+      if (target < scan_from) stack[top++] = target;
     }
   }
+  return visited;
+}
+
+// Step 3: objects with references from outside are roots; what they reach is reachable.
+// Returns the number of reachable objects. A trace() that reports more references than an
+// object holds leaves a negative count: such an object has no outside references, but it is
+// still marked if something reachable refers to it.
+//
+// With recorded edges this is CPython 3.12's move_unreachable, on indexes: one pass in table
+// (allocation) order handles each root, and each object a root or an earlier object reached,
+// as the pass meets it; an edge forward in the table only marks its target, and only an edge
+// back to an object the pass already left behind as tentatively unreachable needs the stack.
+// A list built in order, or pairs of objects, are marked in a single forward sweep.
+std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded) {
+  Heap& heap = *scan.heap;
+  std::int32_t* refs = heap.gc_refs.data();
+  const std::uint32_t n = scan.n;
+  // Every object held from outside: nothing to propagate (a cheap check that usually stops at
+  // the first object that is not).
+  if (std::all_of(refs, refs + n, [](std::int32_t r) { return r > 0; })) {
+    std::fill(refs, refs + n, kReachable);
+    return n;
+  }
+  std::uint32_t reached = 0;
+  if (!edges_recorded) {
+    heap.worklist.clear();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (refs[i] > 0) {
+        refs[i] = kReachable;
+        heap.worklist.push_back(scan.at(i));
+        reached += propagate_traced(scan, kReachable);
+      }
+    }
+    return reached;
+  }
+  heap.index_stack.reserve_fresh(n);
+  const std::uint32_t* start = heap.edge_start.data();
+  const std::uint32_t* edges = heap.edges.data();
+  std::uint32_t* stack = heap.index_stack.data();
+  for (std::uint32_t i = 0; i < n; ++i) {
+    std::int32_t r = refs[i];
+    if (r <= 0 && r != kReachable) continue;  // tentatively unreachable
+    refs[i] = kReachable;
+    ++reached;
+    std::uint32_t top = 0;
+    for (std::uint32_t e = start[i], end = start[i + 1]; e != end; ++e) {
+      std::uint32_t target = edges[e];
+      if (marked(refs[target])) continue;
+      refs[target] = kReachable;
+      if (target < i) stack[top++] = target;
+    }
+    if (top != 0) reached += propagate_edges(heap, top, kReachable, i);
+  }
+  return reached;
 }
 
 void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
@@ -186,13 +348,13 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 // Step 8: objects a finalizer or callback made reachable again go back to the table.
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
-  subtract_internal_refs(scan, 1);  // 1: the collection's own hold
-  mark_reachable_from_outside(scan);
+  const bool edges = subtract_internal_refs(scan, 1);  // 1: the collection's own hold
+  mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
     std::uintptr_t word = heap.unreachable[i];
     Object* o = object_of(word);
-    if (heap.gc_refs[i] == kReachable) {
+    if (heap.gc_refs.data()[i] == kReachable) {
       heap.reattach(o, word, survivor_segment);
       --Access::refcount(o);  // cannot reach zero: something outside holds it or its referrer
     } else {
@@ -216,15 +378,39 @@ void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
     release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
     return;
   }
-  heap.untrack(o);
+  // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads again:
+  // the caller has passed it, and find_word() stops at the untracked slot.
+  Access::slot(o) = kUntracked;
+  if (heap.count[0] > 0) --heap.count[0];
   heap.destroy(o);
 }
 
-// Step 10: reset every Ref the garbage's trace() reports, then free what is unreferenced, so
-// destructors run with those members already null. Whatever is still referenced at the end
-// (by a Ref that trace() does not report) survives like any live object. Destructors may free
-// garbage early through such unreported Refs: untrack() then zeroes its entry, which both
-// passes skip.
+// The second half of step 10: free every garbage object whose count is now zero (its Refs
+// are cleared), so destructors run with those members already null. Whatever is still
+// referenced (by a Ref that trace() does not report) survives like any live object.
+// Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
+// entry, which this pass skips.
+void free_garbage(Heap& heap, int survivor_segment) {
+  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
+    if (word == 0) continue;
+    Object* o = object_of(word);
+    if (Access::refcount(o) == 0) {
+      destroy_garbage(heap, o, word);
+    } else {
+      heap.reattach(o, word, survivor_segment);
+    }
+  }
+  heap.unreachable.clear();
+  if (heap.unreachable.capacity() > kKeepScratch &&
+      heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
+    std::vector<std::uintptr_t>().swap(heap.unreachable);
+  }
+}
+
+// Step 10 after user code may have run (or for DEBUG_SAVEALL): reset every Ref the detached
+// garbage's trace() reports, then free_garbage(). A reference to an object outside the garbage
+// is released right after that object's trace() returns.
 void delete_garbage(Heap& heap, int survivor_segment) {
   if (heap.debug & DEBUG_SAVEALL) {
     for (std::uintptr_t word : heap.unreachable) {
@@ -244,22 +430,41 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     for (Object* o : outside) decref(o);  // may run destructors: user code
     outside.clear();
   }
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
-    if (word == 0) continue;
-    Object* o = object_of(word);
-    if (Access::refcount(o) == 0) {
-      destroy_garbage(heap, o, word);
-    } else {
-      heap.reattach(o, word, survivor_segment);
-    }
-  }
-  heap.unreachable.clear();
-  if (heap.unreachable.capacity() > kKeepScratch &&
-      heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
-    std::vector<std::uintptr_t>().swap(heap.unreachable);
-  }
+  free_garbage(heap, survivor_segment);
 }
+
+// -DTRIMALLOC_GC_PHASE_TIMES=ON (CMake): each collection of at least kPhaseTimesMin objects
+// prints the thread CPU time of its phases, in ns per object examined, to stderr. A tool for
+// tuning the collector (docs/gc.md quotes it), off in every normal build.
+#ifdef TRIMALLOC_GC_PHASE_TIMES
+class PhaseTimes {
+ public:
+  static constexpr std::uint32_t kPhaseTimesMin = 100000;
+  void mark() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    if (count_ < kMax) at_[count_++] = static_cast<double>(ts.tv_sec) * 1e9 + ts.tv_nsec;
+  }
+  void print(int generation, std::uint32_t n) const noexcept {
+    if (n < kPhaseTimesMin || count_ != kMax) return;
+    auto per = [&](int k) { return (at_[k + 1] - at_[k]) / n; };
+    std::fprintf(stderr,
+                 "gc phases: generation %d, %u objects: subtract %.2f mark %.2f partition %.2f "
+                 "user %.2f free %.2f ns per object\n",
+                 generation, n, per(0), per(1), per(2), per(3), per(4));
+  }
+
+ private:
+  static constexpr int kMax = 6;
+  double at_[kMax] = {};
+  int count_ = 0;
+};
+#else
+struct PhaseTimes {
+  void mark() noexcept {}
+  void print(int, std::uint32_t) const noexcept {}
+};
+#endif
 
 void print_generation_sizes(Heap& heap) {
   std::fprintf(stderr, "gc: objects in each generation: %u %u %u\n",
@@ -284,24 +489,54 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // Steps 1-3 over the suffix that holds generation `generation` and every younger one.
   const std::uint32_t base = heap.begin[segment_of_generation(generation)];
   const Scan scan{&heap, base, heap.table.size() - base};
-  subtract_internal_refs(scan, 0);
-  mark_reachable_from_outside(scan);
+  PhaseTimes phases;
+  phases.mark();
+  const bool edges = subtract_internal_refs(scan, 0);
+  phases.mark();
+  const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
+  phases.mark();
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
-  std::size_t n_unreachable = 0;
-  for (std::uint32_t i = 0; i < scan.n; ++i) {
-    if (marked(refs[i])) continue;
-    ++n_unreachable;
-    if (heap.table[base + i] & kLegacy) {
+  std::uintptr_t candidate_flags = 0;  // union of the flags of the unreachable, legacy or not
+  if (n_unreachable != 0) {
+    std::uint32_t top = 0;
+    heap.worklist.clear();
+    if (edges) heap.index_stack.reserve_fresh(scan.n);
+    for (std::uint32_t i = 0; i < scan.n; ++i) {
+      if (marked(refs[i])) continue;
+      const std::uintptr_t word = heap.table[base + i];
+      candidate_flags |= word;
+      if (!(word & kLegacy)) continue;
       refs[i] = kUncollectable;
-      heap.worklist.push_back(object_of(heap.table[base + i]));
+      if (edges) {
+        heap.index_stack.data()[top++] = i;
+      } else {
+        heap.worklist.push_back(object_of(heap.table[base + i]));
+      }
+    }
+    if (edges) {
+      propagate_edges(heap, top, kUncollectable, scan.n);
+    } else {
+      propagate_traced(scan, kUncollectable);
     }
   }
-  if (!heap.worklist.empty()) propagate(scan, kUncollectable);
 
   // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
   // unreachable. Nothing to do when everything survived, the common case for old generations.
+  //
+  // When no unreachable object has a finalizer, weak references or a legacy finalizer, no
+  // user code can run before the cycles are broken (steps 6-9 have nothing to do), and the
+  // same pass also clears each garbage object's Refs (the first half of step 10) while it has
+  // the object in cache. References into the scan are dropped at once: to garbage, detached or
+  // not yet, as in step 10; to a survivor, which is reachable, so something outside the
+  // garbage holds a count on it and its count stays positive. References to objects outside
+  // the scan are released once the table is consistent again.
+  const bool clear_now = n_unreachable != 0 &&
+                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer | kLegacy)) &&
+                         !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
+  std::vector<Object*> outside;
+  Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
   std::vector<Ref<Object>> uncollectable;
   heap.unreachable.clear();
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
@@ -313,9 +548,10 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
       std::uintptr_t word = heap.table[base + i];
       if (!marked(refs[i])) {
         unreachable_flags |= word;
-        Access::slot(object_of(word)) =
-            kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
+        Object* o = object_of(word);
+        Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
         heap.unreachable.push_back(word);
+        if (clear_now) Access::trace(o, clearer);
         continue;
       }
       if (kept != base + i) {
@@ -336,11 +572,15 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
   // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
   // paid in page faults each time) while the heap is as large; not once it has shrunk.
-  if (heap.gc_refs.capacity() > kKeepScratch && heap.gc_refs.capacity() > 2 * std::size_t{kept}) {
-    std::vector<std::int32_t>().swap(heap.gc_refs);
+  if (heap.gc_refs.size() > kKeepScratch && heap.gc_refs.size() > 2 * std::size_t{kept}) {
+    heap.gc_refs.release();
     std::vector<Object*>().swap(heap.worklist);
+    heap.edge_start.release();
+    heap.edges.release();
+    heap.index_stack.release();
   }
 
+  phases.mark();
   if (heap.debug & DEBUG_COLLECTABLE) {
     for (std::uintptr_t word : heap.unreachable) print_object_line("collectable", object_of(word));
   }
@@ -374,8 +614,17 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   }
 
   // Step 10.
+  phases.mark();
   const std::size_t collected = heap.unreachable.size();
-  delete_garbage(heap, survivor_segment);
+  if (clear_now) {
+    for (Object* o : outside) decref(o);  // may run destructors: user code
+    free_garbage(heap, survivor_segment);
+  } else {
+    delete_garbage(heap, survivor_segment);
+  }
+
+  phases.mark();
+  phases.print(generation, scan.n);
 
   // Step 11. An uncollectable object whose only referrers were freed in step 10 was not in a
   // cycle after all; dropping our Ref lets counting run its finalizer and free it.
@@ -432,6 +681,10 @@ std::size_t collect_with_callbacks(Heap& heap, int generation) {
 }
 
 }  // namespace
+
+std::size_t set_edge_limit(std::size_t limit) noexcept {
+  return std::exchange(current_heap().edge_limit, limit);
+}
 
 void collect_generations(Heap& heap) noexcept {
   for (int generation = 2; generation >= 0; --generation) {

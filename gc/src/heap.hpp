@@ -1,8 +1,10 @@
 // The per-thread heap: the slot table that tracks every object, the generation boundaries, the
 // weak reference lists and the collector's settings. Internal to trimalloc_gc.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -34,6 +36,11 @@ class SlotTable {
   std::uintptr_t& operator[](std::uint32_t i) noexcept {
     return chunks_[i >> kChunkBits][i & (kChunkSlots - 1)];
   }
+  // The slots from i to the end of i's chunk, which are contiguous: `len` of them.
+  std::uintptr_t* run(std::uint32_t i, std::uint32_t& len) noexcept {
+    len = kChunkSlots - (i & (kChunkSlots - 1));
+    return &(*this)[i];
+  }
   std::uint32_t push_back(std::uintptr_t word) {
     if (size_ == chunks_.size() * kChunkSlots) grow();
     (*this)[size_] = word;
@@ -45,6 +52,39 @@ class SlotTable {
   void grow();
   std::vector<std::uintptr_t*> chunks_;
   std::uint32_t size_ = 0;
+};
+
+// Collector scratch of a trivial type. Unlike std::vector, growing does not zero the new
+// elements, so capacity that no collection writes to is never touched (nor paged in).
+template <class T>
+class ScratchArray {
+ public:
+  T* data() noexcept { return data_.get(); }
+  std::size_t size() const noexcept { return size_; }
+  // At least n elements, contents not kept.
+  void reserve_fresh(std::size_t n) {
+    if (n <= size_) return;
+    data_.reset();
+    size_ = 0;
+    data_.reset(new T[n]);
+    size_ = n;
+  }
+  // At least n elements, the first `keep` kept.
+  void grow(std::size_t n, std::size_t keep) {
+    if (n <= size_) return;
+    std::unique_ptr<T[]> bigger(new T[n]);
+    std::copy(data(), data() + keep, bigger.get());
+    data_ = std::move(bigger);
+    size_ = n;
+  }
+  void release() noexcept {
+    data_.reset();
+    size_ = 0;
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  std::size_t size_ = 0;
 };
 
 // The table is cut into four segments, oldest first, so that "generation k and every younger
@@ -89,8 +129,15 @@ struct Heap {
   std::uint32_t constructing = 0;  // make() calls in progress on this thread
 
   // Collector scratch, reused between collections (see collector.cpp).
-  std::vector<std::int32_t> gc_refs;
+  ScratchArray<std::int32_t> gc_refs;
   std::vector<Object*> worklist;
+  // The edges inside the objects being collected, recorded by the subtract pass: object i's
+  // edges are edges[edge_start[i], edge_start[i + 1]), as indexes into the scan.
+  ScratchArray<std::uint32_t> edge_start;
+  ScratchArray<std::uint32_t> edges;
+  ScratchArray<std::uint32_t> index_stack;
+  // More edges than this in one scan are not recorded; marking then calls trace() again.
+  std::size_t edge_limit = UINT32_MAX;
 
   std::uint32_t segment_end(int segment) const noexcept {
     return segment == kGen0 ? table.size() : begin[segment + 1];
@@ -129,6 +176,9 @@ void run_weak_callbacks(const std::vector<WeakRecord*>& records) noexcept;
 
 // Collector entry points (collector.cpp).
 void collect_generations(Heap& heap) noexcept;
+// For tests: caps the recorded edges of one scan (0: never record, mark by calling trace()).
+// Returns the previous cap.
+std::size_t set_edge_limit(std::size_t limit) noexcept;
 
 // Debug output (debug.cpp).
 void print_object_line(const char* what, const Object* o) noexcept;
@@ -139,20 +189,27 @@ struct TracerAccess {
   // Calls `visit` for every Ref and `weak_visit` (if any) for every reported WeakRef.
   static Tracer visitor(Tracer::VisitFn visit, Tracer::WeakVisitFn weak_visit,
                         void* context) noexcept {
-    return Tracer(Mode::kVisit, 0, 0, 0, nullptr, nullptr, visit, weak_visit, context);
+    return Tracer(Mode::kVisit, visit, weak_visit, context);
   }
-  // refs[slot - base] -= 1 for every edge into [base, base + n).
-  static Tracer subtracter(std::int32_t* refs, std::uint32_t base, std::uint32_t n) noexcept {
-    return Tracer(Mode::kSubtract, 0, base, n, refs, nullptr, nullptr, nullptr, nullptr);
+  // refs[slot - base] -= 1 for every edge into [base, base + n); the edge's index is appended
+  // to [out, end) while there is room (see edge_out, edges_lost).
+  static Tracer subtracter(std::int32_t* refs, std::uint32_t base, std::uint32_t n,
+                           std::uint32_t* out, std::uint32_t* end) noexcept {
+    return Tracer(refs, base, n, out, end);
   }
-  // Edges into [base, base + n) not yet marked get `mark` and join the worklist.
-  static Tracer marker(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::int32_t mark,
-                       std::vector<Object*>* worklist) noexcept {
-    return Tracer(Mode::kMark, mark, base, n, refs, worklist, nullptr, nullptr, nullptr);
+  static void set_edge_buffer(Tracer& t, std::uint32_t* out, std::uint32_t* end) noexcept {
+    t.edge_out_ = out;
+    t.edge_end_ = end;
+    t.edges_lost_ = 0;
   }
+  static std::uint32_t* edge_out(const Tracer& t) noexcept { return t.edge_out_; }
+  static std::size_t edges_lost(const Tracer& t) noexcept { return t.edges_lost_; }
   // Nulls every reported Ref and hands its reference to `take` (see Tracer::operator()).
-  static Tracer clearer(Tracer::VisitFn take, void* context) noexcept {
-    return Tracer(Mode::kClear, 0, 0, 0, nullptr, nullptr, take, nullptr, context);
+  // References to detached objects, and to objects of the scan [base, base + n), are dropped
+  // without `take` (see Tracer::operator()).
+  static Tracer clearer(Tracer::VisitFn take, void* context, std::uint32_t base = 0,
+                        std::uint32_t n = 0) noexcept {
+    return Tracer(Mode::kClear, take, nullptr, context, base, n);
   }
   static void* context(Tracer& t) noexcept { return t.context_; }
 };

@@ -3,10 +3,10 @@
 // and finally break cycles); the Tracer carries the pass, so trace() is written once.
 #pragma once
 #include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <ranges>
 #include <type_traits>
-#include <vector>
 
 #include "trimalloc/gc/ref.hpp"
 
@@ -36,22 +36,31 @@ class Tracer {
     T* pointer = ref.get();
     if (!pointer) return;
     Object* target = detail::as_object(pointer);
-    // The two passes that run over every object of a collection are inline and small, so that
-    // an edge costs a compare and a decrement rather than a call.
+    // The pass that runs over every object of a collection is inline and small, so that an
+    // edge costs a compare, a decrement and a store rather than a call.
     if (mode_ == Mode::kSubtract) {
       std::uint32_t i = detail::Access::slot(target) - base_;
-      if (i < n_) --refs_[i];  // else: outside the objects being collected
-    } else if (mode_ == Mode::kMark) {
-      std::uint32_t i = detail::Access::slot(target) - base_;
-      if (i < n_ && refs_[i] > detail::kLastMark) mark(i, target);
+      if (i < n_) {  // else: outside the objects being collected
+        --refs_[i];
+        // The edge is kept, so that marking reachability need not call trace() again. A full
+        // buffer only counts it: the collector grows the buffer and records this object again.
+        if (edge_out_ != edge_end_) {
+          *edge_out_++ = i;
+        } else {
+          ++edges_lost_;
+        }
+      }
     } else if (mode_ == Mode::kClear) {
       // Breaking a cycle. An edge to another object of the garbage (detached) is dropped at
       // once; that object is freed later, when its count is zero and its own Refs are cleared.
+      // So is, while the collector detaches and clears in one pass, an edge into the scan
+      // [base_, base_ + n_): garbage not detached yet, or a survivor, whose count cannot reach
+      // zero here (what keeps it alive holds a count the garbage's references do not include).
       // Any other reference passes to the visitor, which releases it only after trace()
       // returns, so that no destructor runs inside the user's trace().
       detail::Access::pointer(ref) = nullptr;
       std::uint32_t slot = detail::Access::slot(target);
-      if ((slot & detail::kDetached) && slot != detail::kUntracked) {
+      if ((slot & detail::kDetached) ? slot != detail::kUntracked : slot - base_ < n_) {
         --detail::Access::refcount(target);
       } else {
         visit_(*this, target);
@@ -75,36 +84,40 @@ class Tracer {
 
  private:
   friend struct detail::TracerAccess;
-  enum class Mode : std::uint8_t { kVisit, kSubtract, kMark, kClear };
-  void mark(std::uint32_t i, Object* target) {
-    refs_[i] = mark_;
-    worklist_->push_back(target);
-  }
+  enum class Mode : std::uint8_t { kVisit, kSubtract, kClear };
   using VisitFn = void (*)(Tracer&, Object*);
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
-  Tracer(Mode mode, std::int32_t mark, std::uint32_t base, std::uint32_t n, std::int32_t* refs,
-         std::vector<Object*>* worklist, VisitFn visit, WeakVisitFn weak_visit,
-         void* context) noexcept
+  Tracer(Mode mode, VisitFn visit, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
+         std::uint32_t n = 0) noexcept
       : mode_(mode),
-        mark_(mark),
         base_(base),
         n_(n),
-        refs_(refs),
-        worklist_(worklist),
         visit_(visit),
         weak_visit_(weak_visit),
         context_(context) {}
+  Tracer(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::uint32_t* edge_out,
+         std::uint32_t* edge_end) noexcept
+      : mode_(Mode::kSubtract),
+        base_(base),
+        n_(n),
+        refs_(refs),
+        edge_out_(edge_out),
+        edge_end_(edge_end) {}
 
   Mode mode_;
-  std::int32_t mark_;
-  std::uint32_t base_;  // kSubtract/kMark: edges into slots [base_, base_ + n_) count
-  std::uint32_t n_;
-  std::int32_t* refs_;
-  std::vector<Object*>* worklist_;
-  VisitFn visit_;  // kVisit and kClear
-  WeakVisitFn weak_visit_;
-  void* context_;
+  // kSubtract: each edge into slots [base_, base_ + n_) decrements refs_[slot - base_] and
+  // its index is appended at edge_out_ while edge_out_ != edge_end_; past that it is only
+  // counted in edges_lost_. kClear: edges into [base_, base_ + n_) are dropped at once.
+  std::uint32_t base_ = 0;
+  std::uint32_t n_ = 0;
+  std::int32_t* refs_ = nullptr;
+  std::uint32_t* edge_out_ = nullptr;
+  std::uint32_t* edge_end_ = nullptr;
+  std::size_t edges_lost_ = 0;
+  VisitFn visit_ = nullptr;  // kVisit and kClear
+  WeakVisitFn weak_visit_ = nullptr;
+  void* context_ = nullptr;
 };
 
 }  // namespace trimalloc::gc
