@@ -564,9 +564,18 @@ int rlimit_child() {
   std::atomic<int> rc{0};
   std::vector<void*> per[kThreads];
   for (auto& v : per) v.reserve(1 << 18);
+  // What each thread's C++ checks obtain; room reserved here, before the limit.
+  std::vector<std::vector<char>*> vectors_of[kThreads];
+  std::vector<char*> arrays_of[kThreads];
+  std::vector<void*> aligned_of[kThreads];
+  for (int t = 0; t < kThreads; ++t)
+    vectors_of[t].reserve(64), arrays_of[t].reserve(64), aligned_of[t].reserve(64);
   std::vector<std::thread> ts;
   for (int t = 0; t < kThreads; ++t) {
     ts.emplace_back([&, t] {
+      auto& vectors = vectors_of[t];
+      auto& arrays = arrays_of[t];
+      auto& aligned = aligned_of[t];
       while (phase.load() == 0) std::this_thread::yield();
       // 1. 256 KiB blocks until the limit, 2. small blocks of several classes until failure.
       for (std::size_t n : {std::size_t{256} << 10, std::size_t{4096}, std::size_t{48} + 16 * t,
@@ -586,24 +595,41 @@ int rlimit_child() {
         }
         if (!failed) rc = 21;
       }
-      // C++ on an exhausted heap.
-      try {
-        std::vector<char> v(1 << 20);
-        rc = 22;
-      } catch (const std::bad_alloc&) {
+      // C++ on an exhausted heap. "Exhausted" is not a stable state: another thread's failed
+      // mapping can make jemalloc hand an extent back (and the region holding it be unmapped)
+      // at any moment, so a request may still succeed once. Keep what succeeds and ask again:
+      // the heap must run dry within a few requests, and then fail the C++ way.
+      bool threw = false;
+      for (int k = 0; k < 64 && !threw; ++k) {
+        try {
+          vectors.push_back(new std::vector<char>(1 << 20));
+        } catch (const std::bad_alloc&) {
+          threw = true;
+        }
       }
-      try {
-        // volatile: the compiler may drop an unused new/delete pair altogether (C++14 lets it),
-        // and then the expression "succeeds" on an exhausted heap.
-        char* volatile c = new char[300000];
-        delete[] c;
-        rc = 23;
-      } catch (const std::bad_alloc&) {
+      if (!threw) rc = 22;
+      threw = false;
+      for (int k = 0; k < 64 && !threw; ++k) {
+        try {
+          // Kept (not deleted at once): the compiler may drop an unused new/delete pair
+          // altogether (C++14 lets it), and then the expression "succeeds" on an exhausted heap.
+          char* c = new char[300000];
+          c[0] = 1;
+          arrays.push_back(c);
+        } catch (const std::bad_alloc&) {
+          threw = true;
+        }
       }
-      if (void* p = ::operator new(1 << 20, std::align_val_t(4096), std::nothrow)) {
-        ::operator delete(p, std::align_val_t(4096));
-        rc = 24;
+      if (!threw) rc = 23;
+      bool null = false;
+      for (int k = 0; k < 64 && !null; ++k) {
+        void* p = ::operator new(1 << 20, std::align_val_t(4096), std::nothrow);
+        if (p == nullptr)
+          null = true;
+        else
+          aligned.push_back(p);
       }
+      if (!null) rc = 24;
       ++done;
       while (phase.load() != 2) std::this_thread::yield();
       for (void* p : per[t]) {
@@ -611,6 +637,9 @@ int rlimit_child() {
         free(p);
       }
       per[t].clear();
+      for (auto* v : vectors) delete v;
+      for (char* c : arrays) delete[] c;
+      for (void* p : aligned) ::operator delete(p, std::align_val_t(4096));
       ++freed_all;
       while (freed_all.load() < kThreads) std::this_thread::yield();
       for (int i = 0; i < 2000; ++i) {  // works again
