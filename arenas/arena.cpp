@@ -148,6 +148,9 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noex
 std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept {
   std::size_t released = 0;
   LockGuard guard(lock_);
+  // Flushed before the guard is dropped: a pool purged here is free, and only this lock
+  // hands it out again.
+  PurgeBatch batch;
   // Empty arenas first: unmapping returns the metadata slot too.
   std::size_t kept = 0;
   for (Arena* a = buckets_[kPoolSlotsPerArena]; a != nullptr;) {
@@ -175,7 +178,7 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noe
         dirty &= dirty - 1;
         Pool* pool = pool_header(a, i);
         if (pool->freed_at_ms > cutoff_ms) continue;
-        os::purge(reinterpret_cast<void*>(pool_data(pool)), kPoolSize);
+        batch.add(pool_data(pool), kPoolSize);
         a->dirty_pools &= ~(std::uint64_t{1} << i);
         dirty_count_.fetch_sub(1, std::memory_order_relaxed);
         released += kPoolSize;

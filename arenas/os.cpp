@@ -1,6 +1,8 @@
 #include "os.h"
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -67,6 +69,53 @@ bool purge(void* p, std::size_t size) noexcept {
   bool ok = madvise(p, size, MADV_DONTNEED) == 0;
   errno = saved;
   return ok;
+}
+
+namespace {
+// -1 unknown, 0 unsupported (ENOSYS, EINVAL, EBADF: old kernel or filter), 1 works.
+std::atomic<int> g_process_madvise{-1};
+constexpr int kPidfdSelfProcess = -10001;  // PIDFD_SELF_PROCESS, <linux/pidfd.h> (6.14)
+constexpr std::size_t kIovBatch = 512;     // below IOV_MAX (1024)
+
+void purge_each(const Range* ranges, std::size_t count) noexcept {
+  for (std::size_t i = 0; i < count; ++i)
+    madvise(reinterpret_cast<void*>(ranges[i].start), ranges[i].end - ranges[i].start,
+            MADV_DONTNEED);
+}
+}  // namespace
+
+void purge_ranges(const Range* ranges, std::size_t count) noexcept {
+  int saved = errno;
+  while (count > 0) {
+    std::size_t n = count < kIovBatch ? count : kIovBatch;
+    bool done = false;
+    if (g_process_madvise.load(std::memory_order_relaxed) != 0) {
+      iovec iov[kIovBatch];
+      std::size_t bytes = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        iov[i].iov_base = reinterpret_cast<void*>(ranges[i].start);
+        iov[i].iov_len = ranges[i].end - ranges[i].start;
+        bytes += iov[i].iov_len;
+      }
+      long r = syscall(SYS_process_madvise, kPidfdSelfProcess, iov, n, MADV_DONTNEED, 0u);
+      done = r >= 0 && static_cast<std::size_t>(r) == bytes;
+      // A kernel without it says so at the first call; from then on, madvise range by range.
+      if (r < 0 && g_process_madvise.load(std::memory_order_relaxed) == -1)
+        g_process_madvise.store(0, std::memory_order_relaxed);
+      else if (done)
+        g_process_madvise.store(1, std::memory_order_relaxed);
+    }
+    // Not supported, or stopped part-way: madvise every range (again: dropping a dropped page
+    // is harmless).
+    if (!done) purge_each(ranges, n);
+    ranges += n;
+    count -= n;
+  }
+  errno = saved;
+}
+
+void disable_batched_purge() noexcept {
+  g_process_madvise.store(0, std::memory_order_relaxed);
 }
 
 std::size_t reserved_bytes() noexcept {

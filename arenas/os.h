@@ -21,6 +21,18 @@ void release(void* p, std::size_t size) noexcept;
 // as zero afterwards. Returns false if the kernel refused.
 bool purge(void* p, std::size_t size) noexcept;
 
+// purge() for many ranges at once (sorted or not; page-aligned). Where the kernel has it
+// (process_madvise on the process itself, Linux 6.14+ for MADV_DONTNEED and PIDFD_SELF), one
+// system call drops up to 512 ranges and flushes the TLB once for all of them, instead of
+// interrupting every other running thread of the process once per range; elsewhere it is one
+// madvise per range.
+struct Range {
+  std::uintptr_t start, end;
+};
+void purge_ranges(const Range* ranges, std::size_t count) noexcept;
+// Test hook: purge_ranges goes range by range (as on a kernel without process_madvise).
+void disable_batched_purge() noexcept;
+
 std::size_t page_size() noexcept;
 
 // Bytes currently reserved through this layer (for statistics).

@@ -176,33 +176,30 @@ bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
 }
 
 void PurgeBatch::add(std::uintptr_t start, std::size_t bytes) noexcept {
-  if (count_ > 0 && end_[count_ - 1] == start) {
-    end_[count_ - 1] += bytes;
+  if (count_ > 0 && ranges_[count_ - 1].end == start) {
+    ranges_[count_ - 1].end += bytes;
     return;
   }
   if (count_ == kRanges) flush();
-  start_[count_] = start;
-  end_[count_] = start + bytes;
-  ++count_;
+  ranges_[count_++] = {start, start + bytes};
 }
 
 void PurgeBatch::flush() noexcept {
-  // Insertion sort: small n, and ranges arrive mostly in order already.
+  // Insertion sort (ranges arrive mostly in order already), then merge neighbours in place.
   for (unsigned i = 1; i < count_; ++i) {
-    std::uintptr_t s = start_[i], e = end_[i];
+    os::Range r = ranges_[i];
     unsigned j = i;
-    for (; j > 0 && start_[j - 1] > s; --j) {
-      start_[j] = start_[j - 1];
-      end_[j] = end_[j - 1];
-    }
-    start_[j] = s;
-    end_[j] = e;
+    for (; j > 0 && ranges_[j - 1].start > r.start; --j) ranges_[j] = ranges_[j - 1];
+    ranges_[j] = r;
   }
-  for (unsigned i = 0; i < count_;) {
-    std::uintptr_t s = start_[i], e = end_[i];
-    while (++i < count_ && start_[i] == e) e = end_[i];
-    os::purge(reinterpret_cast<void*>(s), e - s);
+  unsigned merged = 0;
+  for (unsigned i = 0; i < count_; ++i) {
+    if (merged > 0 && ranges_[merged - 1].end == ranges_[i].start)
+      ranges_[merged - 1].end = ranges_[i].end;
+    else
+      ranges_[merged++] = ranges_[i];
   }
+  os::purge_ranges(ranges_, merged);
   count_ = 0;
 }
 

@@ -44,6 +44,7 @@
 
 #include "arena_map.h"
 #include "config.h"
+#include "os.h"
 #include "size_class.h"
 
 namespace trimalloc {
@@ -165,10 +166,11 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept;
 bool pool_revive_page(Pool* pool) noexcept;
 // Moves the remote list onto the free list; returns how many blocks came back.
 std::size_t pool_collect_remote(Pool* pool) noexcept;
-// Page ranges made dormant but not yet given back. A trim releases pages pool by pool; one
-// madvise per pool would be one system call - and, with other threads running, one TLB
-// shoot-down interrupting each of them - per few pages. Ranges are collected, sorted and merged
-// (neighbouring pools of an arena are adjacent in memory), then purged together.
+// Page ranges made dormant (or free pools) not yet given back. A trim releases pages pool by
+// pool; one madvise per pool would be one system call - and, with other threads running, one
+// TLB shoot-down interrupting each of them - per few pages. Ranges are collected, sorted and
+// merged (neighbouring pools of an arena are adjacent in memory), then purged together with
+// os::purge_ranges (one process_madvise, one TLB flush, per 512 ranges where the kernel can).
 // Invariant: flush() runs before the caller stops acting as the pools' owner (leaves the heap,
 // ends the visit, drops the abandoned lock), because only the owner could revive a dormant page,
 // and a page revived before its purge would lose the blocks carved into it.
@@ -183,8 +185,7 @@ class PurgeBatch {
 
  private:
   static constexpr unsigned kRanges = 256;
-  std::uintptr_t start_[kRanges];
-  std::uintptr_t end_[kRanges];
+  os::Range ranges_[kRanges];
   unsigned count_ = 0;
 };
 
