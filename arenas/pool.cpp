@@ -23,6 +23,7 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   // Invariant D from the start: nothing is carved, whether the pages are fresh or reused.
   pool->dormant.store(kAllPagesDormant, std::memory_order_relaxed);
   pool->key = random_word() | 1;
+  pool->list_key = pool->key;
   pool->mark = free_mark_of_key(pool->key);
   pool->next = pool->prev = nullptr;
   pool->remote.store(0, std::memory_order_relaxed);
@@ -132,7 +133,7 @@ void pool_push_remote(Pool* pool, Block* block) noexcept {
   std::uintptr_t head = pool->remote.load(std::memory_order_relaxed);
   std::uintptr_t desired;
   do {
-    block->link = encode_link(pool, reinterpret_cast<Block*>(head & ~kRemoteFlags));
+    block->link = encode_remote_link(pool, reinterpret_cast<Block*>(head & ~kRemoteFlags));
     desired = reinterpret_cast<std::uintptr_t>(block) | (head & kNotifying);
     // Take the notification only if nobody else is delivering one for this pool.
     if ((head & kRemoteFlags) == kWantNotify)

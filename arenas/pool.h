@@ -80,28 +80,31 @@ enum class PoolState : std::uint8_t {
 };
 
 struct alignas(64) Pool {
-  // --- cache line 0: owner-only (read racily by statistics) ---
-  Block* free;                // owner's free list
-  std::uint16_t block_size;   // 0 while the pool is kFree
-  std::uint16_t start_bound;  // is_block_start(): capacity * e; 0 while kFree
-  std::uint32_t start_magic;  // is_block_start(): floor(2^32 / block_size) + 1
+  // --- cache line 0: the owner's, written by every allocation and local free ---
+  Block* free;  // owner's free list
   std::atomic<std::uint16_t> used;
-  std::uint16_t capacity;  // blocks in the pool; 0 while kFree
   std::uint8_t size_class;
-  std::atomic<std::uint8_t> dormant;  // bit per 4 KiB page, see invariant D
   std::atomic<PoolState> state;
-  std::uint8_t index;  // slot index in the arena, 1..63
-  std::uintptr_t key;  // link-encoding secret
-  Pool* next;          // heap class list / abandoned list / (unused while free)
+  std::uintptr_t list_key;  // == key: the owner's copy, so that malloc never reads line 1
+  Pool* next;               // heap class list / abandoned list / (unused while free)
   Pool* prev;
-  std::atomic<ThreadHeap*> owner;
-  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
-
-  // --- cache line 1: written by other threads ---
-  alignas(64) std::atomic<std::uintptr_t> remote;
-  std::atomic<Pool*> notify_next;
-  std::atomic<bool> queued;
   std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay; kFree pools only)
+
+  // --- cache line 1: fixed while the pool is in use and read by every free, plus the remote
+  // list. A thread freeing into another thread's pool touches only this line, so it does not
+  // pull line 0 away from the owner at every allocation (producer/consumer programs).
+  alignas(64) std::uint16_t block_size;  // 0 while the pool is kFree
+  std::uint16_t start_bound;             // is_block_start(): capacity * e; 0 while kFree
+  std::uint32_t start_magic;             // is_block_start(): floor(2^32 / block_size) + 1
+  std::uint16_t capacity;                // blocks in the pool; 0 while kFree
+  std::atomic<std::uint8_t> dormant;     // bit per 4 KiB page, see invariant D
+  std::uint8_t index;                    // slot index in the arena, 1..63
+  std::atomic<bool> queued;
+  std::uintptr_t key;   // link-encoding secret
+  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
+  std::atomic<ThreadHeap*> owner;
+  std::atomic<std::uintptr_t> remote;
+  std::atomic<Pool*> notify_next;
 };
 static_assert(sizeof(Pool) <= kPoolHeaderSize, "pool headers must fit the metadata slot");
 
@@ -125,6 +128,11 @@ inline std::uintptr_t free_mark(const Pool* pool) noexcept {
 }
 inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept {
   if constexpr (!kChecks) return reinterpret_cast<std::uintptr_t>(next);
+  return reinterpret_cast<std::uintptr_t>(next) ^ pool->list_key;
+}
+// The same encoding from a thread that is not the owner (reads line 1 only).
+inline std::uintptr_t encode_remote_link(const Pool* pool, const Block* next) noexcept {
+  if constexpr (!kChecks) return reinterpret_cast<std::uintptr_t>(next);
   return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
 }
 
@@ -132,7 +140,7 @@ inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept 
 [[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
 inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
   if constexpr (!kChecks) return reinterpret_cast<Block*>(block->link);
-  std::uintptr_t next = block->link ^ pool->key;
+  std::uintptr_t next = block->link ^ pool->list_key;
   if (__builtin_expect(((next ^ reinterpret_cast<std::uintptr_t>(block)) >> kPoolShift) != 0, 0)) {
     if (next != 0) report_corrupt_free_list(pool, block);
   }
