@@ -235,14 +235,16 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   // to give are parked as full; one with only uncarved pages is remembered for step 3. The scan
   // looks at kPlacementScan candidates at most, so a heap with thousands of partly used pools
   // stays O(1) per refill (parked pools leave the list, so skipping them costs nothing twice).
+  // Candidates are compared without collecting their remote lists - each collection is an atomic
+  // exchange on a line other threads write - so blocks freed remotely and not yet collected
+  // count as used; only the chosen pool's list is taken.
   const bool fullest = g_fullest_placement.load(std::memory_order_relaxed) != 0;
   Pool* best = nullptr;
   Pool* carvable = nullptr;
   unsigned looked = 0;
   for (Pool* q = avail_[cls].head; q != nullptr && looked < kPlacementScan;) {
     Pool* next = q->next;
-    pool_collect_remote(q);
-    if (q->free) {
+    if (q->free || (q->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) != 0) {
       ++looked;
       if (best == nullptr ||
           q->used.load(std::memory_order_relaxed) > best->used.load(std::memory_order_relaxed))
@@ -258,6 +260,7 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
     }
     q = next;
   }
+  if (best != nullptr) pool_collect_remote(best);
   // 3. No free block anywhere: carve a page, in the fullest pool that still has one.
   if (best == nullptr && carvable != nullptr && pool_revive_page(carvable)) best = carvable;
   if (best != nullptr) {
