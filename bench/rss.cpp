@@ -188,15 +188,15 @@ int main(int argc, char** argv) {
     for (int round = 0; round < 6; ++round) {
       free_random(h, rng, 0.5, &freed_bytes);
       // N/4 new blocks into free slots, spread over the index range like the survivors.
-      size_t todo = h.count / 4;
-      for (size_t i = 0; i < h.count && todo > 0; ++i) {
+      size_t to_place = h.count / 4;
+      for (size_t i = 0; i < h.count && to_place > 0; ++i) {
         if (h.ptr[i] || rng.next() % 2) continue;
         size_t n = rng.range(o.min_size, o.max_size);
         char* p = static_cast<char*>(malloc(n));
         memset(p, int(i), n);
         h.ptr[i] = p;
         h.size[i] = uint32_t(n);
-        --todo;
+        --to_place;
       }
       emit_event("round");
     }
