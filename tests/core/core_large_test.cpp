@@ -18,16 +18,7 @@
 
 namespace {
 
-// VmSize: the address space the process has mapped.
-std::size_t vm_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long pages = 0;
-  if (f) {
-    if (std::fscanf(f, "%lu", &pages) != 1) pages = 0;
-    std::fclose(f);
-  }
-  return pages * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-}
+using tmtest::vm_bytes;
 
 void stamp(void* p, std::size_t n, unsigned char v) {
   auto* b = static_cast<unsigned char*>(p);

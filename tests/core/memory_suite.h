@@ -44,16 +44,6 @@ TYPED_TEST_P(ProcessMemory, FreshPoolsAreTouchedLazily) {
                            << (growth >> 10) << " KiB";
 }
 
-inline std::size_t vm_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long size = 0;
-  if (f) {
-    if (std::fscanf(f, "%lu", &size) != 1) size = 0;
-    std::fclose(f);
-  }
-  return size * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-}
-
 // Exit codes of the child, for the message in the parent.
 inline const char* limit_step(int code) {
   switch (code) {

@@ -116,6 +116,17 @@ inline std::size_t rss_bytes() {
   return (resident - shared) * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 }
 
+// VmSize: the address space the process has mapped (/proc/self/statm field 1), in bytes.
+inline std::size_t vm_bytes() {
+  std::FILE* f = std::fopen("/proc/self/statm", "r");
+  unsigned long size = 0;
+  if (f) {
+    if (std::fscanf(f, "%lu", &size) != 1) size = 0;
+    std::fclose(f);
+  }
+  return size * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
 // Waits for `pid` for at most `seconds`; a child still running then is killed (a deadlock in the
 // allocator after fork must fail the test, not hang it). Returns the wait status, or -1 on timeout.
 inline int wait_with_deadline(pid_t pid, double seconds) {

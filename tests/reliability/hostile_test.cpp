@@ -540,15 +540,7 @@ TEST(Hostile, HugeRequestsAsTheFirstCallsOfFreshThreads) {
 
 // --- low RLIMIT_AS, several threads, C++ -----------------------------------------------------
 
-std::size_t vm_bytes() {
-  std::FILE* f = std::fopen("/proc/self/statm", "r");
-  unsigned long size = 0;
-  if (f) {
-    if (std::fscanf(f, "%lu", &size) != 1) size = 0;
-    std::fclose(f);
-  }
-  return size * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-}
+using tmtest::vm_bytes;
 
 // Child: four threads fill the address space under RLIMIT_AS (plain malloc, new, std::vector,
 // strdup); each must see NULL+ENOMEM or std::bad_alloc; nothing kept is damaged; after the

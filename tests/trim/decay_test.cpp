@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "resident.h"
+#include "test_support.h"  // tests/core
 
 using namespace trimtest;
 
@@ -136,15 +137,7 @@ TEST(Decay, OffMeansOff) {
 // decay hands the dirty extents back, every region left wholly free is unmapped (VmSize).
 TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
   ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
-  auto vm_bytes = [] {
-    std::FILE* f = std::fopen("/proc/self/statm", "r");
-    unsigned long pages = 0;
-    if (f) {
-      if (std::fscanf(f, "%lu", &pages) != 1) pages = 0;
-      std::fclose(f);
-    }
-    return pages * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-  };
+  using tmtest::vm_bytes;
   std::size_t before = vm_bytes();
   std::vector<void*> blocks;
   for (int i = 0; i < 128; ++i) {  // 1 MiB: under jemalloc's oversize threshold, so they decay
