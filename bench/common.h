@@ -12,6 +12,7 @@
 
 #include <dlfcn.h>
 #include <malloc.h>
+#include <trimalloc/stats.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -161,6 +162,25 @@ class Result {
   std::string out_;
 };
 
+// Under trimalloc, its RSS ledger (stats/, docs/stats.md) at moment `when`: the bytes of the
+// kernel's RSS that trimalloc's own lines explain (`ours`), the program's anonymous memory the
+// ledger leaves over (stacks, the benchmark's arrays: `not_ours_anon`), file pages, and the
+// kernel's figure. Found with dlsym, so the same binary runs under every allocator.
+inline void record_ledger(Result& r, const std::string& when) {
+  if (allocator_name() != "trimalloc") return;
+  using get_fn = int (*)(tm_stats*);
+  auto get = reinterpret_cast<get_fn>(dlsym(RTLD_DEFAULT, "tm_stats_get"));
+  tm_stats s;
+  if (get == nullptr || get(&s) != 0) return;
+  const std::string k = "ledger_" + when + "_";
+  r.u64((k + "ours").c_str(), s.ledger.ours)
+      .u64((k + "not_ours_anon").c_str(), s.ledger.not_ours_anon)
+      .u64((k + "not_ours_file").c_str(), s.ledger.not_ours_file)
+      .u64((k + "overcount").c_str(), s.ledger.overcount)
+      .u64((k + "total").c_str(), s.ledger.total)
+      .u64((k + "rss_kernel").c_str(), s.ledger.rss_kernel);
+}
+
 // The tail every RSS workload shares once it has freed its blocks: RSS right after the free, after
 // `idle_s` seconds with no allocator call (automatic return), then after the explicit release.
 inline void release_phases(Result& r, double idle_s) {
@@ -174,6 +194,7 @@ inline void release_phases(Result& r, double idle_s) {
   double t1 = now_s();
   emit_event("release");
   r.u64("rss_after_release", rss_bytes());
+  record_ledger(r, "release");
   r.str("release_call", how);
   r.num("release_s", t1 - t0);
 }

@@ -162,6 +162,7 @@ int main(int argc, char** argv) {
   const double t1 = now_s();
   emit_event("allocated");
   const size_t peak = rss_bytes();
+  record_ledger(r, "peak");
   r.u64("rss_baseline", baseline).u64("rss_peak", peak).u64("bytes_requested", h.bytes);
   r.num("alloc_s", t1 - t0);
 

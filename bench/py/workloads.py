@@ -73,6 +73,23 @@ def explicit_release(who):
     return "none: unknown allocator"
 
 
+def record_ledger(result, when, who):
+    """Under trimalloc, its RSS ledger at moment `when` (as common.h's record_ledger), read from
+    tm_stats_json through ctypes."""
+    if who != "trimalloc" or not hasattr(_process, "tm_stats_json"):
+        return
+    fn = _process.tm_stats_json
+    fn.restype = ctypes.c_size_t
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    need = fn(None, 0)
+    buf = ctypes.create_string_buffer(need + 1)
+    fn(buf, need + 1)
+    ledger = json.loads(buf.value.decode()).get("ledger", {})
+    for key in ("ours", "not_ours_anon", "not_ours_file", "overcount", "total", "rss_kernel"):
+        if isinstance(ledger.get(key), int):
+            result["ledger_%s_%s" % (when, key)] = ledger[key]
+
+
 def release_phases(result, idle_s, who):
     """RSS after the free, after idling with no call, and after the explicit release (as common.h)."""
     emit_event("freed")
@@ -85,6 +102,7 @@ def release_phases(result, idle_s, who):
     result["release_s"] = time.monotonic() - t0
     emit_event("release")
     result["rss_after_release"] = rss_bytes()
+    record_ledger(result, "release", who)
 
 
 def peak_rss_bytes():
@@ -138,6 +156,7 @@ def run_docs(args, result, who):
     result["alloc_s"] = time.monotonic() - t0
     emit_event("allocated")
     result["rss_baseline"], result["rss_peak"] = baseline, rss_bytes()
+    record_ledger(result, "peak", who)
     t0 = time.monotonic()
     del data
     result["free_s"] = time.monotonic() - t0
@@ -154,6 +173,7 @@ def run_frag99(args, result, who):
     emit_event("allocated")
     peak = rss_bytes()
     result["rss_baseline"], result["rss_peak"] = baseline, peak
+    record_ledger(result, "peak", who)
     rng = random.Random(1)
     t0 = time.monotonic()
     keep = [rec for rec in data if rng.random() < 0.01]
