@@ -81,9 +81,14 @@ def record_ledger(result, when, who):
     fn = _process.tm_stats_json
     fn.restype = ctypes.c_size_t
     fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    need = fn(None, 0)
-    buf = ctypes.create_string_buffer(need + 1)
-    fn(buf, need + 1)
+    # Allocating the buffer changes the figures (and so the text's length): retry until it fits.
+    cap = fn(None, 0) + 4096
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        need = fn(buf, cap)
+        if need < cap:
+            break
+        cap = need + 4096
     ledger = json.loads(buf.value.decode()).get("ledger", {})
     for key in ("ours", "not_ours_anon", "not_ours_file", "overcount", "total", "rss_kernel"):
         if isinstance(ledger.get(key), int):
