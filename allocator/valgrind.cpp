@@ -56,6 +56,7 @@
 #include "fatal.h"
 #include "heap.h"
 #include "large.h"
+#include "os.h"
 
 #if !TRIMALLOC_VALGRIND
 #error "valgrind.cpp is built only with TRIMALLOC_VALGRIND=1"
@@ -295,6 +296,9 @@ void* vg_realloc(void* q, std::size_t size, const char* call) noexcept {
 
 // Called once at start-up (alloc.cpp), after decay_init() installed its thread-exit hook.
 void vg_init() noexcept {
+  // Valgrind 3.19 does not know process_madvise (syscall 440): it would warn at the first trim
+  // and fail it; purge range by range with madvise instead, which it models.
+  if (RUNNING_ON_VALGRIND) os::disable_batched_purge();
   // An exiting thread's clean-up collects remote frees and walks its pools' free lists.
   g_before_thread_exit = quiet_thread;
   g_previous_after_exit = g_after_thread_exit;
