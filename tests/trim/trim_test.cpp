@@ -3,6 +3,7 @@
 // with allocation and remote frees in other threads. Automatic decay is off in this binary
 // (decay_tests covers it) so that every release observed here is the trim's own doing.
 #include <gtest/gtest.h>
+#include <trimalloc/stats.h>
 #include <trimalloc/trimalloc.h>
 
 #include <atomic>
@@ -158,6 +159,44 @@ TEST(Trim, AllReachesAnIdleThreadFullDoesNot) {
     ASSERT_TRUE(check(p, 64));
     tm_free(p);
   }
+}
+
+// TRIMALLOC_MAX_CACHED ("max_cached"): free pools kept resident for reuse never exceed the cap,
+// even with automatic decay off. Pools emptied inside arenas that stay in use (one live block
+// each) are the cache; with a large cap they stay resident, which shows the cap is what limits.
+namespace {
+std::size_t resident_empty_pools_after_churn() {
+  constexpr std::size_t kSize = 256, kCount = 80000;  // about 20 MiB, 20 arenas
+  std::vector<void*> blocks(kCount);
+  for (auto& p : blocks) {
+    p = tm_malloc(kSize);
+    std::memset(p, 1, kSize);
+  }
+  std::vector<void*> keep;
+  std::set<std::uintptr_t> arenas;
+  for (void* p : blocks) {
+    if (arenas.insert(reinterpret_cast<std::uintptr_t>(p) >> 20).second)
+      keep.push_back(p);
+    else
+      tm_free(p);
+  }
+  tm_stats s;
+  tm_stats_get(&s);
+  for (void* p : keep) tm_free(p);
+  tm_trim(TM_TRIM_FULL);
+  return s.empty_pools_resident;
+}
+}  // namespace
+
+TEST(Trim, MaxCachedCapsTheFreeMemoryKeptForReuse) {
+  constexpr long long kCap = 2 << 20;
+  ASSERT_EQ(tm_option_set("max_cached", 64ll << 20), 0);
+  std::size_t uncapped = resident_empty_pools_after_churn();
+  ASSERT_EQ(tm_option_set("max_cached", kCap), 0);
+  std::size_t capped = resident_empty_pools_after_churn();
+  ASSERT_EQ(tm_option_set("max_cached", 64ll << 20), 0);
+  EXPECT_GT(uncapped, std::size_t{kCap} * 4) << "the control kept too little to show the cap";
+  EXPECT_LE(capped, std::size_t{kCap}) << "free pools resident beyond max_cached";
 }
 
 TEST(Trim, ExitedThreadsPoolsAreReleased) {
