@@ -14,7 +14,7 @@ namespace {
 std::atomic<bool> g_supported{false};
 SpinLock g_visit_lock;
 
-long membarrier(int cmd) {
+[[maybe_unused]] long membarrier(int cmd) {  // not called in TSan builds
   return syscall(__NR_membarrier, cmd, 0, 0);
 }
 }  // namespace
