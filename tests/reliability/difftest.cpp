@@ -36,33 +36,27 @@ struct Api {
   static void* malloc(std::size_t n) { return ::malloc(n); }
   static void* calloc(std::size_t c, std::size_t n) { return ::calloc(c, n); }
   static void* realloc(void* p, std::size_t n) { return ::realloc(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return ::reallocarray(p, c, n); }
+  static void* reallocarray(void* p, std::size_t c, std::size_t n) {
+    return ::reallocarray(p, c, n);
+  }
   static void free(void* p) { ::free(p); }
   static void free_sized(void* p, std::size_t n) { ::free_sized(p, n); }
-  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) { ::free_aligned_sized(p, a, n); }
+  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) {
+    ::free_aligned_sized(p, a, n);
+  }
   static void* aligned_alloc(std::size_t a, std::size_t n) { return ::aligned_alloc(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return ::posix_memalign(out, a, n); }
+  static int posix_memalign(void** out, std::size_t a, std::size_t n) {
+    return ::posix_memalign(out, a, n);
+  }
   static void* memalign(std::size_t a, std::size_t n) { return ::memalign(a, n); }
   static void* valloc(std::size_t n) { return ::valloc(n); }
   static std::size_t usable(const void* p) { return ::malloc_usable_size(const_cast<void*>(p)); }
   static void trim() { ::malloc_trim(0); }
 };
 #else
-#include <trimalloc/trimalloc.h>
-struct Api {
+#include "tm_api.h"
+struct Api : reltest::TmApi {
   static constexpr const char* name = "tm_* (engine)";
-  static void* malloc(std::size_t n) { return tm_malloc(n); }
-  static void* calloc(std::size_t c, std::size_t n) { return tm_calloc(c, n); }
-  static void* realloc(void* p, std::size_t n) { return tm_realloc(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) { return tm_reallocarray(p, c, n); }
-  static void free(void* p) { tm_free(p); }
-  static void free_sized(void* p, std::size_t n) { tm_free_sized(p, n); }
-  static void free_aligned_sized(void* p, std::size_t a, std::size_t n) { tm_free_aligned_sized(p, a, n); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return tm_aligned_alloc(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) { return tm_posix_memalign(out, a, n); }
-  static void* memalign(std::size_t a, std::size_t n) { return tm_memalign(a, n); }
-  static void* valloc(std::size_t n) { return tm_valloc(n); }
-  static std::size_t usable(const void* p) { return tm_usable_size(p); }
   static void trim() { tm_trim(TM_TRIM_ALL); }
 };
 #endif
@@ -89,10 +83,11 @@ struct Options {
 };
 
 [[noreturn]] void usage(const char* msg) {
-  std::fprintf(stderr,
-               "difftest: %s\nusage: difftest [--seed N] [--ops N-per-thread] [--threads N] [--seconds S] "
-               "[--self-test corrupt|overlap|calloc] [--without op,op,...]\n",
-               msg);
+  std::fprintf(
+      stderr,
+      "difftest: %s\nusage: difftest [--seed N] [--ops N-per-thread] [--threads N] [--seconds S] "
+      "[--self-test corrupt|overlap|calloc] [--without op,op,...]\n",
+      msg);
   std::exit(2);
 }
 
@@ -136,14 +131,17 @@ struct Weight {
   unsigned w;
 };
 constexpr Weight kWeights[] = {
-    {rel::kMalloc, 200},        {rel::kCalloc, 60},    {rel::kRealloc, 120},  {rel::kReallocarray, 30},
-    {rel::kAlignedAlloc, 50},   {rel::kPosixMemalign, 40}, {rel::kMemalign, 30}, {rel::kValloc, 8},
-    {rel::kFree, 180},          {rel::kFreeSized, 80}, {rel::kVerify, 80},    {rel::kHandoff, 80},
-    {rel::kHuge, 4},            {rel::kTrim, 1},
+    {rel::kMalloc, 200},      {rel::kCalloc, 60},       {rel::kRealloc, 120},
+    {rel::kReallocarray, 30}, {rel::kAlignedAlloc, 50}, {rel::kPosixMemalign, 40},
+    {rel::kMemalign, 30},     {rel::kValloc, 8},        {rel::kFree, 180},
+    {rel::kFreeSized, 80},    {rel::kVerify, 80},       {rel::kHandoff, 80},
+    {rel::kHuge, 4},          {rel::kTrim, 1},
 };
 
 std::string g_without;
-bool excluded(rel::Code c) { return g_without.find(std::string(",") + rel::code_name(c) + ",") != std::string::npos; }
+bool excluded(rel::Code c) {
+  return g_without.find(std::string(",") + rel::code_name(c) + ",") != std::string::npos;
+}
 
 rel::Op next_op(std::mt19937_64& rng) {
   static const unsigned total = [] {
@@ -176,8 +174,9 @@ int main(int argc, char** argv) {
   Options o = parse(argc, argv);
   g_seed = o.seed;
   g_without = o.without;
-  std::printf("difftest: %s, seed %llu, %u threads, %llu ops per thread, %g s limit%s%s\n", Api::name, o.seed,
-              o.threads, o.ops, o.seconds, o.self_test.empty() ? "" : ", self-test ", o.self_test.c_str());
+  std::printf("difftest: %s, seed %llu, %u threads, %llu ops per thread, %g s limit%s%s\n",
+              Api::name, o.seed, o.threads, o.ops, o.seconds,
+              o.self_test.empty() ? "" : ", self-test ", o.self_test.c_str());
   std::fflush(stdout);
   rel::World world;
   auto start = std::chrono::steady_clock::now();
@@ -200,7 +199,8 @@ int main(int argc, char** argv) {
           if (o.self_test == "corrupt") {
             b[r->usable / 2] ^= 0x40;  // as a stray write by the allocator would
           } else {
-            world.live.insert(b + r->usable / 2, 16, "malloc (self-test: a block inside a live block)");
+            world.live.insert(b + r->usable / 2, 16,
+                              "malloc (self-test: a block inside a live block)");
           }
         }
         planted = true;
@@ -213,13 +213,15 @@ int main(int argc, char** argv) {
   body(0);
   for (auto& t : ts) t.join();
   rel::Tester<Api>::drain(world);
-  if (world.live.size() != 0) rel::failf("model: %zu blocks still live after every thread freed its own", world.live.size());
+  if (world.live.size() != 0)
+    rel::failf("model: %zu blocks still live after every thread freed its own", world.live.size());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!o.self_test.empty()) {
     std::printf("difftest: self-test %s: the planted fault was %s\n", o.self_test.c_str(),
                 planted ? "NOT detected" : "never planted (run too short)");
     return 1;
   }
-  std::printf("difftest: OK, %llu ops in %.1f s\n", static_cast<unsigned long long>(world.ops.load()), secs);
+  std::printf("difftest: OK, %llu ops in %.1f s\n",
+              static_cast<unsigned long long>(world.ops.load()), secs);
   return 0;
 }
