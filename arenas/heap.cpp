@@ -400,7 +400,7 @@ std::size_t trim_abandoned(bool release_pages) noexcept {
         abandoned_remove(p);
         g_arenas.release_pool(p);  // its pages are purged by the arena pass that follows
       } else if (release_pages) {
-        released += pool_release_free_pages(p, &batch);
+        released += pool_release_free_pages(p, batch);
       }
       p = next;
     }
@@ -421,7 +421,7 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
         list_remove(avail_[c], p);
         g_arenas.release_pool(p);  // no notification is possible after unpark_all()
       } else if (release_pages) {
-        released += pool_release_free_pages(p, &batch);
+        released += pool_release_free_pages(p, batch);
       }
       p = next;
     }

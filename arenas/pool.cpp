@@ -204,7 +204,7 @@ void PurgeBatch::flush() noexcept {
   count_ = 0;
 }
 
-std::size_t pool_release_free_pages(Pool* pool, PurgeBatch* batch) noexcept {
+std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
   const std::uint32_t size = pool->block_size;
   const std::uint16_t capacity = pool->capacity;
   const std::uintptr_t base = pool_data(pool);
@@ -261,10 +261,7 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch* batch) noexcept {
     while (end + 1 < kPagesPerPool && (releasable & (1u << (end + 1)))) ++end;
     std::size_t bytes = std::size_t{end - page + 1} << kPageShift;
     std::uintptr_t start = base + (std::uintptr_t{page} << kPageShift);
-    if (batch)
-      batch->add(start, bytes);
-    else
-      os::purge(reinterpret_cast<void*>(start), bytes);
+    batch.add(start, bytes);
     purged += bytes;
     page = end;
   }

@@ -197,10 +197,10 @@ class PurgeBatch {
   unsigned count_ = 0;
 };
 
-// Makes every page that holds no live block dormant and purges it (through `batch`, or at once);
+// Makes every page that holds no live block dormant and hands it to `batch` to be purged;
 // returns bytes released. Owner (or lock holder for abandoned pools) only; remote list must be
 // collected first.
-std::size_t pool_release_free_pages(Pool* pool, PurgeBatch* batch = nullptr) noexcept;
+std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept;
 // True if `block` is on the free or remote list (slow; used to confirm a suspected double free).
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept;
 // Clears kWantNotify and waits out an in-flight notification (owner only).
