@@ -37,6 +37,13 @@ std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
 std::atomic<std::uint64_t> g_last_thread_exit_ms{0};
 std::atomic<bool> g_in_fork_child{false};
+// Held from pthread_create until the new thread runs its own code, and by the fork prepare
+// handler: a fork never happens while the decay thread is half-born. Its start-up (glibc's
+// pthread_getattr_np, a sanitizer's thread registration) allocates through whatever malloc
+// the program has, and not every malloc locks itself across fork (GCC 12's ASan does not): a
+// child forked in that window would inherit that malloc's lock held, and hang on first use.
+pthread_mutex_t g_start_lock = PTHREAD_MUTEX_INITIALIZER;
+std::atomic<std::uint32_t> g_thread_running{0};  // 1 once decay_main has begun
 // A heap smaller than this never gets a decay thread (what it could return is not worth one).
 constexpr std::size_t kHeapWorthAThread = 8 << 20;
 
@@ -114,6 +121,9 @@ void exit_if_last_thread() {
 }
 
 void* decay_main(void*) {
+  g_thread_running.store(1, std::memory_order_release);
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&g_thread_running), FUTEX_WAKE_PRIVATE,
+          1, nullptr, nullptr, 0);
   pthread_setname_np(pthread_self(), "trimalloc-decay");
   for (;;) {
     std::uint32_t seq = g_wake_seq.load(std::memory_order_acquire);
@@ -166,7 +176,13 @@ void start_thread() {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   pthread_t tid;
+  pthread_mutex_lock(&g_start_lock);
+  g_thread_running.store(0, std::memory_order_relaxed);
   int rc = pthread_create(&tid, &attr, decay_main, nullptr);
+  if (rc == 0)
+    while (g_thread_running.load(std::memory_order_acquire) == 0)
+      futex_wait(&g_thread_running, 0, -1);
+  pthread_mutex_unlock(&g_start_lock);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   pthread_attr_destroy(&attr);
   if (rc != 0) g_started.store(false, std::memory_order_release);  // try again next time
@@ -219,13 +235,16 @@ void on_thread_exit() noexcept {
 }
 
 void before_fork() {
+  pthread_mutex_lock(&g_start_lock);
   visit_lock();
 }
 void after_fork_parent() {
   visit_unlock();
+  pthread_mutex_unlock(&g_start_lock);
 }
 void after_fork_child() {
   visit_reset_after_fork();
+  pthread_mutex_init(&g_start_lock, nullptr);
   // The decay thread did not survive fork().
   g_started.store(false, std::memory_order_relaxed);
   g_sleeping.store(false, std::memory_order_relaxed);

@@ -129,6 +129,18 @@ inline std::size_t vm_bytes() {
 
 // Waits for `pid` for at most `seconds`; a child still running then is killed (a deadlock in the
 // allocator after fork must fail the test, not hang it). Returns the wait status, or -1 on timeout.
+// A hung child is the one failure that leaves no trace of its own, so print every thread's
+// stack (when gdb is installed) before it is killed: that is what a deadlock report needs.
+inline void dump_stacks(pid_t pid) {
+  if (std::system("command -v gdb >/dev/null 2>&1") != 0) return;
+  char cmd[160];
+  std::snprintf(cmd, sizeof cmd,
+                "timeout -s KILL 60 gdb -p %d -batch -nx -ex 'thread apply all bt' 1>&2 2>/dev/null",
+                static_cast<int>(pid));
+  std::fprintf(stderr, "child %d timed out; its threads:\n", static_cast<int>(pid));
+  if (std::system(cmd) != 0) std::fprintf(stderr, "(gdb could not attach)\n");
+}
+
 inline int wait_with_deadline(pid_t pid, double seconds) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
   for (;;) {
@@ -137,6 +149,7 @@ inline int wait_with_deadline(pid_t pid, double seconds) {
     if (r == pid) return status;
     if (r < 0 && errno != EINTR) return -2;
     if (std::chrono::steady_clock::now() > deadline) {
+      dump_stacks(pid);
       kill(pid, SIGKILL);
       waitpid(pid, &status, 0);
       return -1;
