@@ -134,9 +134,10 @@ inline std::size_t vm_bytes() {
 inline void dump_stacks(pid_t pid) {
   if (std::system("command -v gdb >/dev/null 2>&1") != 0) return;
   char cmd[160];
-  std::snprintf(cmd, sizeof cmd,
-                "timeout -s KILL 60 gdb -p %d -batch -nx -ex 'thread apply all bt' 1>&2 2>/dev/null",
-                static_cast<int>(pid));
+  std::snprintf(
+      cmd, sizeof cmd,
+      "timeout -s KILL 60 gdb -p %d -batch -nx -ex 'thread apply all bt' 1>&2 2>/dev/null",
+      static_cast<int>(pid));
   std::fprintf(stderr, "child %d timed out; its threads:\n", static_cast<int>(pid));
   if (std::system(cmd) != 0) std::fprintf(stderr, "(gdb could not attach)\n");
 }
