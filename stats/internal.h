@@ -38,6 +38,14 @@ bool read_kernel_rss(KernelRss* out) noexcept;
 // Profiler figures for tm_stats (profile.cpp).
 std::size_t profiler_meta_bytes() noexcept;
 std::size_t profiler_live_samples() noexcept;
+// Estimated rounding (block size - requested) of the live small blocks, from the samples;
+// known is false while sampling is off.
+struct RoundingEstimate {
+  bool known = false;
+  std::size_t samples = 0;
+  double bytes = 0, variance = 0;
+};
+RoundingEstimate profiler_small_rounding() noexcept;
 
 // Reports a bad TRIMALLOC_* value once per variable on stderr.
 void report_bad_env(const char* name, const char* value, const char* expected) noexcept;

@@ -33,7 +33,9 @@ void Writer::printf(const char* fmt, ...) noexcept {
 
 namespace {
 
-double mib(std::size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
+double mib(std::size_t b) {
+  return static_cast<double>(b) / (1024.0 * 1024.0);
+}
 double pct(std::size_t part, std::size_t whole) {
   return whole ? 100.0 * static_cast<double>(part) / static_cast<double>(whole) : 0.0;
 }
@@ -46,7 +48,8 @@ struct LedgerLine {
 const LedgerLine kLedger[] = {
     {"small_live", "live small blocks (at block size)", &tm_ledger::small_live},
     {"small_free", "free blocks in pools in use", &tm_ledger::small_free},
-    {"small_pool_slack", "pool slack (tails, resident dormant pages)", &tm_ledger::small_pool_slack},
+    {"small_pool_slack", "pool slack (tails, resident dormant pages)",
+     &tm_ledger::small_pool_slack},
     {"small_empty_pools", "empty pools kept resident", &tm_ledger::small_empty_pools},
     {"large_live", "large live (jemalloc allocated)", &tm_ledger::large_live},
     {"large_slack", "large slack (active - allocated)", &tm_ledger::large_slack},
@@ -55,6 +58,22 @@ const LedgerLine kLedger[] = {
     {"not_ours_file", "not ours: files (text, libraries)", &tm_ledger::not_ours_file},
     {"not_ours_anon", "not ours: other anonymous (stacks...)", &tm_ledger::not_ours_anon},
 };
+
+// small_live split in two: estimates from the samples, or unknown with sampling off.
+void write_requested_split(Writer& w, const tm_ledger& l) noexcept {
+  if (l.small_requested_known) {
+    w.printf("    %-40s %10.2f %6.1f  estimate, +-%.2f MiB (1 s.e., %zu samples)\n",
+             "of which requested by the program", mib(l.small_live_requested),
+             pct(l.small_live_requested, l.rss_kernel), mib(l.small_rounding_stderr),
+             l.small_requested_samples);
+    w.printf("    %-40s %10.2f %6.1f  estimate, +-%.2f MiB\n",
+             "of which rounding inside size classes", mib(l.small_rounding),
+             pct(l.small_rounding, l.rss_kernel), mib(l.small_rounding_stderr));
+  } else {
+    w.printf("    %-40s %10s  (estimated only while sampling is on: TRIMALLOC_PROFILE)\n",
+             "of which requested / rounding", "unknown");
+  }
+}
 
 }  // namespace
 
@@ -78,15 +97,17 @@ void write_text(Writer& w, const tm_stats& s) noexcept {
   }
   w.printf("\narenas: %zu mapped (%.2f MiB), %.2f MiB resident, %zu released so far\n", s.arenas,
            mib(s.arena_mapped), mib(s.arena_resident), s.arenas_released);
-  w.printf("  pools: %zu in use, %zu free dirty, %zu free clean; empty pools resident %.2f MiB; "
-           "%zu pool pages not resident\n",
-           s.pools_in_use, s.pools_free_dirty, s.pools_free_clean, mib(s.empty_pools_resident),
-           s.pages_released);
+  w.printf(
+      "  pools: %zu in use, %zu free dirty, %zu free clean; empty pools resident %.2f MiB; "
+      "%zu pool pages not resident\n",
+      s.pools_in_use, s.pools_free_dirty, s.pools_free_clean, mib(s.empty_pools_resident),
+      s.pages_released);
   w.printf("  trims: %zu, bytes released by trim/decay: %zu\n", s.trims, s.trim_bytes_released);
-  w.printf("\nlarge blocks (jemalloc): allocated %.2f MiB, active %.2f MiB, resident %.2f MiB, "
-           "retained %.2f MiB, mapped %.2f MiB, metadata %.2f MiB, %zu mallocs, %zu frees\n",
-           mib(s.large_allocated), mib(s.large_active), mib(s.large_resident), mib(s.large_retained),
-           mib(s.large_mapped), mib(s.large_metadata), s.large_nmalloc, s.large_ndalloc);
+  w.printf(
+      "\nlarge blocks (jemalloc): allocated %.2f MiB, active %.2f MiB, resident %.2f MiB, "
+      "retained %.2f MiB, mapped %.2f MiB, metadata %.2f MiB, %zu mallocs, %zu frees\n",
+      mib(s.large_allocated), mib(s.large_active), mib(s.large_resident), mib(s.large_retained),
+      mib(s.large_mapped), mib(s.large_metadata), s.large_nmalloc, s.large_ndalloc);
   w.printf("metadata: thread heaps %.2f MiB, arena headers %.2f MiB, profiler %.2f MiB\n",
            mib(s.meta_heaps), mib(s.meta_arena_headers), mib(s.meta_profiler));
   if (s.profile_rate)
@@ -94,55 +115,76 @@ void write_text(Writer& w, const tm_stats& s) noexcept {
              s.profile_samples_live);
 
   w.printf("\nRSS ledger                                       MiB       %%\n");
-  for (const LedgerLine& line : kLedger)
-    w.printf("  %-42s %10.2f %6.1f\n", line.label, mib(l.*line.field), pct(l.*line.field, l.rss_kernel));
-  w.printf("  %-42s %10s\n", "rounding inside size classes", "unknown");
+  for (const LedgerLine& line : kLedger) {
+    w.printf("  %-42s %10.2f %6.1f\n", line.label, mib(l.*line.field),
+             pct(l.*line.field, l.rss_kernel));
+    if (line.field == &tm_ledger::small_live) write_requested_split(w, l);
+  }
   w.printf("  %-42s %10.2f %6.1f\n", "sum", mib(l.total), pct(l.total, l.rss_kernel));
   w.printf("  %-42s %10.2f\n", "kernel RSS", mib(l.rss_kernel));
   if (l.overcount)
-    w.printf("  note: trimalloc's lines exceed the kernel's anonymous RSS by %.2f MiB (jemalloc counts "
-             "pages it never touched as resident)\n",
-             mib(l.overcount));
+    w.printf(
+        "  note: trimalloc's lines exceed the kernel's anonymous RSS by %.2f MiB (jemalloc counts "
+        "pages it never touched as resident)\n",
+        mib(l.overcount));
 }
 
 void write_json(Writer& w, const tm_stats& s) noexcept {
   const tm_ledger& l = s.ledger;
-  w.printf("{\"version\":2,\"allocated\":%zu,\"peak_allocated_seen\":%zu,\"resident_ours\":%zu,"
-           "\"mapped\":%zu,",
-           s.allocated, s.peak_allocated_seen, s.resident_ours, s.mapped);
+  w.printf(
+      "{\"version\":2,\"allocated\":%zu,\"peak_allocated_seen\":%zu,\"resident_ours\":%zu,"
+      "\"mapped\":%zu,",
+      s.allocated, s.peak_allocated_seen, s.resident_ours, s.mapped);
   w.printf("\"classes\":[");
   for (unsigned c = 0; c < TM_STATS_CLASSES; ++c) {
     const tm_class_stats& k = s.classes[c];
-    w.printf("%s{\"class\":%u,\"block_size\":%zu,\"pools\":%zu,\"blocks_live\":%zu,\"blocks_free\":%zu,"
-             "\"peak_blocks_seen\":%zu,\"peak_pools\":%zu,\"peak_blocks_bound\":%zu}",
-             c ? "," : "", c, k.block_size, k.pools, k.blocks_live, k.blocks_free, k.peak_blocks_seen,
-             k.peak_pools, k.peak_blocks_bound);
+    w.printf(
+        "%s{\"class\":%u,\"block_size\":%zu,\"pools\":%zu,\"blocks_live\":%zu,\"blocks_free\":%zu,"
+        "\"peak_blocks_seen\":%zu,\"peak_pools\":%zu,\"peak_blocks_bound\":%zu}",
+        c ? "," : "", c, k.block_size, k.pools, k.blocks_live, k.blocks_free, k.peak_blocks_seen,
+        k.peak_pools, k.peak_blocks_bound);
   }
-  w.printf("],\"arenas\":{\"count\":%zu,\"released\":%zu,\"mapped\":%zu,\"resident\":%zu,\"pools_in_use\":%zu,"
-           "\"pools_free_dirty\":%zu,\"pools_free_clean\":%zu,\"empty_pools_resident\":%zu,"
-           "\"pages_released\":%zu,\"trims\":%zu,\"trim_bytes_released\":%zu},",
-           s.arenas, s.arenas_released, s.arena_mapped, s.arena_resident, s.pools_in_use,
-           s.pools_free_dirty, s.pools_free_clean, s.empty_pools_resident, s.pages_released, s.trims,
-           s.trim_bytes_released);
-  w.printf("\"large\":{\"allocated\":%zu,\"active\":%zu,\"resident\":%zu,\"retained\":%zu,\"mapped\":%zu,"
-           "\"metadata\":%zu,\"dirty\":%zu,\"resident_measured\":%zu,\"nmalloc\":%zu,\"ndalloc\":%zu},",
-           s.large_allocated, s.large_active, s.large_resident, s.large_retained, s.large_mapped,
-           s.large_metadata, s.large_dirty, s.large_resident_measured, s.large_nmalloc, s.large_ndalloc);
-  w.printf("\"metadata\":{\"thread_heaps\":%zu,\"arena_headers\":%zu,\"profiler\":%zu},", s.meta_heaps,
-           s.meta_arena_headers, s.meta_profiler);
-  w.printf("\"kernel\":{\"rss\":%zu,\"rss_anon\":%zu,\"rss_file\":%zu},", s.rss, s.rss_anon, s.rss_file);
-  w.printf("\"profile\":{\"rate\":%zu,\"samples_live\":%zu},", s.profile_rate, s.profile_samples_live);
+  w.printf(
+      "],\"arenas\":{\"count\":%zu,\"released\":%zu,\"mapped\":%zu,\"resident\":%zu,\"pools_in_"
+      "use\":%zu,"
+      "\"pools_free_dirty\":%zu,\"pools_free_clean\":%zu,\"empty_pools_resident\":%zu,"
+      "\"pages_released\":%zu,\"trims\":%zu,\"trim_bytes_released\":%zu},",
+      s.arenas, s.arenas_released, s.arena_mapped, s.arena_resident, s.pools_in_use,
+      s.pools_free_dirty, s.pools_free_clean, s.empty_pools_resident, s.pages_released, s.trims,
+      s.trim_bytes_released);
+  w.printf(
+      "\"large\":{\"allocated\":%zu,\"active\":%zu,\"resident\":%zu,\"retained\":%zu,\"mapped\":%"
+      "zu,"
+      "\"metadata\":%zu,\"dirty\":%zu,\"resident_measured\":%zu,\"nmalloc\":%zu,\"ndalloc\":%zu},",
+      s.large_allocated, s.large_active, s.large_resident, s.large_retained, s.large_mapped,
+      s.large_metadata, s.large_dirty, s.large_resident_measured, s.large_nmalloc, s.large_ndalloc);
+  w.printf("\"metadata\":{\"thread_heaps\":%zu,\"arena_headers\":%zu,\"profiler\":%zu},",
+           s.meta_heaps, s.meta_arena_headers, s.meta_profiler);
+  w.printf("\"kernel\":{\"rss\":%zu,\"rss_anon\":%zu,\"rss_file\":%zu},", s.rss, s.rss_anon,
+           s.rss_file);
+  w.printf("\"profile\":{\"rate\":%zu,\"samples_live\":%zu},", s.profile_rate,
+           s.profile_samples_live);
   w.printf("\"ledger\":{");
   for (const LedgerLine& line : kLedger) w.printf("\"%s\":%zu,", line.key, l.*line.field);
-  w.printf("\"small_live_requested\":null,\"total\":%zu,\"rss_kernel\":%zu,\"ours\":%zu,\"overcount\":%zu}}",
-           l.total, l.rss_kernel, l.ours, l.overcount);
+  if (l.small_requested_known)
+    w.printf("\"small_live_requested\":%zu,\"small_rounding\":%zu,\"small_rounding_stderr\":%zu,",
+             l.small_live_requested, l.small_rounding, l.small_rounding_stderr);
+  else
+    w.printf(
+        "\"small_live_requested\":null,\"small_rounding\":null,\"small_rounding_stderr\":null,");
+  w.printf(
+      "\"small_requested_samples\":%zu,\"total\":%zu,\"rss_kernel\":%zu,\"ours\":%zu,\"overcount\":"
+      "%zu}}",
+      l.small_requested_samples, l.total, l.rss_kernel, l.ours, l.overcount);
 }
 
 void report_bad_env(const char* name, const char* value, const char* expected) noexcept {
   char line[512];
-  int n = std::snprintf(line, sizeof line, "trimalloc: %s='%s' is not %s; ignored\n", name, value, expected);
+  int n = std::snprintf(line, sizeof line, "trimalloc: %s='%s' is not %s; ignored\n", name, value,
+                        expected);
   if (n > 0) {
-    ssize_t unused = write(STDERR_FILENO, line, static_cast<std::size_t>(n) < sizeof line ? n : sizeof line - 1);
+    ssize_t unused =
+        write(STDERR_FILENO, line, static_cast<std::size_t>(n) < sizeof line ? n : sizeof line - 1);
     (void)unused;
   }
 }
@@ -188,7 +230,8 @@ __attribute__((destructor(200))) void print_stats_at_exit() {
     case AtExit::kPath: {
       FILE* f = std::fopen(g_path, "w");
       if (f == nullptr) {
-        std::fprintf(stderr, "trimalloc: TRIMALLOC_STATS: cannot write '%s': %s\n", g_path, std::strerror(errno));
+        std::fprintf(stderr, "trimalloc: TRIMALLOC_STATS: cannot write '%s': %s\n", g_path,
+                     std::strerror(errno));
         return;
       }
       bool json = ends_with(g_path, ".json");
@@ -209,7 +252,9 @@ extern "C" TM_API int tm_stats_print(FILE* out, const char* format) {
   if (format == nullptr) format = "text";
   bool json = std::strcmp(format, "json") == 0;
   if (!json && std::strcmp(format, "text") != 0) {
-    std::fprintf(stderr, "trimalloc: tm_stats_print: unknown format '%s' (expected \"text\" or \"json\")\n", format);
+    std::fprintf(stderr,
+                 "trimalloc: tm_stats_print: unknown format '%s' (expected \"text\" or \"json\")\n",
+                 format);
     return -1;
   }
   if (out == nullptr) {
@@ -219,7 +264,10 @@ extern "C" TM_API int tm_stats_print(FILE* out, const char* format) {
   tm_stats s;
   tm_stats_get(&s);
   Writer w(out);
-  if (json) write_json(w, s); else write_text(w, s);
+  if (json)
+    write_json(w, s);
+  else
+    write_text(w, s);
   std::fflush(out);
   return 0;
 }

@@ -46,9 +46,9 @@ constexpr std::size_t kStackSlots = std::size_t{1} << 14;
 struct Sample {
   std::uintptr_t ptr;  // 0 = empty slot
   std::uint32_t stack;
-  std::uint32_t unused;
-  std::uint64_t size;
-  double inv_p;  // 1 / probability of having been sampled
+  std::uint32_t block;  // block size a small request would have had; 0 for a large one
+  std::uint64_t size;   // requested bytes
+  double inv_p;         // 1 / probability of having been sampled
 };
 struct Stack {
   std::uint64_t hash;  // 0 = empty slot
@@ -209,8 +209,9 @@ bool load_unwinder() {
   return true;
 }
 
-// Records `p` (size bytes, sampled at `rate`) with the current call stack.
-void record(void* p, std::size_t size, std::size_t rate) {
+// Records `p` (size bytes requested, `block` bytes if it is a small request, sampled at `rate`)
+// with the current call stack.
+void record(void* p, std::size_t size, std::size_t block, std::size_t rate) {
   std::uintptr_t pc[kMaxDepth + 2];
   int depth = 0;
   if (BacktraceFn bt = g_backtrace.load(std::memory_order_acquire))
@@ -218,7 +219,8 @@ void record(void* p, std::size_t size, std::size_t rate) {
   // Frame 0 is this function; frame 1 the hook that called it.
   unsigned skip = depth > 2 ? 2 : static_cast<unsigned>(depth);
   double p_sampled = -std::expm1(-static_cast<double>(size) / static_cast<double>(rate));
-  Sample s{reinterpret_cast<std::uintptr_t>(p), 0, 0, size, p_sampled > 0 ? 1.0 / p_sampled : 1.0};
+  Sample s{reinterpret_cast<std::uintptr_t>(p), 0, static_cast<std::uint32_t>(block), size,
+           p_sampled > 0 ? 1.0 / p_sampled : 1.0};
   LockGuard guard(g_lock);
   if (g_samples == nullptr) return;
   s.stack = intern_stack(pc + skip, static_cast<unsigned>(depth) - skip);
@@ -263,7 +265,7 @@ void* prof_sample_small(unsigned cls, std::size_t size) noexcept {
   std::size_t block = class_block_size(cls);
   tl_in_prof = true;
   void* p = large_alloc(block, natural_alignment(block), false);
-  if (p != nullptr) record(p, size, rate);
+  if (p != nullptr) record(p, size, block, rate);
   tl_in_prof = false;
   return p != nullptr ? p : tl_thread.heap->alloc(cls);
 }
@@ -272,7 +274,7 @@ void prof_sample_large(void* p, std::size_t size) noexcept {
   std::size_t rate;
   if (p == nullptr || !should_sample(&rate)) return;
   tl_in_prof = true;
-  record(p, size, rate);
+  record(p, size, 0, rate);
   tl_in_prof = false;
 }
 
@@ -307,6 +309,31 @@ std::size_t profiler_meta_bytes() noexcept {
 
 std::size_t profiler_live_samples() noexcept {
   return g_sampled_live.load(std::memory_order_relaxed);
+}
+
+// The rounding of the live small blocks that were NOT sampled (the sampled ones are jemalloc's
+// blocks and not in small_live). A live small request i, rounded up by r_i bytes and sampled with
+// probability p_i, contributes I_i * r_i * (1/p_i - 1), where I_i says whether it was sampled.
+// The error against the true sum of (1 - I_i) * r_i is sum r_i * (I_i / p_i - 1): the
+// Horvitz-Thompson error, zero on average, with variance sum r_i^2 (1 - p_i) / p_i, estimated
+// without bias by summing I_i * r_i^2 * (1 - p_i) / p_i^2 over the samples.
+RoundingEstimate profiler_small_rounding() noexcept {
+  RoundingEstimate e;
+  if (g_rate.load(std::memory_order_relaxed) == 0) return e;
+  e.known = true;
+  if (g_sampled_live.load(std::memory_order_relaxed) == 0) return e;
+  LockGuard guard(g_lock);
+  if (g_samples == nullptr) return e;
+  for (std::size_t i = 0; i < kSampleSlots; ++i) {
+    const Sample& s = g_samples[i];
+    if (s.ptr == 0 || s.block == 0) continue;
+    ++e.samples;
+    double r = static_cast<double>(s.block) - static_cast<double>(s.size);
+    double q = 1.0 - 1.0 / s.inv_p;  // 1 - p
+    e.bytes += r * (s.inv_p - 1.0);
+    e.variance += r * r * q * s.inv_p * s.inv_p;
+  }
+  return e;
 }
 
 namespace {

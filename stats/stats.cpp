@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -46,7 +47,8 @@ struct CarvedTable {
   std::uint16_t n[kClassCount][1u << kPagesPerPool];
   constexpr CarvedTable() : n{} {
     for (unsigned c = 0; c < kClassCount; ++c)
-      for (unsigned d = 0; d < (1u << kPagesPerPool); ++d) n[c][d] = static_cast<std::uint16_t>(carved_blocks(c, d));
+      for (unsigned d = 0; d < (1u << kPagesPerPool); ++d)
+        n[c][d] = static_cast<std::uint16_t>(carved_blocks(c, d));
   }
 };
 constexpr CarvedTable kCarved;
@@ -80,7 +82,8 @@ struct Walk {
     arena = a;
     ++visited_arenas;
     have_vec = mincore(reinterpret_cast<void*>(arena_base(a)), kSlotSize, vec) == 0;
-    visited_dirty_free += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
+    visited_dirty_free +=
+        static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
     if (!have_vec) {  // cannot happen for a mapped arena; count conservatively
       s->meta_arena_headers += kPoolSize;
       s->arena_resident += kPoolSize;
@@ -102,8 +105,9 @@ struct Walk {
   void pool(Pool* p) {
     Arena* a = arena_of(p);
     if (a != arena) begin_arena(a);
-    std::size_t resident = have_vec ? count_resident(vec, std::size_t{p->index} * kPagesPerPool, kPagesPerPool)
-                                    : kPoolSize;
+    std::size_t resident =
+        have_vec ? count_resident(vec, std::size_t{p->index} * kPagesPerPool, kPagesPerPool)
+                 : kPoolSize;
     s->arena_resident += resident;
     // A pool is marked in use a moment before pool_init() runs (outside the lock): skip the
     // header until it describes a class.
@@ -127,7 +131,8 @@ struct Walk {
     s->ledger.small_free += free;
     if (resident > live + free) s->ledger.small_pool_slack += resident - live - free;
     for (unsigned page = 0; page < kPagesPerPool; ++page)
-      if (((dormant >> page) & 1) && have_vec && !(vec[p->index * kPagesPerPool + page] & 1)) ++s->pages_released;
+      if (((dormant >> page) & 1) && have_vec && !(vec[p->index * kPagesPerPool + page] & 1))
+        ++s->pages_released;
   }
 };
 
@@ -173,7 +178,8 @@ void read_large(tm_stats* s) {
 // Parses "Key:   1234 kB" lines of a /proc file held in buf.
 bool find_kb(const char* buf, const char* key, std::size_t* out) {
   std::size_t klen = std::strlen(key);
-  for (const char* line = buf; line && *line; line = std::strchr(line, '\n') ? std::strchr(line, '\n') + 1 : nullptr) {
+  for (const char* line = buf; line && *line;
+       line = std::strchr(line, '\n') ? std::strchr(line, '\n') + 1 : nullptr) {
     if (std::strncmp(line, key, klen) == 0 && line[klen] == ':') {
       const char* p = line + klen + 1;
       while (*p == ' ' || *p == '\t') ++p;
@@ -220,9 +226,11 @@ std::size_t large_resident_measured() {
       unsigned long lo = 0, hi = 0;
       buf[i] = '\0';
       if (std::sscanf(buf + start, "%lx-%lx", &lo, &hi) == 2) {
-        for (std::uintptr_t slot = (lo + kSlotSize - 1) & ~(kSlotSize - 1); slot + kSlotSize <= hi; slot += kSlotSize) {
+        for (std::uintptr_t slot = (lo + kSlotSize - 1) & ~(kSlotSize - 1); slot + kSlotSize <= hi;
+             slot += kSlotSize) {
           if (!g_arena_map.contains(SlotKind::kLarge, reinterpret_cast<void*>(slot))) continue;
-          if (mincore(reinterpret_cast<void*>(slot), kSlotSize, vec) == 0) resident += count_resident(vec, 0, kPagesPerArena);
+          if (mincore(reinterpret_cast<void*>(slot), kSlotSize, vec) == 0)
+            resident += count_resident(vec, 0, kPagesPerArena);
         }
       }
       start = i + 1;
@@ -325,7 +333,8 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
   l.large_slack = s.large_active > s.large_allocated ? s.large_active - s.large_allocated : 0;
   l.large_dirty = s.large_dirty;
   std::size_t claimed = s.large_active + s.large_dirty;
-  std::size_t untouched = claimed > s.large_resident_measured ? claimed - s.large_resident_measured : 0;
+  std::size_t untouched =
+      claimed > s.large_resident_measured ? claimed - s.large_resident_measured : 0;
   l.large_live = s.large_allocated > untouched ? s.large_allocated - untouched : 0;
   std::size_t je_meta = s.large_resident > claimed ? s.large_resident - claimed : 0;
   if (je_meta > s.large_metadata) je_meta = s.large_metadata;
@@ -337,6 +346,18 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
   l.not_ours_anon = k.anon > l.ours ? k.anon - l.ours : 0;
   l.overcount = l.ours > k.anon ? l.ours - k.anon : 0;
   l.total = l.ours + l.not_ours_file + l.not_ours_anon;
+  RoundingEstimate rounding = profiler_small_rounding();
+  if (rounding.known) {
+    // The estimate may overshoot by its error; small_live is exact, so clamp to it.
+    double est = rounding.bytes < static_cast<double>(l.small_live)
+                     ? rounding.bytes
+                     : static_cast<double>(l.small_live);
+    l.small_requested_known = 1;
+    l.small_rounding = static_cast<std::size_t>(est + 0.5);
+    l.small_live_requested = l.small_live - l.small_rounding;
+    l.small_rounding_stderr = static_cast<std::size_t>(std::sqrt(rounding.variance) + 0.5);
+    l.small_requested_samples = rounding.samples;
+  }
 
   // --- totals ---
   s.allocated = l.small_live + s.large_allocated;

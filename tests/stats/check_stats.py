@@ -24,7 +24,8 @@ KEYS = {
     "profile": ["rate", "samples_live"],
     "ledger": ["small_live", "small_free", "small_pool_slack", "small_empty_pools", "large_live",
                "large_slack", "large_dirty", "metadata", "not_ours_file", "not_ours_anon",
-               "small_live_requested", "total", "rss_kernel", "ours", "overcount"],
+               "small_live_requested", "small_rounding", "small_rounding_stderr",
+               "small_requested_samples", "total", "rss_kernel", "ours", "overcount"],
 }
 LEDGER_PARTS = KEYS["ledger"][:10]
 
@@ -91,6 +92,30 @@ def cmd_env(lib):
                 check_doc(json.loads(text), path)
             elif "RSS ledger" not in text:
                 fail("%s lacks the ledger" % path)
+    # Requested bytes and rounding: null with sampling off, estimates with it on.
+    doc = json.loads(run_preloaded(lib, {"TRIMALLOC_STATS": "json"}).stderr)
+    if doc["ledger"]["small_live_requested"] is not None:
+        fail("small_live_requested must be null with sampling off")
+    # The figures are read while the strings are alive (at exit Python has freed them).
+    script = ("import ctypes, sys\n"
+              "x = [str(i) * 3 for i in range(200000)]\n"
+              "lib = ctypes.CDLL(None)\n"
+              "if sys.argv[1] == 'json':\n"
+              "    buf = ctypes.create_string_buffer(1 << 20)\n"
+              "    lib.tm_stats_json(buf, len(buf))\n"
+              "    print(buf.value.decode())\n"
+              "else:\n"
+              "    lib.tm_stats_print(ctypes.c_void_p.in_dll(lib, 'stdout'), b'text')\n")
+    env = {"TRIMALLOC_PROFILE": "4k", "PYTHONMALLOC": "malloc"}
+    doc = json.loads(run_preloaded(lib, env, ("/usr/bin/python3", "-c", script, "json")).stdout)
+    led = doc["ledger"]
+    if led["small_live_requested"] is None or led["small_requested_samples"] < 100:
+        fail("with TRIMALLOC_PROFILE=4k the ledger must estimate requested bytes: %r" % led)
+    if led["small_live_requested"] + led["small_rounding"] != led["small_live"] or led["small_rounding"] <= 0:
+        fail("requested + rounding must equal small_live, rounding > 0: %r" % led)
+    r = run_preloaded(lib, env, ("/usr/bin/python3", "-c", script, "text"))
+    if "of which rounding inside size classes" not in r.stdout or "estimate" not in r.stdout:
+        fail("the table must show the rounding estimate: %r" % (r.stdout[-1500:] + r.stderr))
     for var, value in (("TRIMALLOC_STATS", "bogus"), ("TRIMALLOC_STATS", "/nonexistent-dir/x.json"),
                        ("TRIMALLOC_PROFILE", "12q"), ("TRIMALLOC_PROFILE", "-5")):
         r = run_preloaded(lib, {var: value})

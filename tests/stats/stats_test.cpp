@@ -38,7 +38,7 @@ TEST(Stats, CountersMatchAKnownSequence) {
     const tm_class_stats& b = before.classes[kClass];
     const tm_class_stats& a = after.classes[kClass];
     EXPECT_EQ(a.blocks_live - b.blocks_live, 100u);
-    EXPECT_EQ(a.pools - b.pools, 3u);            // 48 + 48 + 4
+    EXPECT_EQ(a.pools - b.pools, 3u);              // 48 + 48 + 4
     EXPECT_EQ(a.blocks_free - b.blocks_free, 8u);  // the third pool carved one page: 12 blocks
     EXPECT_GE(a.peak_blocks_seen, a.blocks_live);
     EXPECT_GE(a.peak_pools, a.pools);
@@ -114,7 +114,8 @@ void expect_ledger_explains(const tm_stats& before, const tm_stats& after, const
   SCOPED_TRACE(what);
   ASSERT_GT(rss_growth, 16.0 * (1 << 20)) << "the heap should have grown the RSS";
   EXPECT_NEAR(ours_growth, rss_growth, 0.05 * rss_growth);
-  EXPECT_NEAR(double(after.ledger.total), double(after.ledger.rss_kernel), 0.05 * double(after.ledger.rss_kernel));
+  EXPECT_NEAR(double(after.ledger.total), double(after.ledger.rss_kernel),
+              0.05 * double(after.ledger.rss_kernel));
   EXPECT_LE(double(after.ledger.overcount), 0.05 * double(after.ledger.rss_kernel));
 }
 
@@ -155,6 +156,54 @@ TEST(Stats, LedgerAddsUpOnSeveralHeaps) {
 }
 
 #endif  // !__SANITIZE_THREAD__
+
+#if defined(TM_TEST_SAMPLING)
+// The split of small_live into requested bytes and rounding is estimated from the samples. Two
+// sizes with known rounding (100 B in 112-byte blocks, 200 B in 208-byte ones): the estimate
+// must fall within 5 of its own standard errors of the truth, and that error must be small enough
+// for the figure to mean something (the expected error here is under 2%).
+TEST(Stats, RoundingInsideSizeClassesIsEstimatedFromSamples) {
+  tm_stats off = get();
+  EXPECT_EQ(off.ledger.small_requested_known, 0);
+  EXPECT_EQ(off.ledger.small_rounding, 0u);
+
+  ASSERT_EQ(tm_profile_set_rate(1024), 0u);
+  ASSERT_EQ(tm_profile_rate(), 1024u) << "sampling could not be turned on (libunwind8 missing?)";
+  tm_stats s0 = get();
+  constexpr size_t kEach = 20000;
+  std::vector<void*> blocks;
+  for (size_t i = 0; i < kEach; ++i) {
+    blocks.push_back(tm_malloc(100));
+    blocks.push_back(tm_malloc(200));
+  }
+  tm_stats s1 = get();
+  // Sampled blocks are served elsewhere: the pools hold exactly the unsampled ones.
+  double unsampled100 = double(s1.classes[6].blocks_live - s0.classes[6].blocks_live);
+  double unsampled200 = double(s1.classes[12].blocks_live - s0.classes[12].blocks_live);
+  ASSERT_EQ(s1.classes[6].block_size, 112u);
+  ASSERT_EQ(s1.classes[12].block_size, 208u);
+  EXPECT_LT(unsampled100, double(kEach));
+  double truth = unsampled100 * 12 + unsampled200 * 8;
+  const tm_ledger& l = s1.ledger;
+  ASSERT_EQ(l.small_requested_known, 1);
+  EXPECT_GT(l.small_requested_samples, 1000u);
+  EXPECT_GT(l.small_rounding_stderr, 0u);
+  EXPECT_LT(double(l.small_rounding_stderr), 0.05 * truth);
+  EXPECT_NEAR(double(l.small_rounding), truth, 5.0 * double(l.small_rounding_stderr))
+      << "s.e. " << l.small_rounding_stderr << " from " << l.small_requested_samples << " samples";
+  EXPECT_EQ(l.small_live_requested + l.small_rounding, l.small_live);
+
+  // JSON carries the figures while sampling is on, and null once it is off.
+  std::vector<char> json(tm_stats_json(nullptr, 0) + 4096);
+  tm_stats_json(json.data(), json.size());
+  EXPECT_EQ(std::string(json.data()).find("\"small_live_requested\":null"), std::string::npos);
+  EXPECT_EQ(tm_profile_set_rate(0), 1024u);
+  for (void* p : blocks) tm_free(p);
+  tm_stats_json(json.data(), json.size());
+  EXPECT_NE(std::string(json.data()).find("\"small_live_requested\":null"), std::string::npos);
+  EXPECT_EQ(get().ledger.small_requested_known, 0);
+}
+#endif
 
 TEST(Stats, JsonFollowsSnprintfContract) {
   size_t need = tm_stats_json(nullptr, 0);
@@ -201,8 +250,12 @@ TEST(Stats, SafeToCallFromSeveralThreads) {
       std::vector<void*> mine;
       std::mt19937 rng(t);
       while (!stop.load()) {
-        if (mine.size() < 5000) mine.push_back(tm_malloc(rng() % 2000));
-        else { for (void* p : mine) tm_free(p); mine.clear(); }
+        if (mine.size() < 5000)
+          mine.push_back(tm_malloc(rng() % 2000));
+        else {
+          for (void* p : mine) tm_free(p);
+          mine.clear();
+        }
       }
       for (void* p : mine) tm_free(p);
     });

@@ -53,6 +53,17 @@ struct tm_ledger {
   size_t ours;              /* the lines that are trimalloc's (everything but not_ours_*) */
   size_t overcount;         /* ours - kernel anonymous RSS when ours is larger (jemalloc counts
                                untouched pages as resident); 0 normally */
+
+  /* small_live split into the bytes the program asked for and the rounding up to block sizes.
+     Requested sizes are not kept per block (that would cost every malloc), so both are
+     estimated from the live allocation samples while sampling is on (TRIMALLOC_PROFILE or
+     tm_profile_set_rate). With sampling off, small_requested_known is 0 and the four figures
+     are 0 (JSON: null). small_live_requested + small_rounding = small_live. */
+  int small_requested_known;
+  size_t small_live_requested;    /* estimate */
+  size_t small_rounding;          /* estimate */
+  size_t small_rounding_stderr;   /* one standard error of both estimates */
+  size_t small_requested_samples; /* live samples of small requests behind the estimate */
 };
 
 struct tm_stats {
