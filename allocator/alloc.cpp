@@ -26,6 +26,12 @@ namespace trimalloc {
   fatal(call, "invalid pointer (not allocated by trimalloc)", p);
 }
 
+void free_not_small(void* p, const char* call) noexcept {
+  if (!large_owns(p)) report_foreign(call, p);
+  large_free(p);
+  decay_note_large_free();
+}
+
 void check_large(const void* p, const char* call) noexcept {
   if constexpr (kSecure) {
     if (registry_state(p) != LargeState::kLive)

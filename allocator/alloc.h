@@ -59,6 +59,10 @@ inline void* raw_malloc(std::size_t size) noexcept {
   return p;
 }
 
+// The rest of free() after the small check: a large block, or a foreign pointer. Out of line, so
+// that free() itself makes only tail calls and needs no stack frame.
+void free_not_small(void* p, const char* call) noexcept;
+
 // free() with the public call's name for messages. Small first: it is the common case and
 // null is never in a small arena, so the null check costs nothing there.
 inline void raw_free(void* p, const char* call) noexcept {
@@ -72,9 +76,7 @@ inline void raw_free(void* p, const char* call) noexcept {
     return;
   }
   if (p == nullptr) return;
-  if (!large_owns(p)) report_foreign(call, p);
-  large_free(p);
-  decay_note_large_free();
+  free_not_small(p, call);
 }
 
 #if TRIMALLOC_VALGRIND
