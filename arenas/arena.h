@@ -20,17 +20,19 @@
 
 namespace trimalloc {
 
+// Overlays the first cache line of pool header 0. That header's second line (block_size,
+// start_bound, start_magic...) must stay zero so that no pointer into the metadata slot passes
+// is_block_start(); nothing else reads header 0 as a pool.
 struct Arena {
-  Pool
-      none;  // header slot 0 describes the metadata slot: all zero, so pointers into it are invalid
   Arena* next;
   Arena* prev;
   std::uint64_t free_pools;   // bit i: slot i is not in use (bits 1..63 only)
   std::uint64_t dirty_pools;  // subset of free_pools whose pages may be resident
   std::uint32_t nfree;        // popcount(free_pools)
 };
-static_assert(kArenaHeaderOffset + sizeof(Arena) <= kPoolSize - kPageSize,
-              "the arena header must leave the metadata slot's last page free for a guard");
+static_assert(kArenaHeaderOffset == 0 && sizeof(Arena) <= 64 && alignof(Pool) == 64,
+              "the arena header must fit pool header 0's first cache line, before the fields "
+              "is_block_start() reads");
 
 // Pool slots: 1..63, or 1..62 in the hardened build (slot 63 is a guard).
 inline constexpr std::uint64_t kAllPoolSlots =

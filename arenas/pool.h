@@ -1,9 +1,12 @@
 // Pools: 16 KiB runs of equal-sized blocks, the unit a thread heap owns.
 //
 // Layout. An arena is a 1 MiB-aligned 1 MiB region cut into 64 slots of 16 KiB. Slot 0 holds
-// metadata: 64 Pool headers of 128 bytes (header i describes slot i; header 0 stays all zero,
-// so a pointer into the metadata slot is never taken for a block), then at 8 KiB the Arena
-// header (arena.h); in the hardened build its last page is a guard page. Slots 1..63 are pool
+// metadata: 64 Pool headers of 128 bytes, header i describing slot i. Header 0 describes the
+// metadata slot itself; its second cache line stays all zero, so a pointer into the metadata
+// slot is never taken for a block (is_block_start() reads only that line), and its first line
+// holds the Arena header (arena.h). The headers fill the slot's first two pages; the last two
+// are never touched (in the hardened build the last is a guard page), so an arena in use keeps
+// 8 KiB of metadata resident. Slots 1..63 are pool
 // data (the hardened build turns slot 63 into a guard, so an overflow off the end of an arena
 // cannot reach the next arena's headers). Keeping headers out of line means (a) a pointer's
 // header is found by arithmetic alone - arena = p & ~(1 MiB-1), header = arena + ((p >> 14) &
@@ -58,8 +61,8 @@ inline constexpr unsigned kPageShift = 12;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
 inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 4
 inline constexpr std::size_t kPoolHeaderSize = 128;
-// The Arena header follows the pool headers in the metadata slot.
-inline constexpr std::size_t kArenaHeaderOffset = kPoolsPerArena * kPoolHeaderSize;  // 8 KiB
+// The Arena header is the first cache line of pool header 0 (see Layout).
+inline constexpr std::size_t kArenaHeaderOffset = 0;
 inline constexpr std::uint8_t kAllPagesDormant = (1u << kPagesPerPool) - 1;
 
 // Low bits of Pool::remote (blocks are 16-aligned, so the list pointer never uses them).
@@ -107,6 +110,7 @@ struct alignas(64) Pool {
   std::atomic<Pool*> notify_next;
 };
 static_assert(sizeof(Pool) <= kPoolHeaderSize, "pool headers must fit the metadata slot");
+static_assert(offsetof(Pool, block_size) == 64, "line 1 starts at 64 (the Arena header overlays line 0 of header 0)");
 
 inline std::uintptr_t arena_base_of(const void* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) & ~(kSlotSize - 1);

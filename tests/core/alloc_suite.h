@@ -774,6 +774,14 @@ TYPED_TEST_P(AllocDeathTest, FreeOfNeverAllocatedPointer) {
       re)
       << "unmapped address";
   EXPECT_DEATH(A::free(A::foreign_malloc(64)), re) << "block of another heap";
+  // Inside a small arena but in its metadata slot (the first 16 KiB: pool headers, with the
+  // arena header in the first line): never a block.
+  void* block = A::malloc(16);
+  auto arena = reinterpret_cast<std::uintptr_t>(block) & ~((std::uintptr_t{1} << 20) - 1);
+  for (std::uintptr_t offset : {0, 16, 64, 128, 4096, 8192, 16384 - 16})
+    EXPECT_DEATH(A::free(reinterpret_cast<void*>(arena + offset)), re)
+        << "metadata slot, offset " << offset;
+  A::free(block);
 }
 
 TYPED_TEST_P(AllocDeathTest, FreeSizedWithSizeOfAnotherClass) {
