@@ -14,6 +14,7 @@ bool ArenaMap::init() noexcept {
     if (!p) return false;
     bits = static_cast<std::atomic<std::uint64_t>*>(p);
   }
+  limit_.store(kSlotCount, std::memory_order_release);  // publishes bits_
   return true;
 }
 

@@ -27,9 +27,10 @@ class ArenaMap {
 
   bool contains(SlotKind kind, const void* p) const noexcept {
     std::uintptr_t slot = reinterpret_cast<std::uintptr_t>(p) >> kSlotShift;
-    if (slot >= kSlotCount) return false;
+    // One compare rejects addresses past the user address space and, since limit_ is 0 until
+    // both bitmaps exist, every address before init(): nothing can be ours then.
+    if (slot >= limit_.load(std::memory_order_acquire)) return false;
     const std::atomic<std::uint64_t>* bits = bits_[static_cast<int>(kind)];
-    if (bits == nullptr) return false;  // before init() nothing can be ours
     return (bits[slot >> 6].load(std::memory_order_relaxed) >> (slot & 63)) & 1;
   }
   // Marks or clears every slot of [p, p + size); p is slot-aligned.
@@ -37,6 +38,7 @@ class ArenaMap {
 
  private:
   std::atomic<std::uint64_t>* bits_[2] = {nullptr, nullptr};
+  std::atomic<std::uintptr_t> limit_{0};  // kSlotCount once both bitmaps are mapped
 };
 
 extern ArenaMap g_arena_map;
