@@ -37,7 +37,7 @@ void* malloc_after_quarantine(std::size_t size) noexcept;
 // that skipped it would be missing from snapshots (CPython's bytes objects come from calloc).
 // The countdown runs on requested bytes (what the program asked for, as tracemalloc counts), which
 // is also one computation fewer than the block size on the fast path.
-inline void* small_alloc_sampled(unsigned cls, std::size_t size) noexcept {
+inline void* small_alloc_sampled(std::size_t cls, std::size_t size) noexcept {
   return sample_due(size) ? sample_small_slow(cls, size) : small_alloc(cls);
 }
 
@@ -46,7 +46,7 @@ inline void* raw_malloc(std::size_t size) noexcept {
   // size - 1 wraps for 0, so one unsigned compare admits exactly 1..512; malloc(0) takes the
   // second branch and is served as a 1-byte request.
   if (__builtin_expect(size - 1 < kSmallMax, 1)) {
-    p = small_alloc_sampled(static_cast<unsigned>((size - 1) >> 4), size);
+    p = small_alloc_sampled((size - 1) >> 4, size);
   } else if (size == 0) {
     return malloc_zero();
   } else {

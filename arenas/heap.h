@@ -53,7 +53,7 @@ class ThreadHeap {
 
   // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted. Both
   // cold paths are tail calls that leave() themselves, so the hot path needs no stack frame.
-  void* alloc(unsigned cls) noexcept {
+  void* alloc(std::size_t cls) noexcept {  // size_t: indexes current_ without a zero-extension
     std::uint32_t depth = enter_fast();
     if (__builtin_expect(visitor_present(), 0)) return alloc_after_visit(cls, depth);
     Pool* pool = current_[cls];
@@ -226,7 +226,7 @@ inline bool small_owns(const void* p) noexcept {
   return g_arena_map.contains(SlotKind::kSmall, p);
 }
 
-inline void* small_alloc(unsigned cls) noexcept {
+inline void* small_alloc(std::size_t cls) noexcept {
   return tl_thread.heap->alloc(cls);
 }
 
