@@ -38,7 +38,7 @@ void* malloc_after_quarantine(std::size_t size) noexcept;
 // The countdown runs on requested bytes (what the program asked for, as tracemalloc counts), which
 // is also one computation fewer than the block size on the fast path.
 inline void* small_alloc_sampled(std::size_t cls, std::size_t size) noexcept {
-  return sample_due(size) ? sample_small_slow(cls, size) : small_alloc(cls);
+  return sample_due(size) ? sample_small_slow(size, cls) : small_alloc(cls);
 }
 
 inline void* raw_malloc(std::size_t size) noexcept {

@@ -65,17 +65,18 @@
 #include "trim.h"
 
 // The renamed jemalloc API (same ABI as <jemalloc/jemalloc.h>, which cannot be included here:
-// it declares malloc() and friends under their plain names).
+// it declares malloc() and friends under their plain names). noexcept, as jemalloc's header
+// says (JEMALLOC_NOTHROW): C code never throws, and a noexcept caller can then tail-call them.
 extern "C" {
-void* tm_je_malloc(std::size_t size);
-void tm_je_free(void* p);
-void* tm_je_mallocx(std::size_t size, int flags);
-void* tm_je_rallocx(void* p, std::size_t size, int flags);
-std::size_t tm_je_sallocx(const void* p, int flags);
-void tm_je_dallocx(void* p, int flags);
-void tm_je_sdallocx(void* p, std::size_t size, int flags);
+void* tm_je_malloc(std::size_t size) noexcept;
+void tm_je_free(void* p) noexcept;
+void* tm_je_mallocx(std::size_t size, int flags) noexcept;
+void* tm_je_rallocx(void* p, std::size_t size, int flags) noexcept;
+std::size_t tm_je_sallocx(const void* p, int flags) noexcept;
+void tm_je_dallocx(void* p, int flags) noexcept;
+void tm_je_sdallocx(void* p, std::size_t size, int flags) noexcept;
 int tm_je_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
-                  std::size_t newlen);
+                  std::size_t newlen) noexcept;
 
 // jemalloc reads its compiled-in options from this weak symbol; ours overrides it.
 // No background threads: trimalloc runs its own decay thread and must stay fork-safe.
@@ -121,8 +122,9 @@ std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialisin
 // "thread.arena"), so plain tm_je_malloc/tm_je_free - jemalloc's fast paths, about a third of
 // mallocx/dallocx's instructions - allocate there: the arena a thread is bound to is where its
 // tcache refills and where its requests above the tcache go. mallocx with the arena flag stays
-// for aligned and zeroed requests, and for a thread whose binding failed.
-__thread bool tl_bound_to_arena __attribute__((tls_model("initial-exec"))) = false;
+// for aligned and zeroed requests, and for a thread whose binding failed. The flag is
+// tl_thread.bound_to_large_arena, in the engine's thread-local block beside the sampling
+// countdown, so a large allocation loads the TLS offset once for both.
 int g_arena_flags = 0;
 unsigned g_arena_index = 0;
 std::atomic<std::size_t> g_mapped{0};
@@ -507,28 +509,23 @@ namespace {
 bool bind_thread_to_arena() noexcept {
   unsigned index = g_arena_index;
   if (tm_je_mallctl("thread.arena", nullptr, nullptr, &index, sizeof(index)) != 0) return false;
-  tl_bound_to_arena = true;
+  tl_thread.bound_to_large_arena = true;
   return true;
 }
 
 [[gnu::always_inline]] inline void* large_alloc_once(std::size_t size, std::size_t alignment,
                                                      bool zero) noexcept {
-  if (alignment <= 16 && !zero && (tl_bound_to_arena || bind_thread_to_arena()))
+  if (alignment <= 16 && !zero && (tl_thread.bound_to_large_arena || bind_thread_to_arena()))
     return tm_je_malloc(size);
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   return tm_je_mallocx(size, flags);
 }
 }  // namespace
 
-void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
-  // jemalloc's own limit is PTRDIFF_MAX; check first so errno is always ours to set.
-  if (size > static_cast<std::size_t>(PTRDIFF_MAX) || !ready()) {
-    errno = ENOMEM;
-    return nullptr;
-  }
-  if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
-      g_on_maintenance)
-    g_on_maintenance();
+namespace {
+// The allocation after large_alloc's checks, with its retry and error reporting.
+[[gnu::always_inline]] inline void* large_alloc_checked(std::size_t size, std::size_t alignment,
+                                                        bool zero) noexcept {
   void* p = large_alloc_once(size, alignment, zero);
   // Free blocks jemalloc has not purged yet hold address space; with a low RLIMIT_AS that can
   // be what stands between this request and a new region.
@@ -544,8 +541,30 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
       return nullptr;
     }
   }
-  sample_large(p, size);
   return p;
+}
+
+[[gnu::noinline]] void* large_alloc_sampled(std::size_t size, std::size_t alignment,
+                                            bool zero) noexcept {
+  void* p = large_alloc_checked(size, alignment, zero);
+  sample_record_large(p, size);
+  return p;
+}
+}  // namespace
+
+void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
+  // jemalloc's own limit is PTRDIFF_MAX; check first so errno is always ours to set.
+  if (size > static_cast<std::size_t>(PTRDIFF_MAX) || !ready()) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (__builtin_expect(g_maintenance_requested.load(std::memory_order_relaxed), 0) &&
+      g_on_maintenance)
+    g_on_maintenance();
+  // The sampling countdown runs before the allocation, so that the request's size does not have
+  // to be kept across the call into jemalloc for it (that cost the fast path a saved register).
+  if (sample_due(size)) return large_alloc_sampled(size, alignment, zero);
+  return large_alloc_checked(size, alignment, zero);
 }
 
 void* large_realloc(void* p, std::size_t size) noexcept {
@@ -575,10 +594,21 @@ void* large_realloc(void* p, std::size_t size) noexcept {
   return q;
 }
 
+namespace {
+[[gnu::noinline]] void large_free_with_samples_live(void* p) noexcept {
+  sample_forget(p);
+  tm_je_free(p);
+}
+}  // namespace
+
 void large_free(void* p) noexcept {
   // A sample must go with its block, or snapshots would count freed blocks as live until the
-  // address happens to be sampled again. No sample live: one relaxed load.
-  sample_forget(p);
+  // address happens to be sampled again. No sample live: one relaxed load, and jemalloc's free
+  // is a tail call (the lookup is out of line, so this needs no stack frame).
+  if constexpr (kSamplingHooks) {
+    if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0))
+      return large_free_with_samples_live(p);
+  }
   tm_je_free(p);
 }
 

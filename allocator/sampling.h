@@ -22,13 +22,16 @@ struct SamplerHooks {
   bool (*is_sampled)(const void* p) noexcept;
 };
 
-extern SamplerHooks g_sampler;
+extern TM_INTERNAL SamplerHooks g_sampler;
 // The countdown is tl_thread.sample_countdown, in the engine's thread-local block (heap.h).
-extern std::atomic<std::size_t> g_sampled_live;  // live sampled blocks (0: frees skip the lookup)
+extern TM_INTERNAL std::atomic<std::size_t>
+    g_sampled_live;  // live sampled blocks (0: frees skip the lookup)
 
 // Countdown ran out on a small request of `size` bytes (class `cls`): the sampler serves it (or,
-// with no sampler, re-arm).
-void* sample_small_slow(unsigned cls, std::size_t size) noexcept;
+// with no sampler, re-arm). Size first: malloc's fast path then has both arguments in the
+// registers the call wants (size stays in the first, the class is computed in the second), so
+// the sampling hook costs its subtraction and branch and no register copies.
+void* sample_small_slow(std::size_t size, std::size_t cls) noexcept;
 
 // -DTRIMALLOC_SAMPLING=OFF (TRIMALLOC_NO_SAMPLING) compiles the hooks out of malloc and free,
 // for an A/B of what they cost (bench/compare-stats-cost); tm_profile_set_rate then says that
@@ -43,14 +46,17 @@ inline bool sample_due(std::size_t bytes) noexcept {
   if constexpr (!kSamplingHooks) return false;
   return __builtin_expect((tl_thread.sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
 }
+// The countdown ran out on a large allocation that gave `p` (null: failed, nothing to record).
+inline void sample_record_large(void* p, std::size_t size) noexcept {
+  if (p == nullptr) return;
+  if (g_sampler.sample_large)
+    g_sampler.sample_large(p, size);
+  else
+    tl_thread.sample_countdown = std::int64_t{1} << 40;
+}
 inline void sample_large(void* p, std::size_t size) noexcept {
   if constexpr (!kSamplingHooks) return;
-  if (p && sample_due(size)) {
-    if (g_sampler.sample_large)
-      g_sampler.sample_large(p, size);
-    else
-      tl_thread.sample_countdown = std::int64_t{1} << 40;
-  }
+  if (sample_due(size)) sample_record_large(p, size);
 }
 inline void sample_forget(const void* p) noexcept {
   if constexpr (!kSamplingHooks) return;

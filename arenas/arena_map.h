@@ -11,6 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "config.h"
+
 namespace trimalloc {
 
 inline constexpr unsigned kSlotShift = 20;  // 1 MiB
@@ -41,6 +43,6 @@ class ArenaMap {
   std::atomic<std::uintptr_t> limit_{0};  // kSlotCount once both bitmaps are mapped
 };
 
-extern ArenaMap g_arena_map;
+extern TM_INTERNAL ArenaMap g_arena_map;
 
 }  // namespace trimalloc

@@ -192,10 +192,14 @@ constexpr ThreadHeap::ThreadHeap() noexcept : current_{} {
 //   heap              this thread's heap; &g_empty_heap until the first allocation (and again
 //                     after thread exit);
 //   sample_countdown  the allocator layer's sampling countdown (allocator/sampling.h), bytes
-//                     this thread may still allocate before the next sample.
+//                     this thread may still allocate before the next sample;
+//   bound_to_large_arena  the allocator layer's: this thread is bound to trimalloc's jemalloc
+//                     arena (allocator/large.cpp), read by every large allocation beside the
+//                     countdown.
 struct ThreadLocals {
   ThreadHeap* heap;
   std::int64_t sample_countdown;
+  bool bound_to_large_arena;
 };
 extern __thread ThreadLocals tl_thread __attribute__((tls_model("initial-exec")));
 

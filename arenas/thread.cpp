@@ -19,7 +19,8 @@
 
 namespace trimalloc {
 
-__thread ThreadLocals tl_thread __attribute__((tls_model("initial-exec"))) = {&g_empty_heap, 0};
+__thread ThreadLocals tl_thread
+    __attribute__((tls_model("initial-exec"))) = {&g_empty_heap, 0, false};
 void (*g_before_thread_exit)() noexcept = nullptr;
 void (*g_after_thread_exit)() noexcept = nullptr;
 __thread bool tl_thread_exiting __attribute__((tls_model("initial-exec"))) = false;

@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "config.h"
+
 namespace trimalloc {
 
 enum class TrimLevel { kFast = 0, kFull = 1, kAll = 2 };
@@ -46,8 +48,8 @@ std::size_t dirty_small_bytes() noexcept;
 // is worth trying once more.
 extern void (*g_on_dirty_pool)() noexcept;
 extern bool (*g_on_out_of_memory)() noexcept;
-extern void (*g_on_maintenance)() noexcept;
+extern TM_INTERNAL void (*g_on_maintenance)() noexcept;
 extern void (*g_on_heap_growth)() noexcept;
-extern std::atomic<bool> g_maintenance_requested;
+extern TM_INTERNAL std::atomic<bool> g_maintenance_requested;
 
 }  // namespace trimalloc
