@@ -65,26 +65,26 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   // trusts the 64-bit mark (a live block has mark 0 unless the program wrote this exact value).
   ThreadHeap* heap = tl_thread.heap;
   if (pool->owner.load(std::memory_order_relaxed) != heap) fatal(call, "double free of", b);
-  std::uint32_t depth = heap->enter();
+  heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
   if constexpr (kSecure) secure_scrub(pool, b);
-  heap->free_local(pool, b, depth);
+  heap->free_local(pool, b);
 }
 
-void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_t depth) noexcept {
+void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept {
   ThreadHeap* heap = tl_thread.heap;
-  if (depth == 0) heap->wait_for_visitor();
+  if (heap->depth() == 0) heap->wait_for_visitor();
   // The visit may have handed the pool on (released it if it had been emptied, which cannot
   // happen while `b` is live, or abandoned it): re-check ownership before acting as owner.
   if (pool->owner.load(std::memory_order_relaxed) != heap) {
-    heap->leave(depth);
+    heap->leave();
     (void)call;
     b->mark = free_mark(pool);
     pool_push_remote(pool, b);
     return;
   }
-  heap->free_local(pool, b, depth);
+  heap->free_local(pool, b);
 }
 
 void ThreadHeap::wait_for_visitor() noexcept {
@@ -199,17 +199,17 @@ bool ThreadHeap::park_full(Pool* pool) noexcept {
 
 // --- allocation slow path ---
 
-void* ThreadHeap::alloc_slow_and_leave(unsigned cls, std::uint32_t depth) noexcept {
+void* ThreadHeap::alloc_slow_and_leave(unsigned cls) noexcept {
   void* p = alloc_slow(cls);
-  leave(depth);
+  leave();
   return p;
 }
 
-void* ThreadHeap::alloc_after_visit(unsigned cls, std::uint32_t depth) noexcept {
-  if (depth == 0) wait_for_visitor();
+void* ThreadHeap::alloc_after_visit(unsigned cls) noexcept {
+  if (depth() == 0) wait_for_visitor();
   Pool* pool = current_[cls];
   void* p = pool->free ? pop_from(pool) : alloc_slow(cls);
-  leave(depth);
+  leave();
   return p;
 }
 
@@ -294,9 +294,9 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
 
 // --- free slow path: a pool became empty, or a full pool got a block back ---
 
-void ThreadHeap::free_slow_and_leave(Pool* pool, std::uint32_t depth) noexcept {
+void ThreadHeap::free_slow_and_leave(Pool* pool) noexcept {
   free_slow(pool);
-  leave(depth);
+  leave();
 }
 
 void ThreadHeap::free_slow(Pool* pool) noexcept {

@@ -54,17 +54,17 @@ class ThreadHeap {
   // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted. Both
   // cold paths are tail calls that leave() themselves, so the hot path needs no stack frame.
   void* alloc(std::size_t cls) noexcept {  // size_t: indexes current_ without a zero-extension
-    std::uint32_t depth = enter_fast();
-    if (__builtin_expect(visitor_present(), 0)) return alloc_after_visit(cls, depth);
+    enter_fast();
+    if (__builtin_expect(visitor_present(), 0)) return alloc_after_visit(cls);
     Pool* pool = current_[cls];
     Block* b = pool->free;
-    if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls, depth);
+    if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls);
     if constexpr (kSecure) secure_check_untouched(pool, b);
     pool->free = decode_link(pool, b);
     pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
                      std::memory_order_relaxed);
     if constexpr (kChecks) b->mark = 0;
-    leave(depth);
+    leave();
     return b;
   }
 
@@ -72,17 +72,25 @@ class ThreadHeap {
   // allocator can re-enter itself (pthread_create starting the decay thread from inside malloc
   // calls malloc), and only the outermost entry may wait for a visitor - an inner one waiting
   // would let the visitor in while the outer call is half done.
-  // enter_fast() announces the entry and returns the previous depth; the caller must then check
-  // visited_ (enter() does both).
-  std::uint32_t enter_fast() noexcept {
-    std::uint32_t depth = busy_.load(std::memory_order_relaxed);
-#if defined(__SANITIZE_THREAD__)
-    busy_.store(depth + 1, std::memory_order_seq_cst);
+  // enter_fast() announces the entry; the caller must then check visited_ (enter() does both).
+  // Only the owner writes busy_ (visitors read it), so on x86-64 entering and leaving are one
+  // unlocked increment and decrement of it in memory: no depth has to be kept in a register and
+  // handed to the slow paths, which read it back with depth(). The asm's memory clobber is the
+  // compiler barrier the handshake needs (the visitor's membarrier orders the CPU side); stores
+  // are released on x86 anyway. TSan builds use the atomics, which TSan understands.
+  void enter_fast() noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    asm volatile("incl %0" : "+m"(busy_word()) : : "memory");
+#elif defined(__SANITIZE_THREAD__)
+    busy_.store(busy_.load(std::memory_order_relaxed) + 1, std::memory_order_seq_cst);
 #else
-    busy_.store(depth + 1, std::memory_order_relaxed);
+    busy_.store(busy_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
 #endif
-    return depth;
+  }
+  // Entries of this thread below the current one (0: the outermost), between enter and leave.
+  std::uint32_t depth() const noexcept {
+    return busy_.load(std::memory_order_relaxed) - 1;
   }
   bool visitor_present() const noexcept {
 #if defined(__SANITIZE_THREAD__)
@@ -91,17 +99,17 @@ class ThreadHeap {
     return visited_.load(std::memory_order_relaxed) != 0;
 #endif
   }
-  std::uint32_t enter() noexcept {
-    std::uint32_t depth = enter_fast();
-    if (__builtin_expect(visitor_present(), 0) && depth == 0) wait_for_visitor();
-    return depth;
+  void enter() noexcept {
+    enter_fast();
+    if (__builtin_expect(visitor_present(), 0) && depth() == 0) wait_for_visitor();
   }
   void wait_for_visitor() noexcept;  // outermost entry found visited_ set
-  void leave(std::uint32_t depth) noexcept {
-    busy_.store(depth, std::memory_order_release);
-  }
   void leave() noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    asm volatile("decl %0" : "+m"(busy_word()) : : "memory");
+#else
     busy_.store(busy_.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+#endif
   }
   // Visitor side: true if the caller may now act as this heap's owner, until end_visit().
   bool begin_visit() noexcept;
@@ -109,8 +117,8 @@ class ThreadHeap {
     visited_.store(0, std::memory_order_release);
   }
 
-  // Free of a block this heap owns, inside enter_fast()/visitor check; leaves with `depth`.
-  void free_local(Pool* pool, Block* b, std::uint32_t depth) noexcept {
+  // Free of a block this heap owns, inside enter_fast()/visitor check; leaves.
+  void free_local(Pool* pool, Block* b) noexcept {
     b->link = encode_link(pool, pool->free);
     if constexpr (kChecks) b->mark = free_mark(pool);
     pool->free = b;
@@ -121,10 +129,10 @@ class ThreadHeap {
       // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
       // an empty heap lands here on every free, so it is decided without a call.
       if (used == 0 && pool->next == nullptr && avail_[pool->size_class].head == pool)
-        return leave(depth);
-      return free_slow_and_leave(pool, depth);
+        return leave();
+      return free_slow_and_leave(pool);
     }
-    leave(depth);
+    leave();
   }
 
   // Called by a remote freer that owns a pool's notification (pool.cpp).
@@ -132,10 +140,10 @@ class ThreadHeap {
 
   // Slow-path work other modules need.
   void* alloc_slow(unsigned cls) noexcept;
-  void* alloc_slow_and_leave(unsigned cls, std::uint32_t depth) noexcept;
-  void* alloc_after_visit(unsigned cls, std::uint32_t depth) noexcept;
+  void* alloc_slow_and_leave(unsigned cls) noexcept;
+  void* alloc_after_visit(unsigned cls) noexcept;
   void free_slow(Pool* pool) noexcept;
-  void free_slow_and_leave(Pool* pool, std::uint32_t depth) noexcept;
+  void free_slow_and_leave(Pool* pool) noexcept;
   void abandon(bool single_threaded) noexcept;  // thread exit / fork child
   void reset() noexcept;                        // fresh state for a new or recycled heap
   // Owner only: returns this heap's empty pools to their arenas (the arena purge that follows
@@ -176,6 +184,11 @@ class ThreadHeap {
   ClassList full_[kClassCount];
   std::atomic<Pool*> notified_{nullptr};
   std::atomic<std::uint32_t> busy_{0};
+  // busy_'s storage for the owner's unlocked increment and decrement (see enter_fast()).
+  std::uint32_t& busy_word() noexcept {
+    static_assert(sizeof(busy_) == sizeof(std::uint32_t), "busy_ is a plain 32-bit word");
+    return *reinterpret_cast<std::uint32_t*>(&busy_);
+  }
   std::atomic<std::uint8_t> visited_{0};
 };
 
@@ -236,7 +249,7 @@ inline void* small_alloc(std::size_t cls) noexcept {
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
-void small_free_after_visit(Pool* pool, Block* b, const char* call, std::uint32_t depth) noexcept;
+void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept;
 
 // The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
 inline Pool* checked_pool(const void* p, const char* call) noexcept {
@@ -266,11 +279,10 @@ inline void small_free(void* p, const char* call) noexcept {
     if constexpr (kChecks) b->mark = free_mark(pool);
     return pool_push_remote(pool, b);
   }
-  std::uint32_t depth = heap->enter_fast();
+  heap->enter_fast();
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
-  if (__builtin_expect(heap->visitor_present(), 0))
-    return small_free_after_visit(pool, b, call, depth);
-  heap->free_local(pool, b, depth);
+  if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
+  heap->free_local(pool, b);
 }
 
 inline std::size_t small_usable_size(const void* p, const char* call) noexcept {

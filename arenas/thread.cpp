@@ -42,9 +42,9 @@ void on_thread_exit(void* value) {
   // Later frees from this thread (other TLS destructors, glibc freeing the DTV) take the remote
   // path: its pools are ownerless once abandoned.
   tl_thread.heap = &g_empty_heap;
-  std::uint32_t depth = heap->enter();  // a visitor may be working on this heap: let it finish
+  heap->enter();  // a visitor may be working on this heap: let it finish
   heap->abandon(false);
-  heap->leave(depth);
+  heap->leave();
   heap->live.store(false, std::memory_order_release);
   {
     LockGuard guard(g_registry_lock);

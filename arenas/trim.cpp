@@ -18,9 +18,9 @@ constexpr std::size_t kVisitWorthBytes = 64 * 1024;
 std::size_t trim_own_heap(bool release_pages) noexcept {
   ThreadHeap* heap = tl_thread.heap;
   if (heap == &g_empty_heap) return 0;
-  std::uint32_t depth = heap->enter();
+  heap->enter();
   std::size_t released = heap->trim_own(release_pages);
-  heap->leave(depth);
+  heap->leave();
   return released;
 }
 
