@@ -61,8 +61,7 @@ class ThreadHeap {
     if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls);
     if constexpr (kSecure) secure_check_untouched(pool, b);
     pool->free = decode_link(pool, b);
-    pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
-                     std::memory_order_relaxed);
+    used_increment(pool);
     if constexpr (kChecks) b->mark = 0;
     leave();
     return b;
@@ -122,14 +121,12 @@ class ThreadHeap {
     b->link = encode_link(pool, pool->free);
     if constexpr (kChecks) b->mark = free_mark(pool);
     pool->free = b;
-    std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
-    pool->used.store(used, std::memory_order_relaxed);
-    if (__builtin_expect(
-            used == 0 || pool->state.load(std::memory_order_relaxed) == PoolState::kFull, 0)) {
+    bool empty = used_decrement_is_zero(pool);
+    if (__builtin_expect(empty || pool->state.load(std::memory_order_relaxed) == PoolState::kFull,
+                         0)) {
       // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
       // an empty heap lands here on every free, so it is decided without a call.
-      if (used == 0 && pool->next == nullptr && avail_[pool->size_class].head == pool)
-        return leave();
+      if (empty && pool->next == nullptr && avail_[pool->size_class].head == pool) return leave();
       return free_slow_and_leave(pool);
     }
     leave();

@@ -110,7 +110,8 @@ struct alignas(64) Pool {
   std::atomic<Pool*> notify_next;
 };
 static_assert(sizeof(Pool) <= kPoolHeaderSize, "pool headers must fit the metadata slot");
-static_assert(offsetof(Pool, block_size) == 64, "line 1 starts at 64 (the Arena header overlays line 0 of header 0)");
+static_assert(offsetof(Pool, block_size) == 64,
+              "line 1 starts at 64 (the Arena header overlays line 0 of header 0)");
 
 inline std::uintptr_t arena_base_of(const void* p) noexcept {
   return reinterpret_cast<std::uintptr_t>(p) & ~(kSlotSize - 1);
@@ -138,6 +139,34 @@ inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept 
 inline std::uintptr_t encode_remote_link(const Pool* pool, const Block* next) noexcept {
   if constexpr (!kChecks) return reinterpret_cast<std::uintptr_t>(next);
   return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
+}
+
+// `used` is written only by the pool's owner (or a visitor acting as owner, with the owner kept
+// out by the handshake); other threads only read it. So on x86-64 the owner's fast paths change
+// it with one unlocked read-modify-write in memory, and free takes "now zero" from the flags.
+// TSan builds and other architectures use the atomic's load and store.
+inline std::uint16_t& used_word(Pool* pool) noexcept {
+  static_assert(sizeof(pool->used) == sizeof(std::uint16_t), "used is a plain 16-bit word");
+  return *reinterpret_cast<std::uint16_t*>(&pool->used);
+}
+inline void used_increment(Pool* pool) noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+  asm volatile("incw %0" : "+m"(used_word(pool)));
+#else
+  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
+                   std::memory_order_relaxed);
+#endif
+}
+inline bool used_decrement_is_zero(Pool* pool) noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+  bool zero;
+  asm volatile("decw %0" : "+m"(used_word(pool)), "=@ccz"(zero));
+  return zero;
+#else
+  std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
+  pool->used.store(used, std::memory_order_relaxed);
+  return used == 0;
+#endif
 }
 
 // Decodes a popped link; a value that leaves the pool means the free block was overwritten.
