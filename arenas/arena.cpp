@@ -112,6 +112,7 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
     pool->block_size = 0;
     pool->start_bound = 0;
     pool->start_magic = 0;
+    for (auto& bound : pool->page_bound) bound.store(0, std::memory_order_relaxed);
     pool->free = nullptr;
     pool->owner.store(nullptr, std::memory_order_relaxed);
     pool->state.store(PoolState::kFree, std::memory_order_relaxed);

@@ -57,6 +57,12 @@ void report_bad_small_free(const char* call, const void* p) noexcept {
   fatal(call, "invalid pointer (not the start of a trimalloc block)", p);
 }
 
+void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept {
+  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(b) & (kPoolSize - 1);
+  if (!is_block_start(pool, offset)) report_bad_small_free(call, b);
+  fatal(call, "double free of", b);  // a block start on a dormant page: freed and given back
+}
+
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(b) & (kPoolSize - 1);
   if ((pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1)

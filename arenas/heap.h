@@ -246,6 +246,7 @@ inline void* small_alloc(std::size_t cls) noexcept {
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
+[[noreturn]] void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept;
 void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept;
 
 // The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
@@ -258,17 +259,16 @@ inline Pool* checked_pool(const void* p, const char* call) noexcept {
 
 // free() of a pointer known to be in a small arena. `call` names the public function.
 inline void small_free(void* p, const char* call) noexcept {
-  Pool* pool = kChecks ? checked_pool(p, call) : pool_of(p);
+  Pool* pool = pool_of(p);
   Block* b = static_cast<Block*>(p);
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
-  // A free mark, or a block on a dormant page (invariant D), means "already free": confirm.
-  if (kChecks &&
-      __builtin_expect(
-          b->mark == free_mark(pool) ||
-              (pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1,
-          0)) {
-    small_free_suspect(pool, b, call);
-    return;
+  if constexpr (kChecks) {
+    // Not a block start, or a block on a dormant page (invariant D: already free), in one
+    // compare; small_free_rejected() tells which.
+    if (__builtin_expect(!is_block_start_on_live_page(pool, offset), 0))
+      return small_free_rejected(pool, b, call);
+    // A free mark means "already free", unless the program wrote this exact word: confirm.
+    if (__builtin_expect(b->mark == free_mark(pool), 0)) return small_free_suspect(pool, b, call);
   }
   if constexpr (kSecure) secure_scrub(pool, b);
   ThreadHeap* heap = tl_thread.heap;

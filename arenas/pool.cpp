@@ -21,7 +21,7 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   pool->used.store(0, std::memory_order_relaxed);
   pool->size_class = static_cast<std::uint8_t>(cls);
   // Invariant D from the start: nothing is carved, whether the pages are fresh or reused.
-  pool->dormant.store(kAllPagesDormant, std::memory_order_relaxed);
+  set_dormant(pool, kAllPagesDormant);
   pool->key = random_word() | 1;
   pool->list_key = pool->key;
   pool->mark = free_mark_of_key(pool->key);
@@ -51,7 +51,7 @@ bool pool_revive_page(Pool* pool) noexcept {
   if (dormant == 0) return false;
   unsigned page = static_cast<unsigned>(__builtin_ctz(dormant));
   dormant = static_cast<std::uint8_t>(dormant & ~(1u << page));
-  pool->dormant.store(dormant, std::memory_order_relaxed);
+  set_dormant(pool, dormant);
 
   // Push, highest address first, every block that overlaps this page and no other dormant page,
   // so the list hands blocks out in address order (better locality, and low pages fill first).
@@ -251,7 +251,7 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
     head = b;
   }
   pool->free = head;
-  pool->dormant.store(dormant, std::memory_order_relaxed);
+  set_dormant(pool, dormant);
 
   std::size_t purged = 0;
   for (unsigned page = 0; page < kPagesPerPool; ++page) {

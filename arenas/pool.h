@@ -103,6 +103,10 @@ struct alignas(64) Pool {
   std::atomic<std::uint8_t> dormant;     // bit per 4 KiB page, see invariant D
   std::uint8_t index;                    // slot index in the arena, 1..63
   std::atomic<bool> queued;
+  // start_bound for blocks that start on each page, 0 while the page is dormant: free() checks
+  // "starts a block" and "not on a dormant page" with one compare against page_bound[page].
+  // Kept in step with `dormant` by set_dormant(); all 0 while kFree.
+  std::atomic<std::uint16_t> page_bound[kPagesPerPool];
   std::uintptr_t key;   // link-encoding secret
   std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
   std::atomic<ThreadHeap*> owner;
@@ -190,6 +194,19 @@ inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
 // offset. A free pool has both fields 0, so nothing in it is a block.
 inline bool is_block_start(const Pool* pool, std::uintptr_t offset) noexcept {
   return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->start_bound;
+}
+// is_block_start() and "its page is not dormant" at once (free's check; see page_bound).
+inline bool is_block_start_on_live_page(const Pool* pool, std::uintptr_t offset) noexcept {
+  const std::atomic<std::uint16_t>* bounds = pool->page_bound;
+  return static_cast<std::uint32_t>(offset) * pool->start_magic <
+         (bounds + (offset >> kPageShift))->load(std::memory_order_relaxed);
+}
+// Stores `dormant` and the page bounds that follow from it.
+inline void set_dormant(Pool* pool, std::uint8_t dormant) noexcept {
+  pool->dormant.store(dormant, std::memory_order_relaxed);
+  for (unsigned k = 0; k < kPagesPerPool; ++k)
+    pool->page_bound[k].store((dormant >> k) & 1 ? 0 : pool->start_bound,
+                              std::memory_order_relaxed);
 }
 // Sets block_size, capacity and the is_block_start() constants for blocks of `size` bytes.
 inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {

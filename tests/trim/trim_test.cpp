@@ -89,6 +89,34 @@ TEST(Trim, FullReleasesFreePagesOfPartlyUsedPoolsFastDoesNot) {
   }
 }
 
+// A block freed, then given back with its page by a trim (the page is dormant: on no list, its
+// memory zero), then freed again: the second free is caught as a double free, not pushed onto
+// the free list (where the page's revival would hand the block out twice).
+TEST(TrimDeathTest, DoubleFreeOfABlockWhosePageWasReleased) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        // 448-byte blocks: 36 to a 16 KiB pool, about 9 to a 4 KiB page.
+        std::vector<char*> blocks;
+        for (int i = 0; i < 400; ++i) blocks.push_back(static_cast<char*>(tm_malloc(448)));
+        char* keep = blocks[0];
+        auto pool = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) >> 14; };
+        auto page = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) >> 12; };
+        // A block of keep's pool that starts on a page keep does not touch.
+        char* victim = nullptr;
+        for (char* b : blocks)
+          if (pool(b) == pool(keep) && page(b) != page(keep) && page(b) != page(keep + 447) &&
+              page(b) == page(b + 447))
+            victim = b;
+        if (victim == nullptr) std::abort();  // the layout assumption failed: no death message
+        for (char* b : blocks)
+          if (b != keep) tm_free(b);
+        tm_trim(TM_TRIM_FULL);
+        tm_free(victim);
+      },
+      "trimalloc: free\\(\\): double free of 0x[0-9a-f]+");
+}
+
 TEST(Trim, IsIdempotentAndDataSurvives) {
   std::set<std::uintptr_t> free_pages;
   auto keep = sparse_heap(100000, 48, 97, &free_pages);
