@@ -75,6 +75,7 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
   if constexpr (kSecure) secure_scrub(pool, b);
+  b->mark = free_mark(pool);
   heap->free_local(pool, b);
 }
 
@@ -86,8 +87,7 @@ void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept {
   if (pool->owner.load(std::memory_order_relaxed) != heap) {
     heap->leave();
     (void)call;
-    b->mark = free_mark(pool);
-    pool_push_remote(pool, b);
+    pool_push_remote(pool, b);  // small_free has marked the block free
     return;
   }
   heap->free_local(pool, b);

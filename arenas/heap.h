@@ -116,10 +116,10 @@ class ThreadHeap {
     visited_.store(0, std::memory_order_release);
   }
 
-  // Free of a block this heap owns, inside enter_fast()/visitor check; leaves.
+  // Free of a block this heap owns, inside enter_fast()/visitor check; leaves. The caller has
+  // already written the free mark into `b` (small_free does it while the mark is in a register).
   void free_local(Pool* pool, Block* b) noexcept {
     b->link = encode_link(pool, pool->free);
-    if constexpr (kChecks) b->mark = free_mark(pool);
     pool->free = b;
     bool empty = used_decrement_is_zero(pool);
     if (__builtin_expect(empty || pool->state.load(std::memory_order_relaxed) == PoolState::kFull,
@@ -268,14 +268,14 @@ inline void small_free(void* p, const char* call) noexcept {
     if (__builtin_expect(!is_block_start_on_live_page(pool, offset), 0))
       return small_free_rejected(pool, b, call);
     // A free mark means "already free", unless the program wrote this exact word: confirm.
-    if (__builtin_expect(b->mark == free_mark(pool), 0)) return small_free_suspect(pool, b, call);
+    std::uintptr_t mark = free_mark(pool);
+    if (__builtin_expect(b->mark == mark, 0)) return small_free_suspect(pool, b, call);
+    if constexpr (kSecure) secure_scrub(pool, b);
+    b->mark = mark;  // every way on frees the block: mark it now, while the mark is at hand
   }
-  if constexpr (kSecure) secure_scrub(pool, b);
   ThreadHeap* heap = tl_thread.heap;
-  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0)) {
-    if constexpr (kChecks) b->mark = free_mark(pool);
+  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0))
     return pool_push_remote(pool, b);
-  }
   heap->enter_fast();
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
   if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
