@@ -46,9 +46,14 @@ inline bool sample_due(std::size_t bytes) noexcept {
   if constexpr (!kSamplingHooks) return false;
   return __builtin_expect((tl_thread.sample_countdown -= static_cast<std::int64_t>(bytes)) < 0, 0);
 }
-// The countdown ran out on a large allocation that gave `p` (null: failed, nothing to record).
+// The countdown ran out on a large allocation that gave `p`. A failed one (p null) did not
+// allocate, so its bytes are given back to the countdown: otherwise a request near PTRDIFF_MAX
+// would leave the countdown so negative that the next one overflows it.
 inline void sample_record_large(void* p, std::size_t size) noexcept {
-  if (p == nullptr) return;
+  if (p == nullptr) {
+    tl_thread.sample_countdown += static_cast<std::int64_t>(size);
+    return;
+  }
   if (g_sampler.sample_large)
     g_sampler.sample_large(p, size);
   else
