@@ -226,12 +226,10 @@ std::size_t large_resident_measured() {
       unsigned long lo = 0, hi = 0;
       buf[i] = '\0';
       if (std::sscanf(buf + start, "%lx-%lx", &lo, &hi) == 2) {
-        for (std::uintptr_t slot = (lo + kSlotSize - 1) & ~(kSlotSize - 1); slot + kSlotSize <= hi;
-             slot += kSlotSize) {
-          if (!g_arena_map.contains(SlotKind::kLarge, reinterpret_cast<void*>(slot))) continue;
+        g_arena_map.for_each_slot(SlotKind::kLarge, lo, hi, [&](std::uintptr_t slot) {
           if (mincore(reinterpret_cast<void*>(slot), kSlotSize, vec) == 0)
             resident += count_resident(vec, 0, kPagesPerArena);
-        }
+        });
       }
       start = i + 1;
     }
