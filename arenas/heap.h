@@ -17,12 +17,13 @@
 // Visiting. A heap's pools are owner-only, but an idle thread (a Python program that did
 // `del big_list` and sleeps) must still give memory back. A visitor (the decay thread, or
 // tm_trim(TM_TRIM_ALL) on another thread) may act as the owner while the owner is outside the
-// allocator. Owner: busy = 1, compiler barrier, read `visited` (no fence: two plain stores and a
-// load per call). Visitor: visited = 1, membarrier(PRIVATE_EXPEDITED) - which puts a full fence
-// into every running thread of the process - then read `busy`. Either the visitor sees busy == 1
-// and backs off, or the owner's next read of `visited` sees 1 and it waits until the visit is
-// over. Where membarrier is unavailable visits are simply not made (see visit.h); TSan builds
-// use seq_cst operations instead, which TSan can model.
+// allocator. Owner: busy += 1, compiler barrier, read `visited` (no fence: an increment and a
+// decrement of busy in memory and a load per call; busy counts nested entries, see enter_fast).
+// Visitor: visited = 1, membarrier(PRIVATE_EXPEDITED) - which puts a full fence into every running
+// thread of the process - then read `busy`. Either the visitor sees busy == 1 and backs off, or the
+// owner's next read of `visited` sees 1 and it waits until the visit is over. Where membarrier is
+// unavailable visits are simply not made (see visit.h); TSan builds use seq_cst operations instead,
+// which TSan can model.
 //
 // When a thread exits its pools are abandoned: empty ones go to their arenas, the others onto
 // a global per-class list with owner = null, where the next heap needing that class adopts them
