@@ -20,7 +20,7 @@
 // allocator. Owner: busy += 1, compiler barrier, read `visited` (no fence: an increment and a
 // decrement of busy in memory and a load per call; busy counts nested entries, see enter_fast).
 // Visitor: visited = 1, membarrier(PRIVATE_EXPEDITED) - which puts a full fence into every running
-// thread of the process - then read `busy`. Either the visitor sees busy == 1 and backs off, or the
+// thread of the process - then read `busy`. Either the visitor sees busy != 0 and backs off, or the
 // owner's next read of `visited` sees 1 and it waits until the visit is over. Where membarrier is
 // unavailable visits are simply not made (see visit.h); TSan builds use seq_cst operations instead,
 // which TSan can model.
