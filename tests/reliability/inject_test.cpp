@@ -7,25 +7,11 @@
 
 #include "config.h"
 #include "inject_support.h"
+#include "tm_api.h"
 
 namespace {
 
-struct TmApi {
-  static void* malloc(std::size_t n) { return tm_malloc(n); }
-  static void* calloc(std::size_t c, std::size_t n) { return tm_calloc(c, n); }
-  static void* realloc(void* p, std::size_t n) { return tm_realloc(p, n); }
-  static void* reallocarray(void* p, std::size_t c, std::size_t n) {
-    return tm_reallocarray(p, c, n);
-  }
-  static void free(void* p) { tm_free(p); }
-  static void* aligned_alloc(std::size_t a, std::size_t n) { return tm_aligned_alloc(a, n); }
-  static int posix_memalign(void** out, std::size_t a, std::size_t n) {
-    return tm_posix_memalign(out, a, n);
-  }
-  static void* memalign(std::size_t a, std::size_t n) { return tm_memalign(a, n); }
-  static void* valloc(std::size_t n) { return tm_valloc(n); }
-  static void* pvalloc(std::size_t n) { return tm_pvalloc(n); }
-  static std::size_t usable(const void* p) { return tm_usable_size(p); }
+struct TmApi : reltest::TmApi {
   static void trim() { tm_trim(TM_TRIM_ALL); }
 };
 

@@ -1,4 +1,5 @@
-// The engine's tm_* API as an adaptor for the operation language of model.h (difftest, fuzz_ops).
+// The engine's tm_* API as an adaptor for the operation language of model.h (difftest, fuzz_ops)
+// and for the injection scenarios (inject_test).
 // Each user adds trim() at the level it wants.
 #pragma once
 #include <trimalloc/trimalloc.h>
@@ -25,6 +26,7 @@ struct TmApi {
   }
   static void* memalign(std::size_t a, std::size_t n) { return tm_memalign(a, n); }
   static void* valloc(std::size_t n) { return tm_valloc(n); }
+  static void* pvalloc(std::size_t n) { return tm_pvalloc(n); }
   static std::size_t usable(const void* p) { return tm_usable_size(p); }
 };
 
