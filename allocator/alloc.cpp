@@ -101,14 +101,12 @@ std::size_t raw_usable_size(const void* p, const char* call) noexcept {
   return large_usable_size(p);
 }
 
-void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept {
-  if (small_owns(p)) {
+void free_sized_not_small(void* p, std::size_t size, std::size_t alignment,
+                          const char* call) noexcept {
+  if (kSecure && small_owns(p)) {
     Pool* pool = checked_pool(p, call);
-    unsigned cls = aligned_class_of(size, alignment ? alignment : 1);
-    if (cls != pool->size_class) fatal(call, "size does not match the allocation of", p);
-    if constexpr (kSecure) return quarantine_free(p, call);
-    small_free(p, call);
-    return;
+    if (sized_block_size(size, alignment) != pool->block_size) report_wrong_size(call, p);
+    return quarantine_free(p, call);
   }
   if (p == nullptr) return;
   if (!large_owns(p)) report_foreign(call, p);

@@ -20,7 +20,6 @@ void* raw_alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noex
 void* raw_calloc(std::size_t total) noexcept;  // TRIMALLOC_VALGRIND only
 void* raw_realloc(void* p, std::size_t size, const char* call) noexcept;
 std::size_t raw_usable_size(const void* p, const char* call) noexcept;
-void raw_free_sized(void* p, std::size_t size, std::size_t alignment, const char* call) noexcept;
 // Hardened build: aborts unless p is a live large block (not freed, not in quarantine, not an
 // interior pointer). No-op in the default build.
 void check_large(const void* p, const char* call) noexcept;
@@ -65,7 +64,7 @@ void free_not_small(void* p, const char* call) noexcept;
 
 // free() with the public call's name for messages. Small first: it is the common case and
 // null is never in a small arena, so the null check costs nothing there.
-inline void raw_free(void* p, const char* call) noexcept {
+[[gnu::always_inline]] inline void raw_free(void* p, const char* call) noexcept {
   if constexpr (kSecure) {
     if (p == nullptr) return;
     if (!small_owns(p) && !large_owns(p)) report_foreign(call, p);
@@ -77,6 +76,22 @@ inline void raw_free(void* p, const char* call) noexcept {
   }
   if (p == nullptr) return;
   free_not_small(p, call);
+}
+
+// The rest of the sized frees after the small check (and all of them in the hardened build,
+// whose small frees go through the quarantine). Out of line, like free_not_small.
+void free_sized_not_small(void* p, std::size_t size, std::size_t alignment,
+                          const char* call) noexcept;
+
+// free_sized(), free_aligned_sized() and sized operator delete: free() plus one compare of the
+// block size the caller's size implies with the pool's (small_free_sized).
+[[gnu::always_inline]] inline void raw_free_sized(void* p, std::size_t size, std::size_t alignment,
+                                                  const char* call) noexcept {
+  if (!kSecure && __builtin_expect(small_owns(p), 1)) {
+    small_free_sized(p, call, sized_block_size(size, alignment));
+    return;
+  }
+  free_sized_not_small(p, size, alignment, call);
 }
 
 #if TRIMALLOC_VALGRIND

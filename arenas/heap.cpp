@@ -57,6 +57,10 @@ void report_bad_small_free(const char* call, const void* p) noexcept {
   fatal(call, "invalid pointer (not the start of a trimalloc block)", p);
 }
 
+void report_wrong_size(const char* call, const void* p) noexcept {
+  fatal(call, "size does not match the allocation of", p);
+}
+
 void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept {
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(b) & (kPoolSize - 1);
   if (!is_block_start(pool, offset)) report_bad_small_free(call, b);

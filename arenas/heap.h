@@ -246,6 +246,16 @@ inline void* small_alloc(std::size_t cls) noexcept {
 }
 
 [[noreturn]] void report_bad_small_free(const char* call, const void* p) noexcept;
+[[noreturn]] void report_wrong_size(const char* call, const void* p) noexcept;
+
+// The block size a sized free of (size, alignment) implies for a small block: what
+// class_block_size(aligned_class_of(size, alignment)) gives, without the table. Classes are
+// every multiple of 16, so it is the size rounded up to max(alignment, 16) (that rounding, for
+// size 0); above kSmallMax it matches no pool's block size.
+inline std::size_t sized_block_size(std::size_t size, std::size_t alignment) noexcept {
+  const std::size_t a = alignment > kClassGranule ? alignment : kClassGranule;
+  return size == 0 ? a : (size + a - 1) & ~(a - 1);
+}
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
 [[noreturn]] void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept;
 void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept;
@@ -259,7 +269,12 @@ inline Pool* checked_pool(const void* p, const char* call) noexcept {
 }
 
 // free() of a pointer known to be in a small arena. `call` names the public function.
-inline void small_free(void* p, const char* call) noexcept {
+// kSized: the sized frees (free_sized, sized operator delete) pass the block size the caller's
+// size implies (sized_block_size()), and a block of another size aborts. Two functions rather
+// than a run-time flag, so that plain free() does not test it.
+template <bool kSized>
+[[gnu::always_inline]] inline void small_free_impl(void* p, const char* call,
+                                                   std::size_t sized_block) noexcept {
   Pool* pool = pool_of(p);
   Block* b = static_cast<Block*>(p);
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
@@ -268,6 +283,12 @@ inline void small_free(void* p, const char* call) noexcept {
     // compare; small_free_rejected() tells which.
     if (__builtin_expect(!is_block_start_on_live_page(pool, offset), 0))
       return small_free_rejected(pool, b, call);
+  }
+  // Line 1, which the start check has just read: one more compare for the sized calls.
+  if constexpr (kSized) {
+    if (__builtin_expect(sized_block != pool->block_size, 0)) report_wrong_size(call, p);
+  }
+  if constexpr (kChecks) {
     // A free mark means "already free", unless the program wrote this exact word: confirm.
     std::uintptr_t mark = free_mark(pool);
     if (__builtin_expect(b->mark == mark, 0)) return small_free_suspect(pool, b, call);
@@ -281,6 +302,12 @@ inline void small_free(void* p, const char* call) noexcept {
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
   if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
   heap->free_local(pool, b);
+}
+inline void small_free(void* p, const char* call) noexcept {
+  small_free_impl<false>(p, call, 0);
+}
+inline void small_free_sized(void* p, const char* call, std::size_t sized_block) noexcept {
+  small_free_impl<true>(p, call, sized_block);
 }
 
 inline std::size_t small_usable_size(const void* p, const char* call) noexcept {
