@@ -231,7 +231,7 @@ void vg_free_sized(void* q, std::size_t size, std::size_t alignment, const char*
   VALGRIND_FREELIKE_BLOCK(q, 0);
   Quiet quiet;
   Located b = locate(q, call);
-  // The engine's check (alloc.cpp raw_free_sized), on the sizes the engine saw; the block then
+  // The engine's check (raw_free_sized in alloc.h), on the sizes the engine saw; the block then
   // leaves the FIFO through an unsized free.
   if (b.offset == 0) {
     unsigned cls =
