@@ -286,8 +286,10 @@ void decay_note_heap_growth() noexcept {
 void decay_note_dirty_pool() noexcept {
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
   std::size_t cap = static_cast<std::size_t>(g_options.max_cached.load(std::memory_order_relaxed));
+  // Over the cap, purge down to half of it, so that the next few pools freed do not each
+  // trigger another purge.
   if (decay == 0 || dirty_small_bytes() > cap)
-    g_released.fetch_add(g_arenas.purge(UINT64_MAX, 1));
+    g_released.fetch_add(g_arenas.purge(UINT64_MAX, decay == 0 ? 0 : cap / 2));
   else if (decay > 0)
     request();
 }

@@ -117,12 +117,13 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
     pool->owner.store(nullptr, std::memory_order_relaxed);
     pool->state.store(PoolState::kFree, std::memory_order_relaxed);
     pool->freed_at_ms = now;
-    if (release_pool_locked(a, bit, dirty)) return;
+    if (release_pool_locked(a, bit, dirty, now)) return;
   }
   if (dirty && g_on_dirty_pool) g_on_dirty_pool();
 }
 
-bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noexcept {
+bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty,
+                                   std::uint64_t now) noexcept {
   bucket_remove(a);
   a->free_pools |= bit;
   if (dirty) {
@@ -130,51 +131,55 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noex
     dirty_count_.fetch_add(1, std::memory_order_relaxed);
   }
   ++a->nfree;
-  if (a->nfree == kPoolSlotsPerArena && (nonempty_ >> kPoolSlotsPerArena)) {
-    // A second completely free arena: give it back now. Keeping one empty arena absorbs a
-    // program that repeatedly frees and reallocates a pool's worth; more would only hold RSS.
-    g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
-    dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
-                           std::memory_order_relaxed);
-    os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
-    --arena_count_;
-    mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
-    ++released_count_;
-    return true;
+  if (a->nfree == kPoolSlotsPerArena) {
+    a->emptied_ms = now;
+    // An empty arena with nothing resident but its headers is not worth keeping beside another
+    // empty one. One with dirty pools waits for decay (or the cap) like any dirty pool.
+    if (a->dirty_pools == 0 && (nonempty_ >> kPoolSlotsPerArena)) {
+      unmap_empty_locked(a);
+      return true;
+    }
   }
   bucket_insert(a);
   return false;
 }
 
-std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept {
+// `a` is empty and on no bucket.
+void ArenaSet::unmap_empty_locked(Arena* a) noexcept {
+  g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
+  dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
+                         std::memory_order_relaxed);
+  os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
+  --arena_count_;
+  mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
+  ++released_count_;
+}
+
+std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noexcept {
   std::size_t released = 0;
   LockGuard guard(lock_);
-  // Flushed before the guard is dropped: a pool purged here is free, and only this lock
-  // hands it out again.
-  PurgeBatch batch;
-  // Empty arenas first: unmapping returns the metadata slot too.
-  std::size_t kept = 0;
+  const std::size_t keep_pools = keep_bytes / kPoolSize;
+  auto done = [&] { return dirty_count_.load(std::memory_order_relaxed) <= keep_pools; };
+  // Empty arenas first: unmapping returns the metadata slot too. A clean one (no dirty pool)
+  // is unmapped whenever it qualifies; the cap (keep_bytes) only limits dirty pools.
   for (Arena* a = buckets_[kPoolSlotsPerArena]; a != nullptr;) {
     Arena* next = a->next;
-    if (kept < keep_empty) {
-      ++kept;
-    } else {
+    if (a->emptied_ms <= cutoff_ms && (a->dirty_pools == 0 || !done())) {
+      released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
       bucket_remove(a);
-      g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
-      std::size_t dirty = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools));
-      released += dirty * kPoolSize;
-      dirty_count_.fetch_sub(dirty, std::memory_order_relaxed);
-      os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
-      --arena_count_;
-      mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
-      ++released_count_;
+      unmap_empty_locked(a);
     }
     a = next;
   }
-  for (Arena* head : buckets_) {
-    for (Arena* a = head; a != nullptr; a = a->next) {
+  // Flushed before the guard is dropped: a pool purged here is free, and only this lock
+  // hands it out again.
+  PurgeBatch batch;
+  // Emptiest arenas first: allocation takes pools from the fullest ones, so theirs are the
+  // dirty pools reused soonest.
+  for (unsigned b = kPoolSlotsPerArena + 1; b-- > 0 && !done();) {
+    for (Arena* a = buckets_[b]; a != nullptr && !done(); a = a->next) {
       std::uint64_t dirty = a->dirty_pools & a->free_pools;
-      while (dirty) {
+      while (dirty && !done()) {
         unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
         dirty &= dirty - 1;
         Pool* pool = pool_header(a, i);

@@ -29,6 +29,11 @@ struct Arena {
   std::uint64_t free_pools;   // bit i: slot i is not in use (bits 1..63 only)
   std::uint64_t dirty_pools;  // subset of free_pools whose pages may be resident
   std::uint32_t nfree;        // popcount(free_pools)
+  // When its last pool in use went back (valid while nfree == kPoolSlotsPerArena). An empty
+  // arena with resident pages is free memory like any dirty pool: it decays, it is not unmapped
+  // the moment it empties (a program that frees a batch and allocates the next would fault
+  // every page in again).
+  std::uint64_t emptied_ms;
 };
 static_assert(kArenaHeaderOffset == 0 && sizeof(Arena) <= 64 && alignof(Pool) == 64,
               "the arena header must fit pool header 0's first cache line, before the fields "
@@ -71,9 +76,12 @@ class ArenaSet {
   Pool* acquire_pool(unsigned cls, ThreadHeap* owner) noexcept;
   // Gives an empty pool (used == 0, on no list) back to its arena.
   void release_pool(Pool* pool) noexcept;
-  // Purges free dirty pools that went free at or before `cutoff_ms`; unmaps arenas with no pool
-  // in use beyond `keep_empty`. Returns bytes given back. (Decay and trim use this.)
-  std::size_t purge(std::uint64_t cutoff_ms, std::size_t keep_empty) noexcept;
+  // Gives back free memory that went free at or before `cutoff_ms`: unmaps such empty arenas,
+  // then purges such dirty pools, stopping once at most `keep_bytes` of dirty pools are left
+  // (empty arenas go first: they return their headers too, and allocation reuses pools of
+  // partly used arenas before it touches an empty one). Returns bytes given back. (Decay, trim
+  // and the TRIMALLOC_MAX_CACHED cap use this.)
+  std::size_t purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noexcept;
   ArenaCounts counts() noexcept;
   // Pools of each size class in use now, and the most there have been at once since start-up.
   // Exact: both change only in acquire_pool/release_pool, under the lock (statistics: a true
@@ -94,7 +102,8 @@ class ArenaSet {
  private:
   Arena* create_arena() noexcept;
   // True if the arena was unmapped as a result.
-  bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty) noexcept;
+  bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty, std::uint64_t now) noexcept;
+  void unmap_empty_locked(Arena* a) noexcept;
   void bucket_insert(Arena* a) noexcept;
   void bucket_remove(Arena* a) noexcept;
 

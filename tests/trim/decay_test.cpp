@@ -107,6 +107,26 @@ TEST(Decay, StartsLazilyAndReturnsIdleMemoryWithoutACall) {
   }
 }
 
+// A heap freed whole leaves empty arenas: they are cached like any free pool, and decay
+// unmaps them once they have been idle for decay_ms, with no call.
+TEST(Decay, UnmapsEmptiedArenasOnceTheyHaveBeenIdle) {
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  std::vector<void*> blocks;
+  std::set<std::uintptr_t> pages;
+  for (int i = 0; i < 100000; ++i) {  // 25 MiB of 256-byte blocks
+    void* p = tm_malloc(256);
+    std::memset(p, 7, 256);
+    pages.insert(page_of(p));
+    blocks.push_back(p);
+  }
+  for (void* p : blocks) tm_free(p);
+  auto t0 = std::chrono::steady_clock::now();
+  std::size_t left = wait_resident_below(pages, pages.size() / 50, 5.0);
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LE(left, pages.size() / 50) << "of " << pages.size() << " pages, after " << took << " s";
+  EXPECT_LT(took, 3.0);
+}
+
 TEST(Decay, OffMeansOff) {
   ASSERT_EQ(tm_option_set("decay_ms", -1), 0);
   std::set<std::uintptr_t> free_pages;

@@ -227,6 +227,75 @@ TEST(Trim, MaxCachedCapsTheFreeMemoryKeptForReuse) {
   EXPECT_LE(capped, std::size_t{kCap}) << "free pools resident beyond max_cached";
 }
 
+// A batch freed whole (every arena it used now empty) is cached like any free pool, up to the
+// cap: the next batch reuses those pages instead of faulting them in again, and only a trim (or
+// decay, decay_test) gives the arenas back.
+namespace {
+std::vector<void*> batch(std::size_t count, std::size_t size) {
+  std::vector<void*> blocks(count);
+  for (auto& p : blocks) {
+    p = tm_malloc(size);
+    std::memset(p, 5, size);
+  }
+  return blocks;
+}
+std::set<std::uintptr_t> pages_of(const std::vector<void*>& blocks) {
+  std::set<std::uintptr_t> pages;
+  for (void* p : blocks) pages.insert(page_of(p));
+  return pages;
+}
+std::size_t arenas_mapped() {
+  tm_stats s;
+  tm_stats_get(&s);
+  return s.arenas;
+}
+}  // namespace
+
+TEST(Trim, AnEmptiedBatchIsReusedWithoutFaultsUntilTrimmed) {
+  constexpr std::size_t kSize = 256, kCount = 96 * 1024;  // 24 MiB: under the 64 MiB cap
+  ASSERT_EQ(tm_option_set("max_cached", 64ll << 20), 0);
+  tm_trim(TM_TRIM_FAST);
+  const std::size_t arenas_before = arenas_mapped();
+  std::vector<void*> first = batch(kCount, kSize);
+  const std::set<std::uintptr_t> first_pages = pages_of(first);
+  for (void* p : first) tm_free(p);
+  EXPECT_GE(arenas_mapped(), arenas_before + 20) << "empty arenas were unmapped at once";
+  const std::size_t kept = resident_pages(first_pages);
+  EXPECT_GE(kept, first_pages.size() * 9 / 10)
+      << "only " << kept << " of " << first_pages.size() << " freed pages stayed resident";
+
+  // The next batch lands on those resident pages: no page fault.
+  std::vector<void*> second = batch(kCount, kSize);
+  std::size_t reused = 0;
+  for (std::uintptr_t pg : pages_of(second)) reused += first_pages.count(pg);
+  EXPECT_GE(reused, first_pages.size() * 9 / 10) << "the second batch went elsewhere";
+  for (void* p : second) tm_free(p);
+
+  tm_trim(TM_TRIM_FAST);
+  EXPECT_LE(arenas_mapped(), arenas_before + 1) << "tm_trim left the empty arenas mapped";
+  EXPECT_LE(resident_pages(first_pages), first_pages.size() / 20);
+}
+
+// Crossing the cap purges down to half of it, not everything: what was freed last stays
+// cached for the next allocations.
+TEST(Trim, OverTheCapKeepsHalfOfIt) {
+  constexpr long long kCap = 8 << 20;
+  ASSERT_EQ(tm_option_set("max_cached", kCap), 0);
+  tm_trim(TM_TRIM_FAST);
+  std::vector<void*> blocks = batch(96 * 1024, 256);  // 24 MiB
+  // Free 9 MiB: the cap is crossed once, near the end. Purging everything then would leave
+  // about 1 MiB cached; purging down to half the cap leaves about 5.
+  const std::size_t crossing = (9 << 20) / 256;
+  for (std::size_t i = 0; i < crossing; ++i) tm_free(blocks[i]);
+  tm_stats s;
+  tm_stats_get(&s);
+  for (std::size_t i = crossing; i < blocks.size(); ++i) tm_free(blocks[i]);
+  ASSERT_EQ(tm_option_set("max_cached", 64ll << 20), 0);
+  tm_trim(TM_TRIM_FAST);
+  EXPECT_LE(s.empty_pools_resident, std::size_t{kCap});
+  EXPECT_GE(s.empty_pools_resident, std::size_t{kCap} / 4) << "the cap purged everything";
+}
+
 TEST(Trim, ExitedThreadsPoolsAreReleased) {
   std::set<std::uintptr_t> free_pages;
   std::vector<void*> keep;

@@ -73,7 +73,8 @@ TM_API size_t tm_trim(int level);
 
 /* Options (also TRIMALLOC_<NAME> environment variables, see README):
  *   "decay_ms"          free memory idle this long returns to the OS by itself (-1 = never);
- *   "max_cached"        bytes of free, resident memory kept for reuse before purging at once;
+ *   "max_cached"        bytes of free, resident memory kept for reuse; beyond it, purge at once
+ *                       down to half of it;
  *   "background_thread" 1 = a lazily started thread does the decay, 0 = allocation slow paths.
  * Both return 0, or EINVAL for an unknown name or a value out of range. */
 TM_API int tm_option_set(const char* name, long long value);
