@@ -49,7 +49,7 @@ inline void* raw_malloc(std::size_t size) noexcept {
   } else if (size == 0) {
     return malloc_zero();
   } else {
-    p = large_alloc(size, 0, false);
+    p = large_malloc(size);
   }
   // Hardened build: memory held in quarantine is free memory; use it before failing.
   if constexpr (kSecure) {

@@ -28,10 +28,12 @@
 #include "visit.h"
 
 namespace trimalloc {
+std::atomic<bool> g_decay_started{false};
+std::atomic<bool> g_decay_sleeping{false};
 namespace {
 std::atomic<bool> g_constructed{false};  // pthread_create is safe only after start-up
-std::atomic<bool> g_started{false};
-std::atomic<bool> g_sleeping{false};  // asleep with no timeout: a free must wake it
+std::atomic<bool>& g_started = g_decay_started;
+std::atomic<bool>& g_sleeping = g_decay_sleeping;
 std::atomic<std::uint32_t> g_wake_seq{0};
 std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
@@ -273,9 +275,8 @@ void decay_init() noexcept {
   g_constructed.store(true, std::memory_order_release);
 }
 
-void decay_note_large_free() noexcept {
-  if (g_sleeping.load(std::memory_order_relaxed) || !g_started.load(std::memory_order_relaxed))
-    request();
+void decay_request() noexcept {
+  request();
 }
 
 void decay_note_heap_growth() noexcept {

@@ -9,12 +9,29 @@
 // child starts a new thread lazily, like the parent did. With TRIMALLOC_BACKGROUND_THREAD=0
 // the same pass runs from allocation slow paths instead (no thread, less prompt).
 #pragma once
+#include <atomic>
 #include <cstddef>
+
+#include "config.h"
+#include "options.h"
 
 namespace trimalloc {
 
-void decay_init() noexcept;              // from the library constructor: hooks, atfork
-void decay_note_large_free() noexcept;   // cheap; wakes the thread if it is asleep
+// The thread's state, read by every large free (decay_note_large_free).
+extern TM_INTERNAL std::atomic<bool> g_decay_started;
+extern TM_INTERNAL std::atomic<bool> g_decay_sleeping;  // asleep with no timeout: wake it
+void decay_request() noexcept;
+
+void decay_init() noexcept;  // from the library constructor: hooks, atfork
+// After a large free: jemalloc now holds dirty pages that decay must return. Wakes the thread
+// if it sleeps without a timeout, or asks the allocation slow paths to decay when there is no
+// thread. Inline, because every large free() calls it and it usually has nothing to do.
+inline void decay_note_large_free() noexcept {
+  if (__builtin_expect(g_decay_sleeping.load(std::memory_order_relaxed), 0) ||
+      (!g_decay_started.load(std::memory_order_relaxed) &&
+       !g_options.background_thread.load(std::memory_order_relaxed)))
+    decay_request();
+}
 void decay_note_heap_growth() noexcept;  // a new arena or jemalloc region: maybe start it
 // Enforces TRIMALLOC_MAX_CACHED and wakes/starts the thread; called when a pool goes dirty.
 void decay_note_dirty_pool() noexcept;

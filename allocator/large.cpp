@@ -567,6 +567,27 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
   return large_alloc_checked(size, alignment, zero);
 }
 
+namespace {
+// large_malloc's failure path: what large_alloc_checked does after a first attempt failed.
+[[gnu::noinline]] void* large_malloc_retry(std::size_t size) noexcept {
+  void* p = large_release_address_space() ? large_alloc_once(size, 0, false) : nullptr;
+  if (p == nullptr) errno = ENOMEM;
+  return p;
+}
+}  // namespace
+
+void* large_malloc(std::size_t size) noexcept {
+  // A thread is bound to the arena only once jemalloc is ready, so the bound flag stands for
+  // ready() too: malloc's common case is these checks and one call into jemalloc.
+  if (kSecure || !tl_thread.bound_to_large_arena || size > static_cast<std::size_t>(PTRDIFF_MAX) ||
+      g_maintenance_requested.load(std::memory_order_relaxed))
+    return large_alloc(size, 0, false);
+  if (sample_due(size)) return large_alloc_sampled(size, 0, false);
+  void* p = tm_je_malloc(size);
+  if (__builtin_expect(p != nullptr, 1)) return p;
+  return large_malloc_retry(size);
+}
+
 void* large_realloc(void* p, std::size_t size) noexcept {
   if (size > static_cast<std::size_t>(PTRDIFF_MAX)) {
     errno = ENOMEM;

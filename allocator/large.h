@@ -17,6 +17,8 @@ namespace trimalloc {
 bool large_init() noexcept;
 // size > 0. nullptr + ENOMEM on failure. alignment: power of two, 0 = default.
 void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept;
+// large_alloc(size, 0, false), malloc's case, with a shorter common path.
+void* large_malloc(std::size_t size) noexcept;
 void* large_realloc(void* p, std::size_t size) noexcept;
 void large_free(void* p) noexcept;
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept;

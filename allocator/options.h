@@ -6,18 +6,21 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "config.h"
+
 namespace trimalloc {
 
 struct Options {
   // Free memory unused this long (ms) goes back to the OS by itself; 0 = at once; -1 = never.
   std::atomic<long long> decay_ms{1000};
-  // Cap on free-but-resident memory kept for reuse (bytes); beyond it, purge at once.
+  // Cap on free-but-resident memory kept for reuse (bytes); beyond it, purge at once down to
+  // half of it.
   std::atomic<long long> max_cached{64ll << 20};
   // Allow the background decay thread (otherwise decay runs only inside allocator calls).
   std::atomic<long long> background_thread{1};
 };
 
-extern Options g_options;
+extern TM_INTERNAL Options g_options;
 
 // Reads the environment (idempotent, allocation-free). Called from the library constructor.
 void options_init() noexcept;
