@@ -372,7 +372,8 @@ void take_reference(Tracer& t, Object* target) {
   static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
-// Frees a garbage object whose count is zero and whose own Refs have been cleared.
+// Frees a garbage object whose count is zero and whose own Refs have been cleared, inside
+// free_garbage's destroy pass.
 void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
   if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
     release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
@@ -382,7 +383,7 @@ void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
   // the caller has passed it, and find_word() stops at the untracked slot.
   Access::slot(o) = kUntracked;
   if (heap.count[0] > 0) --heap.count[0];
-  heap.destroy(o);
+  heap.destroy_in_pass(o);
 }
 
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
@@ -391,6 +392,7 @@ void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
 // Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
 // entry, which this pass skips.
 void free_garbage(Heap& heap, int survivor_segment) {
+  heap.begin_destroy_pass();
   for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
     std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
     if (word == 0) continue;
@@ -401,6 +403,7 @@ void free_garbage(Heap& heap, int survivor_segment) {
       heap.reattach(o, word, survivor_segment);
     }
   }
+  heap.end_destroy_pass();
   heap.unreachable.clear();
   if (heap.unreachable.capacity() > kKeepScratch &&
       heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {

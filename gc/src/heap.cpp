@@ -162,8 +162,22 @@ void Heap::destroy(Object* o) noexcept {
     deferred_destroy.push_back(o);
     return;
   }
-  ++destroy_depth;
+  begin_destroy_pass();
   Access::destroy(o);
+  end_destroy_pass();
+}
+
+void Heap::destroy_in_pass(Object* o) noexcept {
+  // Inside the pass's frame: one level deep, as destroy() would be, unless the pass itself
+  // runs inside deeply nested destructions.
+  if (destroy_depth > kTrashcanDepth) {
+    deferred_destroy.push_back(o);
+    return;
+  }
+  Access::destroy(o);
+}
+
+void Heap::end_destroy_pass() noexcept {
   if (destroy_depth == 1) {
     while (!deferred_destroy.empty()) {
       Object* next = deferred_destroy.back();
@@ -219,14 +233,6 @@ void* allocate_block(std::size_t size, std::size_t alignment) {
   if (!block) throw std::bad_alloc();
   ++heap.constructing;
   return block;
-}
-
-void free_block(void* block, std::size_t size, std::size_t alignment) noexcept {
-  if (alignment <= 16) {
-    tm_free_sized(block, size);
-  } else {
-    tm_free_aligned_sized(block, alignment, size);
-  }
 }
 
 void abandon_block(void* block, std::size_t size, std::size_t alignment) noexcept {

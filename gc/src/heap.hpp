@@ -161,6 +161,13 @@ struct Heap {
   void reattach(Object* o, std::uintptr_t word, int segment);
   void move_to_segment(std::uint32_t index, int segment) noexcept;
   void destroy(Object* o) noexcept;
+  // A pass that destroys many objects opens one trashcan frame around all of them
+  // (begin_destroy_pass), destroys each with destroy_in_pass, and closes it (end_destroy_pass,
+  // which runs what nested destructions queued once the outermost frame closes). The same
+  // bound on nesting as destroy() per object, without its bookkeeping per object.
+  void begin_destroy_pass() noexcept { ++destroy_depth; }
+  void destroy_in_pass(Object* o) noexcept;
+  void end_destroy_pass() noexcept;
 };
 
 Heap& current_heap();

@@ -325,6 +325,35 @@ TEST_F(CyclesTest, LongCyclicChainIsCollectedWithoutDeepRecursion) {
   EXPECT_EQ(live_nodes, 0);
 }
 
+// A garbage cycle whose member holds a long chain through a Ref its trace() does not report:
+// the collection's free pass destroys the member, whose destructor releases the whole chain.
+// The trashcan must bound the recursion inside the pass too, and nothing may be left behind.
+namespace {
+struct ChainHolder : gc::Object {
+  gc::Ref<ChainHolder> self;
+  gc::Ref<Node> chain;  // deliberately not traced: counting alone frees it
+  void trace(gc::Tracer& t) override { t(self); }
+};
+}  // namespace
+
+TEST_F(CyclesTest, ChainReleasedByAGarbageDestructorDoesNotRecurseDeeply) {
+  constexpr int kNodes = 2'000'000;
+  {
+    gc::Ref<ChainHolder> holder = gc::make<ChainHolder>();
+    holder->self = holder;
+    holder->chain = gc::make<Node>();
+    Node* tail = holder->chain.get();
+    for (int i = 1; i < kNodes; ++i) {
+      tail->next = gc::make<Node>();
+      tail = tail->next.get();
+    }
+  }
+  EXPECT_EQ(live_nodes, kNodes);
+  EXPECT_EQ(gc::collect(), 1u);  // the holder; the chain was never garbage, only released
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
 TEST_F(CyclesTest, DebugSaveAllKeepsUnreachableInGarbage) {
   gc::set_debug(gc::DEBUG_SAVEALL);
   {

@@ -23,6 +23,8 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+
+#include <trimalloc/trimalloc.h>
 #include <vector>
 
 #include "trimalloc/gc/object.hpp"
@@ -67,7 +69,14 @@ class Block final : public T {
 };
 
 void* allocate_block(std::size_t size, std::size_t alignment);
-void free_block(void* block, std::size_t size, std::size_t alignment) noexcept;
+// Inline, so that each type's destroy hook makes one call, the allocator's sized free.
+inline void free_block(void* block, std::size_t size, std::size_t alignment) noexcept {
+  if (alignment <= 16) {
+    tm_free_sized(block, size);
+  } else {
+    tm_free_aligned_sized(block, alignment, size);
+  }
+}
 void abandon_block(void* block, std::size_t size, std::size_t alignment) noexcept;
 void track_new(Object* o, std::uintptr_t type_flags) noexcept;
 
