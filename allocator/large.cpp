@@ -40,7 +40,8 @@
 //   before anything is unmapped; trimalloc's own purges take turns on a lock so that a purge
 //   that returns has finished. A small arena or a large block that cannot be mapped purges
 //   the arena (unmapping free regions) and tries once more (g_on_out_of_memory), which is what
-//   lets a program under a low RLIMIT_AS go on after freeing large blocks.
+//   lets a program under a low RLIMIT_AS go on after freeing large blocks. The same retry
+//   unmaps the empty small arenas kept for reuse, so freed small blocks count too.
 // Failure paths are unchanged: when mmap fails the alloc hook returns NULL, jemalloc returns
 // NULL and the caller gets ENOMEM. Hooks never call malloc: the region table is mapped once.
 #include "large.h"
@@ -53,6 +54,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "arena.h"
 #include "arena_map.h"
 #include "config.h"
 #include "decay.h"
@@ -658,6 +660,9 @@ std::size_t large_mapped_bytes() noexcept {
 }
 
 bool large_release_address_space() noexcept {
+  // Empty small arenas cached for reuse hold address space too: under a tight RLIMIT_AS it is
+  // needed now, not after the decay time.
+  g_arenas.purge(UINT64_MAX, 0);
   if (g_state.load(std::memory_order_acquire) != 2) return false;
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
   arena_decay(true);
