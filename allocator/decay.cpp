@@ -256,11 +256,20 @@ void after_fork_child() {
   g_maintenance_requested.store(false, std::memory_order_relaxed);
   g_in_fork_child.store(true, std::memory_order_relaxed);
 }
+
+// g_keep_empty_arenas: the thread will return them after the decay time; with decay off the
+// program asked to keep free memory. With neither (a heap never big enough for a thread, or
+// TRIMALLOC_BACKGROUND_THREAD=0) nothing would, so they go at once.
+bool keep_empty_arenas() noexcept {
+  return g_started.load(std::memory_order_relaxed) ||
+         g_options.decay_ms.load(std::memory_order_relaxed) < 0;
+}
 }  // namespace
 
 void decay_init() noexcept {
   g_on_dirty_pool = on_dirty_pool;
   g_on_heap_growth = decay_note_heap_growth;
+  g_keep_empty_arenas = keep_empty_arenas;
   g_after_thread_exit = on_thread_exit;
   g_on_maintenance = on_maintenance;
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);

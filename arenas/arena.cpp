@@ -134,8 +134,10 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty,
   if (a->nfree == kPoolSlotsPerArena) {
     a->emptied_ms = now;
     // An empty arena with nothing resident but its headers is not worth keeping beside another
-    // empty one. One with dirty pools waits for decay (or the cap) like any dirty pool.
-    if (a->dirty_pools == 0 && (nonempty_ >> kPoolSlotsPerArena)) {
+    // empty one. One with dirty pools waits for decay (or the cap) like any dirty pool, if
+    // anything will ever give it back (trim.h, g_keep_empty_arenas).
+    const bool keep = a->dirty_pools != 0 && g_keep_empty_arenas && g_keep_empty_arenas();
+    if (!keep && (nonempty_ >> kPoolSlotsPerArena)) {
       unmap_empty_locked(a);
       return true;
     }

@@ -10,6 +10,7 @@ void (*g_on_dirty_pool)() noexcept = nullptr;
 void (*g_on_maintenance)() noexcept = nullptr;
 void (*g_on_heap_growth)() noexcept = nullptr;
 bool (*g_on_out_of_memory)() noexcept = nullptr;
+bool (*g_keep_empty_arenas)() noexcept = nullptr;
 std::atomic<bool> g_maintenance_requested{false};
 
 namespace {

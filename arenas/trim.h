@@ -46,8 +46,14 @@ std::size_t dirty_small_bytes() noexcept;
 // g_on_out_of_memory runs, outside any allocator lock, when a new arena could not be mapped:
 // it gives back address space held elsewhere (free large blocks) and returns true if the arena
 // is worth trying once more.
+// g_keep_empty_arenas runs, under the arena lock, when an arena with resident pages empties:
+// true if something will give it back later (the decay thread runs, or decay is off, so the
+// program asked to keep memory), so it may stay mapped for reuse. Otherwise (no hook, or no
+// thread: a heap too small to be worth one) it is unmapped at once, as before there was a
+// cache. It may only read flags.
 extern void (*g_on_dirty_pool)() noexcept;
 extern bool (*g_on_out_of_memory)() noexcept;
+extern bool (*g_keep_empty_arenas)() noexcept;
 extern TM_INTERNAL void (*g_on_maintenance)() noexcept;
 extern void (*g_on_heap_growth)() noexcept;
 extern TM_INTERNAL std::atomic<bool> g_maintenance_requested;

@@ -48,6 +48,29 @@ std::size_t wait_resident_below(const std::set<std::uintptr_t>& pages, std::size
 }
 }  // namespace
 
+// Without a decay thread nothing would ever return an empty arena kept for reuse, so it is
+// unmapped at once (beside one kept empty arena), as before empty arenas were cached. First in
+// this file, so that no thread exists yet even when all tests share one process.
+TEST(Decay, WithoutAThreadEmptiedArenasGoBackAtOnce) {
+  ASSERT_FALSE(decay_thread_exists()) << "another test started the thread first";
+  ASSERT_EQ(tm_option_set("background_thread", 0), 0);
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  // Nothing else small is allocated until the frees are done (the vector's array is a large
+  // block): set nodes in the same arenas would keep them in use.
+  std::vector<void*> blocks(100000);
+  for (auto& p : blocks) {  // 25 MiB of 256-byte blocks
+    p = tm_malloc(256);
+    std::memset(p, 7, 256);
+  }
+  for (void* p : blocks) tm_free(p);
+  std::set<std::uintptr_t> pages;
+  for (void* p : blocks) pages.insert(page_of(p));
+  const std::size_t left = resident_pages(pages);
+  ASSERT_EQ(tm_option_set("background_thread", 1), 0);
+  EXPECT_FALSE(decay_thread_exists());
+  EXPECT_LE(left, pages.size() / 10) << "of " << pages.size() << " freed pages, at once";
+}
+
 TEST(Decay, StartsLazilyAndReturnsIdleMemoryWithoutACall) {
   ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
   // A small heap, some of it freed: no thread.
