@@ -90,14 +90,29 @@ bool pool_revive_page(Pool* pool) noexcept {
     pool->free = head;
     return true;
   }
-  for (long j = last; j >= first; --j) {
-    std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
-    if (pages_mask(first_page(start), last_page(start, size)) & dormant) continue;
+  // Only the first and the last block can reach into a neighbouring page, so only they are
+  // checked against `dormant` (invariant D); the blocks between are pushed in a plain loop.
+  // The key and the mark are read once: stores through a Block* could alias the header, so
+  // the compiler would otherwise reload them for every block.
+  const std::uintptr_t key = kChecks ? pool->list_key : 0;
+  const std::uintptr_t mark = free_mark(pool);
+  auto push = [&](std::uintptr_t start) {
     Block* b = reinterpret_cast<Block*>(base + start);
-    b->link = encode_link(pool, head);
-    b->mark = free_mark(pool);
+    b->link = reinterpret_cast<std::uintptr_t>(head) ^ key;
+    b->mark = mark;
     head = b;
+  };
+  auto pushable = [&](long j) {
+    std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
+    return !(pages_mask(first_page(start), last_page(start, size)) & dormant);
+  };
+  if (first > last) {
+    pool->free = head;
+    return true;
   }
+  if (pushable(last)) push(static_cast<std::uintptr_t>(last) * size);
+  for (long j = last - 1; j > first; --j) push(static_cast<std::uintptr_t>(j) * size);
+  if (first < last && pushable(first)) push(static_cast<std::uintptr_t>(first) * size);
   pool->free = head;
   return true;
 }
