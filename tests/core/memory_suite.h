@@ -75,6 +75,16 @@ inline const char* limit_step(int code) {
   }
 }
 
+// Runs `child` in a forked process (RLIMIT_AS is per process) and expects exit code 0.
+inline void expect_child_succeeds(int (*child)()) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(child());
+  int status = wait_with_deadline(pid, 60);
+  ASSERT_TRUE(status >= 0 && WIFEXITED(status)) << describe_status(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << limit_step(WEXITSTATUS(status));
+}
+
 template <class A>
 int limit_child() {
   constexpr std::size_t kMax = 1 << 20;
@@ -150,13 +160,7 @@ int limit_child() {
 // with errno ENOMEM (never crash), leave the blocks it already gave intact, and work again once
 // memory is freed. Runs in a forked child (the limit is per process).
 TYPED_TEST_P(ProcessMemory, OutOfAddressSpaceGivesEnomemAndRecovers) {
-  using A = TypeParam;
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) _exit(limit_child<A>());
-  int status = wait_with_deadline(pid, 60);
-  ASSERT_TRUE(status >= 0 && WIFEXITED(status)) << describe_status(status);
-  EXPECT_EQ(WEXITSTATUS(status), 0) << limit_step(WEXITSTATUS(status));
+  expect_child_succeeds(limit_child<TypeParam>);
 }
 
 // Freed small blocks leave empty arenas cached for reuse (up to TRIMALLOC_MAX_CACHED, until the
@@ -205,13 +209,7 @@ int small_to_large_child() {
 }
 
 TYPED_TEST_P(ProcessMemory, FreedSmallBlocksAddressSpaceGoesToLargeBlocks) {
-  using A = TypeParam;
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) _exit(small_to_large_child<A>());
-  int status = wait_with_deadline(pid, 60);
-  ASSERT_TRUE(status >= 0 && WIFEXITED(status)) << describe_status(status);
-  EXPECT_EQ(WEXITSTATUS(status), 0) << limit_step(WEXITSTATUS(status));
+  expect_child_succeeds(small_to_large_child<TypeParam>);
 }
 
 REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
