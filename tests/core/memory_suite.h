@@ -85,21 +85,32 @@ inline void expect_child_succeeds(int (*child)()) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << limit_step(WEXITSTATUS(status));
 }
 
+// The children's pointer tables: mapped before the limit, and never from the allocator tested.
+constexpr std::size_t kMaxBlocks = 1 << 20;
+inline void** pointer_table() {
+  void* t = mmap(nullptr, kMaxBlocks * sizeof(void*), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  return t == MAP_FAILED ? nullptr : static_cast<void**>(t);
+}
+// RLIMIT_AS = what the process has mapped now + headroom.
+inline bool limit_address_space(std::size_t headroom) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) != 0) return false;
+  rl.rlim_cur = vm_bytes() + headroom;
+  return setrlimit(RLIMIT_AS, &rl) == 0;
+}
+
 template <class A>
 int limit_child() {
-  constexpr std::size_t kMax = 1 << 20;
-  auto** ptrs = static_cast<void**>(mmap(nullptr, kMax * sizeof(void*), PROT_READ | PROT_WRITE,
-                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
-  if (ptrs == MAP_FAILED) return 10;
+  constexpr std::size_t kMax = kMaxBlocks;
+  void** ptrs = pointer_table();
+  if (!ptrs) return 10;
   void* keep = A::malloc(200);  // must survive everything below
   void* keep_large = A::malloc(100000);
   if (!keep || !keep_large) return 19;
   fill(keep, 200, 1);
   fill(keep_large, 100000, 2);
-  rlimit rl{};
-  if (getrlimit(RLIMIT_AS, &rl) != 0) return 10;
-  rl.rlim_cur = vm_bytes() + (std::size_t{96} << 20);
-  if (setrlimit(RLIMIT_AS, &rl) != 0) return 10;
+  if (!limit_address_space(std::size_t{96} << 20)) return 10;
 
   std::size_t n = 0;
   bool failed = false;
@@ -168,17 +179,13 @@ TYPED_TEST_P(ProcessMemory, OutOfAddressSpaceGivesEnomemAndRecovers) {
 // once: a large allocation that cannot be mapped gives the cached arenas back and tries again.
 template <class A>
 int small_to_large_child() {
-  constexpr std::size_t kMax = 1 << 20;
-  auto** ptrs = static_cast<void**>(mmap(nullptr, kMax * sizeof(void*), PROT_READ | PROT_WRITE,
-                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0));
-  if (ptrs == MAP_FAILED) return 10;
+  constexpr std::size_t kMax = kMaxBlocks;
+  void** ptrs = pointer_table();
+  if (!ptrs) return 10;
   void* warm = A::malloc(std::size_t{1} << 20);  // jemalloc set up before the limit
   if (!warm) return 19;
   A::free(warm);
-  rlimit rl{};
-  if (getrlimit(RLIMIT_AS, &rl) != 0) return 10;
-  rl.rlim_cur = vm_bytes() + (std::size_t{64} << 20);
-  if (setrlimit(RLIMIT_AS, &rl) != 0) return 10;
+  if (!limit_address_space(std::size_t{64} << 20)) return 10;
   std::size_t n = 0;
   while (n < kMax) {  // small blocks until no arena can be mapped
     void* p = A::malloc(256);
