@@ -32,8 +32,6 @@ std::atomic<bool> g_decay_started{false};
 std::atomic<bool> g_decay_sleeping{false};
 namespace {
 std::atomic<bool> g_constructed{false};  // pthread_create is safe only after start-up
-std::atomic<bool>& g_started = g_decay_started;
-std::atomic<bool>& g_sleeping = g_decay_sleeping;
 std::atomic<std::uint32_t> g_wake_seq{0};
 std::atomic<std::size_t> g_released{0};
 std::atomic<std::uint64_t> g_last_inline_ms{0};
@@ -149,9 +147,9 @@ void* decay_main(void*) {
     } else {
       // Nothing left to return: sleep until a free produces something (no periodic wake-ups
       // in an idle process).
-      g_sleeping.store(true, std::memory_order_seq_cst);
+      g_decay_sleeping.store(true, std::memory_order_seq_cst);
       if (g_wake_seq.load(std::memory_order_seq_cst) == seq) futex_wait(&g_wake_seq, seq, -1);
-      g_sleeping.store(false, std::memory_order_relaxed);
+      g_decay_sleeping.store(false, std::memory_order_relaxed);
     }
   }
   return nullptr;
@@ -168,7 +166,7 @@ void start_thread() {
   // its TLS is "possibly lost"), and returning memory early is not what valgrind runs are for.
   if (RUNNING_ON_VALGRIND) return;
 #endif
-  if (g_started.exchange(true, std::memory_order_acq_rel)) return;
+  if (g_decay_started.exchange(true, std::memory_order_acq_rel)) return;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -187,7 +185,7 @@ void start_thread() {
   pthread_mutex_unlock(&g_start_lock);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   pthread_attr_destroy(&attr);
-  if (rc != 0) g_started.store(false, std::memory_order_release);  // try again next time
+  if (rc != 0) g_decay_started.store(false, std::memory_order_release);  // try again next time
 }
 
 // The thread is worth having once the heap is big enough that returning memory matters. It is
@@ -202,7 +200,7 @@ void on_maintenance() noexcept {
   g_maintenance_requested.store(false, std::memory_order_relaxed);
   if (g_options.decay_ms.load(std::memory_order_relaxed) < 0) return;
   if (g_options.background_thread.load(std::memory_order_relaxed)) {
-    if (!g_started.load(std::memory_order_relaxed) && heap_is_big()) start_thread();
+    if (!g_decay_started.load(std::memory_order_relaxed) && heap_is_big()) start_thread();
     return;
   }
   // No thread allowed: decay from here, at most every decay/4 ms.
@@ -219,9 +217,9 @@ void on_maintenance() noexcept {
 
 // From free paths: wake the thread if it sleeps. (Starting it is left to allocation paths.)
 void request() {
-  if (g_sleeping.load(std::memory_order_relaxed))
+  if (g_decay_sleeping.load(std::memory_order_relaxed))
     wake();
-  else if (!g_started.load(std::memory_order_relaxed) &&
+  else if (!g_decay_started.load(std::memory_order_relaxed) &&
            !g_options.background_thread.load(std::memory_order_relaxed))
     g_maintenance_requested.store(true, std::memory_order_relaxed);  // inline decay
 }
@@ -231,7 +229,7 @@ void on_dirty_pool() noexcept {
 }
 
 void on_thread_exit() noexcept {
-  if (!g_started.load(std::memory_order_relaxed)) return;
+  if (!g_decay_started.load(std::memory_order_relaxed)) return;
   g_last_thread_exit_ms.store(now_ms(), std::memory_order_relaxed);
   wake();
 }
@@ -248,8 +246,8 @@ void after_fork_child() {
   visit_reset_after_fork();
   pthread_mutex_init(&g_start_lock, nullptr);
   // The decay thread did not survive fork().
-  g_started.store(false, std::memory_order_relaxed);
-  g_sleeping.store(false, std::memory_order_relaxed);
+  g_decay_started.store(false, std::memory_order_relaxed);
+  g_decay_sleeping.store(false, std::memory_order_relaxed);
   // Not from the request the parent may have left pending: most children exec or exit soon. The
   // child gets a decay thread if its own heap grows (a new arena or jemalloc region asks), like
   // any process - pre-fork servers' workers need one.
@@ -261,7 +259,7 @@ void after_fork_child() {
 // program asked to keep free memory. With neither (a heap never big enough for a thread, or
 // TRIMALLOC_BACKGROUND_THREAD=0) nothing would, so they go at once.
 bool keep_empty_arenas() noexcept {
-  return g_started.load(std::memory_order_relaxed) ||
+  return g_decay_started.load(std::memory_order_relaxed) ||
          g_options.decay_ms.load(std::memory_order_relaxed) < 0;
 }
 }  // namespace
@@ -289,7 +287,7 @@ void decay_request() noexcept {
 }
 
 void decay_note_heap_growth() noexcept {
-  if (!g_started.load(std::memory_order_relaxed))
+  if (!g_decay_started.load(std::memory_order_relaxed))
     g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
@@ -305,7 +303,7 @@ void decay_note_dirty_pool() noexcept {
 }
 
 bool decay_thread_running() noexcept {
-  return g_started.load(std::memory_order_acquire);
+  return g_decay_started.load(std::memory_order_acquire);
 }
 std::size_t decay_released_bytes() noexcept {
   return g_released.load(std::memory_order_relaxed);
