@@ -215,15 +215,6 @@ void on_maintenance() noexcept {
   if (decay_pass()) g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
-// From free paths: wake the thread if it sleeps. (Starting it is left to allocation paths.)
-void request() {
-  if (g_decay_sleeping.load(std::memory_order_relaxed))
-    wake();
-  else if (!g_decay_started.load(std::memory_order_relaxed) &&
-           !g_options.background_thread.load(std::memory_order_relaxed))
-    g_maintenance_requested.store(true, std::memory_order_relaxed);  // inline decay
-}
-
 void on_dirty_pool() noexcept {
   decay_note_dirty_pool();
 }
@@ -282,8 +273,13 @@ void decay_init() noexcept {
   g_constructed.store(true, std::memory_order_release);
 }
 
+// From free paths: wake the thread if it sleeps. (Starting it is left to allocation paths.)
 void decay_request() noexcept {
-  request();
+  if (g_decay_sleeping.load(std::memory_order_relaxed))
+    wake();
+  else if (!g_decay_started.load(std::memory_order_relaxed) &&
+           !g_options.background_thread.load(std::memory_order_relaxed))
+    g_maintenance_requested.store(true, std::memory_order_relaxed);  // inline decay
 }
 
 void decay_note_heap_growth() noexcept {
@@ -299,7 +295,7 @@ void decay_note_dirty_pool() noexcept {
   if (decay == 0 || dirty_small_bytes() > cap)
     g_released.fetch_add(g_arenas.purge(UINT64_MAX, decay == 0 ? 0 : cap / 2));
   else if (decay > 0)
-    request();
+    decay_request();
 }
 
 bool decay_thread_running() noexcept {
