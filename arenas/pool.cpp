@@ -106,10 +106,8 @@ bool pool_revive_page(Pool* pool) noexcept {
     std::uintptr_t start = static_cast<std::uintptr_t>(j) * size;
     return !(pages_mask(first_page(start), last_page(start, size)) & dormant);
   };
-  if (first > last) {
-    pool->free = head;
-    return true;
-  }
+  // first <= last: every page holds the start of a block (blocks are at most 512 bytes, and
+  // the pool's tail past its last block is shorter than one).
   if (pushable(last)) push(static_cast<std::uintptr_t>(last) * size);
   for (long j = last - 1; j > first; --j) push(static_cast<std::uintptr_t>(j) * size);
   if (first < last && pushable(first)) push(static_cast<std::uintptr_t>(first) * size);
