@@ -63,12 +63,15 @@ std::size_t large_dirty_bytes() {
   std::uint64_t epoch = 1;
   std::size_t len = sizeof epoch;
   large_mallctl("epoch", &epoch, &len, &epoch, len);
-  char name[64];
-  std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", large_arena_index());
-  std::size_t pages = 0;
-  len = sizeof pages;
-  if (large_mallctl(name, &pages, &len, nullptr, 0) != 0) return 0;
-  return pages * 4096;
+  std::size_t total = 0;
+  for (unsigned index : large_arena_indices()) {
+    char name[64];
+    std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", index);
+    std::size_t pages = 0;
+    len = sizeof pages;
+    if (large_mallctl(name, &pages, &len, nullptr, 0) == 0) total += pages * 4096;
+  }
+  return total;
 }
 std::size_t large_decay() {
   std::size_t before = large_dirty_bytes();
@@ -192,7 +195,7 @@ void start_thread() {
 // started on an allocation slow path (never from free(): glibc frees TLS blocks while holding
 // the stack-cache lock that pthread_create takes), and sleeps until a free gives it work.
 bool heap_is_big() {
-  return g_arenas.counts_mapped_bytes() + large_mapped_bytes() >= kHeapWorthAThread;
+  return g_arenas.counts_mapped_bytes() + large_mapped_since_init() >= kHeapWorthAThread;
 }
 
 // Runs at a malloc slow path when a start was requested (see trim.h for why not in free).
@@ -261,14 +264,7 @@ void decay_init() noexcept {
   g_keep_empty_arenas = keep_empty_arenas;
   g_after_thread_exit = on_thread_exit;
   g_on_maintenance = on_maintenance;
-  long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
-  // jemalloc decays our arena on the same clock (its -1 also means "never").
-  if (large_init()) {
-    ssize_t ms = static_cast<ssize_t>(decay);
-    char name[64];
-    std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", large_arena_index());
-    large_mallctl(name, nullptr, nullptr, &ms, sizeof ms);
-  }
+  decay_apply_to_large();
   pthread_atfork(before_fork, after_fork_parent, after_fork_child);
   g_constructed.store(true, std::memory_order_release);
 }
@@ -280,6 +276,18 @@ void decay_request() noexcept {
   else if (!g_decay_started.load(std::memory_order_relaxed) &&
            !g_options.background_thread.load(std::memory_order_relaxed))
     g_maintenance_requested.store(true, std::memory_order_relaxed);  // inline decay
+}
+
+void decay_apply_to_large() noexcept {
+  // jemalloc decays our arenas on the same clock. Its -1 also means "never", and then it
+  // purges no free extent at once either, whatever the arena's oversize threshold says.
+  if (!large_init()) return;
+  ssize_t ms = static_cast<ssize_t>(g_options.decay_ms.load(std::memory_order_relaxed));
+  for (unsigned index : large_arena_indices()) {
+    char name[64];
+    std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", index);
+    large_mallctl(name, nullptr, nullptr, &ms, sizeof ms);
+  }
 }
 
 void decay_note_heap_growth() noexcept {

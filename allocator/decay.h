@@ -23,6 +23,8 @@ extern TM_INTERNAL std::atomic<bool> g_decay_sleeping;  // asleep with no timeou
 void decay_request() noexcept;
 
 void decay_init() noexcept;  // from the library constructor: hooks, atfork
+// Gives jemalloc's arenas the decay_ms option (at start-up, and when tm_option_set changes it).
+void decay_apply_to_large() noexcept;
 // After a large free: jemalloc now holds dirty pages that decay must return. Wakes the thread
 // if it sleeps without a timeout, or asks the allocation slow paths to decay when there is no
 // thread. Inline, because every large free() calls it and it usually has nothing to do.

@@ -7,8 +7,18 @@
 // hold. When jemalloc gives back the last piece of a region, the region is wholly free, so no
 // live block can be in it: its arena-map bits are cleared and it is unmapped. jemalloc gives
 // pieces back through the dalloc hook when it purges them: after dirty_decay_ms (its decay,
-// run by our decay thread), at once for extents over its oversize threshold (8 MiB), and for
+// run by our decay thread), at once for free extents of 8 MiB or more (the arena's oversize
+// threshold, set in large_init) and for every free extent of the growth arena (below), and for
 // all of them on arena.<i>.purge (tm_trim, and a mapping that failed: see below).
+//
+// Two arenas share the hooks. Blocks that realloc moves or grows to 1 MiB or more live in the
+// *growth arena*, which purges a freed extent at once. A buffer grown by realloc (a Python
+// list's pointer array, a bytearray, a string builder) leaves an old copy behind at each step,
+// and each copy is smaller than every later request, so nothing reuses it: with jemalloc's
+// 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 455 MiB resident. Purging each
+// copy costs an madvise next to a memcpy of at least 1 MiB, and the new, bigger block faults
+// its pages in whatever happens to the old one. Blocks malloc'ed at their size stay in the main
+// arena, where a program that frees and allocates a buffer of the same size reuses the pages.
 //
 // What jemalloc 5.3 does, and why the hooks are shaped this way (src/extent.c, src/pac.c):
 // - With custom hooks the dalloc hook is called whatever `retain` says (ehooks_dalloc_will_fail
@@ -88,7 +98,8 @@ extern const char* tm_je_malloc_conf;
 // crash the thread's first allocation: the tcache would be associated with a null arena).
 // retain:false: see the top of this file.
 // oversize_threshold:0: no separate "huge" arena (jemalloc creates it with the default extent
-// hooks); every block, whatever its size, comes from the arena a thread is bound to - ours.
+// hooks); every block, whatever its size, comes from one of ours. Its other meaning, "purge a
+// free extent this big at once", is set per arena in large_init.
 const char* tm_je_malloc_conf =
     "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false,"
     "oversize_threshold:0";
@@ -129,7 +140,17 @@ std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialisin
 // countdown, so a large allocation loads the TLS offset once for both.
 int g_arena_flags = 0;
 unsigned g_arena_index = 0;
+// The growth arena (top of this file): realloc's target for sizes of kGrowthMin or more.
+int g_growth_flags = 0;
+unsigned g_growth_index = 0;
+constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
+// A free extent of the main arena this big is purged at once: jemalloc's own default for its
+// "huge" arena, which trimalloc does not use.
+constexpr std::size_t kPurgeAtOnce = std::size_t{8} << 20;
 std::atomic<std::size_t> g_mapped{0};
+// What the hooks had mapped once both arenas existed: jemalloc's metadata for them (a 2 MiB
+// base block each), which no purge can give back.
+std::size_t g_mapped_at_init = 0;
 
 // --- regions: the mappings the extent hooks made, and what of each jemalloc holds ---
 //
@@ -465,10 +486,22 @@ void purge_postfork_child() {
 }
 
 void arena_decay(bool all) noexcept {
-  char name[64];
-  std::snprintf(name, sizeof name, all ? "arena.%u.purge" : "arena.%u.decay", g_arena_index);
   LockGuard guard(g_purge_lock);
-  tm_je_mallctl(name, nullptr, nullptr, nullptr, 0);
+  for (unsigned index : {g_arena_index, g_growth_index}) {
+    char name[64];
+    std::snprintf(name, sizeof name, all ? "arena.%u.purge" : "arena.%u.decay", index);
+    tm_je_mallctl(name, nullptr, nullptr, nullptr, 0);
+  }
+}
+
+// An arena of ours, with the region hooks; false when jemalloc could not create it.
+bool create_arena(unsigned* index, std::size_t purge_at_once) noexcept {
+  std::size_t len = sizeof(*index);
+  extent_hooks_t* hooks = &g_hooks;
+  if (tm_je_mallctl("arenas.create", index, &len, &hooks, sizeof(hooks)) != 0) return false;
+  char name[64];
+  std::snprintf(name, sizeof name, "arena.%u.oversize_threshold", *index);
+  return tm_je_mallctl(name, nullptr, nullptr, &purge_at_once, sizeof(purge_at_once)) == 0;
 }
 
 inline bool ready() noexcept {
@@ -487,17 +520,20 @@ bool large_init() noexcept {
   // 0 so that a later call tries again, rather than fall back to an arena trimalloc cannot
   // vouch for.
   register_region_fork_handlers();
-  unsigned index = 0;
-  std::size_t len = sizeof(index);
-  extent_hooks_t* hooks = &g_hooks;
-  if (!g_arena_map.init() || !tables_ready() ||
-      tm_je_mallctl("arenas.create", &index, &len, &hooks, sizeof(hooks)) != 0) {
+  // A retry after a failure creates both arenas again (jemalloc cannot destroy an arena with
+  // custom hooks that failed half-way, and an unused one costs a few KiB of its metadata).
+  unsigned index = 0, growth = 0;
+  if (!g_arena_map.init() || !tables_ready() || !create_arena(&index, kPurgeAtOnce) ||
+      !create_arena(&growth, os::page_size())) {
     g_state.store(0, std::memory_order_release);
     errno = ENOMEM;
     return false;
   }
   g_arena_index = index;
   g_arena_flags = arena_flag(index);
+  g_growth_index = growth;
+  g_growth_flags = arena_flag(growth);
+  g_mapped_at_init = g_mapped.load(std::memory_order_relaxed);
   g_on_out_of_memory = large_release_address_space;
   // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
   // in reverse order, so this one takes the purge lock before jemalloc takes its mutexes (the
@@ -606,7 +642,9 @@ void* large_realloc(void* p, std::size_t size) noexcept {
     return q;
   }
   sample_forget(p);
-  void* q = tm_je_rallocx(p, size, g_arena_flags);
+  // A block jemalloc cannot resize in place is allocated anew in the arena named here, copied
+  // and freed where it lived.
+  void* q = tm_je_rallocx(p, size, size >= kGrowthMin ? g_growth_flags : g_arena_flags);
   if (q == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -652,11 +690,15 @@ int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
   return tm_je_mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
-unsigned large_arena_index() noexcept {
-  return g_arena_index;
+std::array<unsigned, 2> large_arena_indices() noexcept {
+  return {g_arena_index, g_growth_index};
 }
 std::size_t large_mapped_bytes() noexcept {
   return g_mapped.load(std::memory_order_relaxed);
+}
+std::size_t large_mapped_since_init() noexcept {
+  std::size_t now = g_mapped.load(std::memory_order_relaxed);
+  return now > g_mapped_at_init ? now - g_mapped_at_init : 0;
 }
 
 bool large_release_address_space() noexcept {
@@ -681,12 +723,15 @@ std::size_t large_purge() noexcept {
     std::uint64_t epoch = 1;
     std::size_t len = sizeof(epoch);
     tm_je_mallctl("epoch", &epoch, &len, &epoch, len);
-    char name[64];
-    std::snprintf(name, sizeof name, "stats.arenas.%u.resident", g_arena_index);
-    std::size_t value = 0;
-    len = sizeof(value);
-    if (tm_je_mallctl(name, &value, &len, nullptr, 0) != 0) return std::size_t{0};
-    return value;
+    std::size_t total = 0;
+    for (unsigned index : {g_arena_index, g_growth_index}) {
+      char name[64];
+      std::snprintf(name, sizeof name, "stats.arenas.%u.resident", index);
+      std::size_t value = 0;
+      len = sizeof(value);
+      if (tm_je_mallctl(name, &value, &len, nullptr, 0) == 0) total += value;
+    }
+    return total;
   };
   std::size_t before = resident();
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);

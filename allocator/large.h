@@ -8,6 +8,7 @@
 // free() can tell "jemalloc's" from "nobody's" with one bit test, mmap failure injection covers
 // large blocks too, and statistics know exactly what jemalloc has mapped.
 #pragma once
+#include <array>
 #include <cstddef>
 
 #include "arena_map.h"
@@ -39,7 +40,10 @@ bool large_release_address_space() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
                   std::size_t newlen) noexcept;
-unsigned large_arena_index() noexcept;
+// The main arena and the growth arena (realloc's blocks of 1 MiB or more, purged when freed).
+std::array<unsigned, 2> large_arena_indices() noexcept;
 std::size_t large_mapped_bytes() noexcept;  // bytes the extent hooks have mapped
+// The same, less what they had mapped for jemalloc's own metadata when the arenas were created.
+std::size_t large_mapped_since_init() noexcept;
 
 }  // namespace trimalloc

@@ -6,6 +6,7 @@
 
 #include "arena.h"
 #include "config.h"
+#include "decay.h"
 #include "fatal.h"
 #include "trimalloc/trimalloc.h"
 
@@ -142,6 +143,7 @@ extern "C" int tm_option_set(const char* name, long long value) {
   const OptionSpec* s = find(name);
   if (s == nullptr || value < s->min || value > s->max) return EINVAL;
   s->value->store(value, std::memory_order_relaxed);
+  if (s->value == &g_options.decay_ms) decay_apply_to_large();
   return 0;
 }
 

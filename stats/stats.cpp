@@ -160,19 +160,21 @@ void read_large(tm_stats* s) {
   s->large_retained = je_size("stats.retained");
   s->large_mapped = je_size("stats.mapped");
   s->large_metadata = je_size("stats.metadata");
-  char name[96];
-  unsigned i = large_arena_index();
-  std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", i);
-  s->large_dirty = je_size(name) * kPageSize;
   s->large_resident_measured = large_resident_measured();
-  std::snprintf(name, sizeof name, "stats.arenas.%u.small.nmalloc", i);
-  s->large_nmalloc = je_u64(name);
-  std::snprintf(name, sizeof name, "stats.arenas.%u.large.nmalloc", i);
-  s->large_nmalloc += je_u64(name);
-  std::snprintf(name, sizeof name, "stats.arenas.%u.small.ndalloc", i);
-  s->large_ndalloc = je_u64(name);
-  std::snprintf(name, sizeof name, "stats.arenas.%u.large.ndalloc", i);
-  s->large_ndalloc += je_u64(name);
+  s->large_dirty = s->large_nmalloc = s->large_ndalloc = 0;
+  for (unsigned i : large_arena_indices()) {
+    char name[96];
+    std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", i);
+    s->large_dirty += je_size(name) * kPageSize;
+    std::snprintf(name, sizeof name, "stats.arenas.%u.small.nmalloc", i);
+    s->large_nmalloc += je_u64(name);
+    std::snprintf(name, sizeof name, "stats.arenas.%u.large.nmalloc", i);
+    s->large_nmalloc += je_u64(name);
+    std::snprintf(name, sizeof name, "stats.arenas.%u.small.ndalloc", i);
+    s->large_ndalloc += je_u64(name);
+    std::snprintf(name, sizeof name, "stats.arenas.%u.large.ndalloc", i);
+    s->large_ndalloc += je_u64(name);
+  }
 }
 
 // Parses "Key:   1234 kB" lines of a /proc file held in buf.

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "resident.h"
@@ -181,16 +182,22 @@ TEST(Decay, OffMeansOff) {
 TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
   ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
   using tmtest::vm_bytes;
+  // 12 MiB of live small blocks make the heap worth a decay thread, so that the large blocks
+  // need no allocation after their frees to go back.
+  std::vector<void*> small;
+  for (int i = 0; i < 50000; ++i) small.push_back(tm_malloc(256));
   std::size_t before = vm_bytes();
   std::vector<void*> blocks;
-  for (int i = 0; i < 128; ++i) {  // 1 MiB: under jemalloc's oversize threshold, so they decay
+  // Seven blocks of 1 MiB (each an extent of 1 MiB and a page): even merged, their free extents
+  // stay under the 8 MiB that jemalloc purges at once, so it is the decay that returns them.
+  for (int i = 0; i < 7; ++i) {
     void* p = tm_malloc(1 << 20);
     ASSERT_NE(p, nullptr);
     static_cast<char*>(p)[0] = 1;
     blocks.push_back(p);
   }
   std::size_t grown = vm_bytes() - before;
-  ASSERT_GE(grown, std::size_t{128} << 20);
+  ASSERT_GE(grown, std::size_t{7} << 20);
   for (void* p : blocks) tm_free(p);
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   std::size_t kept;
@@ -199,4 +206,96 @@ TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   EXPECT_LE(kept, grown / 10) << (kept >> 20) << " MiB of " << (grown >> 20)
                               << " MiB still mapped 5 s after the frees";
+  for (void* p : small) tm_free(p);
+}
+
+namespace {
+// Sets decay_ms for one test and puts the previous value back.
+struct DecayFor {
+  long long saved = 0;
+  explicit DecayFor(long long ms) {
+    tm_option_get("decay_ms", &saved);
+    EXPECT_EQ(tm_option_set("decay_ms", ms), 0);
+  }
+  ~DecayFor() { tm_option_set("decay_ms", saved); }
+};
+
+void insert_pages(std::set<std::uintptr_t>& pages, const void* p, std::size_t n) {
+  for (std::size_t off = 0; off < n; off += 4096)
+    pages.insert(page_of(static_cast<const char*>(p) + off));
+}
+
+// Grows a buffer by realloc, an eighth at a time (a Python list's pointer array grows so),
+// from 1 MiB to over `limit`, writing the new part at each step. Returns the buffer and its
+// size; `old` gets the pages of every copy realloc left behind.
+std::pair<char*, std::size_t> grow_by_realloc(std::size_t limit, std::set<std::uintptr_t>& old) {
+  std::size_t n = std::size_t{1} << 20;
+  auto* p = static_cast<char*>(tm_malloc(n));
+  for (std::size_t i = 0; i < n; ++i) p[i] = static_cast<char>(i * 7 + 3);
+  while (n < limit) {
+    std::size_t m = n + n / 8;
+    auto* q = static_cast<char*>(tm_realloc(p, m));
+    if (q == nullptr) return {nullptr, 0};
+    if (q != p) insert_pages(old, p, n);
+    std::memset(q + n, 5, m - n);
+    p = q;
+    n = m;
+  }
+  return {p, n};
+}
+}  // namespace
+
+// Each copy a growing buffer leaves behind is smaller than every later request, so nothing
+// reuses it: realloc's blocks of 1 MiB or more are purged as soon as they are freed or moved,
+// instead of decaying (455 MiB resident for a 69 MiB buffer when they decayed).
+TEST(Decay, ABufferGrownByReallocLeavesNoOldCopiesResident) {
+  DecayFor decay(60000);  // far beyond the test: whatever goes back here goes back at once
+  std::set<std::uintptr_t> old;
+  auto [p, n] = grow_by_realloc(std::size_t{48} << 20, old);
+  ASSERT_NE(p, nullptr);
+  for (std::size_t i = 0; i < (std::size_t{1} << 20); ++i)
+    ASSERT_EQ(p[i], static_cast<char>(i * 7 + 3)) << "byte " << i << " lost in the moves";
+  for (std::size_t off = 0; off < n; off += 4096) old.erase(page_of(p + off));
+  std::size_t resident = resident_pages(old);
+  // The buffer starts as a plain malloc of 1 MiB in the main arena, and may grow in place there
+  // before its first move: those copies decay (2 MiB here), every later one went at once.
+  EXPECT_LE(resident, std::size_t{768}) << "of " << old.size() << " pages of old copies";
+  std::set<std::uintptr_t> last;
+  insert_pages(last, p, n);
+  tm_free(p);
+  EXPECT_EQ(resident_pages(last), 0u) << "of the grown buffer's " << last.size() << " pages";
+}
+
+// With decay off ("never return on your own") the old copies stay until a trim.
+TEST(Decay, OffKeepsOldCopiesOfAGrownBufferUntilATrim) {
+  DecayFor decay(-1);
+  std::set<std::uintptr_t> old;
+  auto [p, n] = grow_by_realloc(std::size_t{24} << 20, old);
+  ASSERT_NE(p, nullptr);
+  for (std::size_t off = 0; off < n; off += 4096) old.erase(page_of(p + off));
+  std::size_t resident = resident_pages(old);
+  EXPECT_GT(resident, old.size() / 2) << "released with decay_ms = -1";
+  tm_free(p);
+  tm_trim(TM_TRIM_FULL);
+  EXPECT_LT(resident_pages(old), old.size() / 100) << "a full trim left them";
+}
+
+// Blocks malloc'ed at their size keep their pages for the next block of that size, up to the
+// 8 MiB from which jemalloc purges a free extent at once.
+TEST(Decay, AFreedBlockIsKeptForReuseUnder8MiBAndPurgedAtOnceFrom8MiB) {
+  DecayFor decay(60000);
+  for (std::size_t mib : {2, 16}) {
+    std::size_t n = mib << 20;
+    void* p = tm_malloc(n);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 1, n);
+    std::set<std::uintptr_t> pages;
+    insert_pages(pages, p, n);
+    tm_free(p);
+    std::size_t resident = resident_pages(pages);
+    if (mib < 8)
+      EXPECT_EQ(resident, pages.size()) << mib << " MiB: purged although it could be reused";
+    else
+      EXPECT_EQ(resident, 0u) << mib << " MiB: kept resident after its free";
+  }
 }
