@@ -7,6 +7,10 @@
 //                                                        theoretical maximum releasable bytes
 //   trimalloc_bench_rss frag90 [--count N]              free 90%, allocate the same volume again:
 //                                                        how much does RSS grow (are holes reused)?
+//   trimalloc_bench_rss grow   [--mib M]   [--idle S]   one buffer grown by realloc an eighth at
+//                                                        a time (a Python list's rule) from 1 MiB
+//                                                        to over M MiB (64): how many of the copies
+//                                                        realloc leaves behind stay resident?
 //   trimalloc_bench_rss aging  [--count N] [--idle S]   6 rounds of: free a random half of the
 //                                                        live blocks, allocate N/4 new ones (other
 //                                                        sizes); then idle and release. Where new
@@ -33,13 +37,14 @@ struct Options {
   size_t min_size = 16, max_size = 0;
   double idle_s = 2.0;
   uint64_t seed = 1;
+  size_t grow_mib = 64;
 };
 
 [[noreturn]] void usage(const char* msg) {
   fprintf(stderr,
           "trimalloc_bench_rss: %s\n"
-          "usage: trimalloc_bench_rss docs|frag99|frag90|aging [--count N] [--min BYTES] [--max BYTES] "
-          "[--idle SECONDS] [--seed N]\n",
+          "usage: trimalloc_bench_rss docs|frag99|frag90|aging|grow [--count N] [--min BYTES] "
+          "[--max BYTES] [--idle SECONDS] [--seed N] [--mib M]\n",
           msg);
   exit(2);
 }
@@ -59,12 +64,16 @@ Options parse(int argc, char** argv) {
       o.idle_s = x;
     else if (a == "--seed")
       o.seed = uint64_t(x);
+    else if (a == "--mib")
+      o.grow_mib = size_t(x);
     else
       return false;
     return true;
   });
-  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90" && o.mode != "aging")
+  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90" && o.mode != "aging" &&
+      o.mode != "grow")
     usage(("unknown mode " + o.mode).c_str());
+  if (o.mode == "grow" && o.grow_mib < 2) usage("need --mib >= 2");
   if (o.max_size == 0) o.max_size = o.mode == "docs" ? 256 : 512;
   if (o.count == 0 || o.min_size == 0 || o.min_size > o.max_size)
     usage("need count > 0 and 0 < min <= max");
@@ -146,13 +155,56 @@ size_t free_random(Heap& h, Rng& rng, double keep, size_t* freed_bytes) {
   return freed;
 }
 
+// grow: each step allocates a bigger block, copies and frees the old one (or grows in place).
+// Every copy left behind is smaller than every later request, so only giving it back keeps RSS
+// near the buffer's size; the peak is the highest RSS seen after a step.
+int run_grow(const Options& o, Result& r) {
+  emit_event("start");
+  const size_t baseline = rss_bytes();
+  const double t0 = now_s();
+  size_t n = size_t{1} << 20, peak = 0;
+  auto* p = static_cast<char*>(malloc(n));
+  if (p) memset(p, 1, n);
+  while (p && n < (o.grow_mib << 20)) {
+    size_t m = n + n / 8;
+    auto* q = static_cast<char*>(realloc(p, m));
+    if (!q) break;
+    memset(q + n, 2, m - n);
+    p = q;
+    n = m;
+    peak = std::max(peak, rss_bytes());
+  }
+  if (!p || n < (o.grow_mib << 20)) {
+    fprintf(stderr, "realloc to %zu bytes failed\n", n + n / 8);
+    return 1;
+  }
+  const double t1 = now_s();
+  emit_event("grown");
+  record_ledger(r, "peak");
+  r.u64("rss_baseline", baseline).u64("rss_peak", peak).u64("bytes_requested", n);
+  r.num("alloc_s", t1 - t0);
+  if (p[0] != 1 || p[(size_t{1} << 20) - 1] != 1 || p[n - 1] != 2) {
+    fprintf(stderr, "buffer corrupted by realloc\n");
+    return 1;
+  }
+  const double t2 = now_s();
+  free(p);
+  r.num("free_s", now_s() - t2);
+  release_phases(r, o.idle_s);
+  r.u64("rss_hwm", peak_rss_bytes());
+  r.print();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   Rng rng(o.seed);
   Result r;
-  r.str("workload", o.mode).str("allocator", allocator_name()).u64("count", o.count);
+  r.str("workload", o.mode).str("allocator", allocator_name());
+  if (o.mode == "grow") return run_grow(o, r.u64("mib", o.grow_mib));
+  r.u64("count", o.count);
   // The bookkeeping arrays come first, so the baseline already contains them.
   Heap h{scratch_array<void*>(o.count), scratch_array<uint32_t>(o.count), o.count};
   emit_event("start");
@@ -206,7 +258,9 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < h.count; ++i)
       if (h.ptr[i]) live += h.size[i];
     const size_t live_pages = live_page_bytes(h);
-    r.u64("live_bytes", live).u64("live_page_bytes", live_pages).u64("rss_after_churn", rss_bytes());
+    r.u64("live_bytes", live)
+        .u64("live_page_bytes", live_pages)
+        .u64("rss_after_churn", rss_bytes());
     release_phases(r, o.idle_s);
     check_survivors(h);
     free_all(h);
