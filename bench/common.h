@@ -12,8 +12,8 @@
 
 #include <dlfcn.h>
 #include <malloc.h>
-#include <trimalloc/stats.h>
 #include <sys/mman.h>
+#include <trimalloc/stats.h>
 #include <unistd.h>
 
 #include <atomic>

@@ -13,7 +13,8 @@
 //   uordblks bytes in use            -> allocated (small at block size + jemalloc allocated)
 //   fordblks free bytes              -> resident but free: small free + slack + empty pools +
 //                                       jemalloc slack + dirty
-//   keepcost releasable top          -> what a trim could give back now: empty pools + jemalloc dirty
+//   keepcost releasable top          -> what a trim could give back now: empty pools + jemalloc
+//   dirty
 #include <malloc.h>
 
 #include <cerrno>
@@ -37,14 +38,19 @@ struct mallinfo2 info_from_stats() {
   m.hblkhd = s.mapped;
   m.usmblks = s.peak_allocated_seen;
   m.uordblks = s.allocated;
-  m.fordblks = l.small_free + l.small_pool_slack + l.small_empty_pools + l.large_slack + l.large_dirty;
+  m.fordblks =
+      l.small_free + l.small_pool_slack + l.small_empty_pools + l.large_slack + l.large_dirty;
   m.keepcost = l.small_empty_pools + l.large_dirty;
   return m;
 }
-int clamp(size_t v) { return v > INT_MAX ? INT_MAX : static_cast<int>(v); }
+int clamp(size_t v) {
+  return v > INT_MAX ? INT_MAX : static_cast<int>(v);
+}
 }  // namespace
 
-TM_EXPORT struct mallinfo2 mallinfo2(void) noexcept { return info_from_stats(); }
+TM_EXPORT struct mallinfo2 mallinfo2(void) noexcept {
+  return info_from_stats();
+}
 
 TM_EXPORT struct mallinfo mallinfo(void) noexcept {
   struct mallinfo2 m = info_from_stats();
@@ -63,7 +69,9 @@ TM_EXPORT struct mallinfo mallinfo(void) noexcept {
 }
 
 // glibc prints to stderr.
-TM_EXPORT void malloc_stats(void) noexcept { tm_stats_print(stderr, "text"); }
+TM_EXPORT void malloc_stats(void) noexcept {
+  tm_stats_print(stderr, "text");
+}
 
 // glibc's XML shape (<malloc version="1"> with <heap>, <sizes>, <total>, <system>), with one
 // <heap> for the small pools and one for jemalloc. options must be 0 (EINVAL otherwise).
@@ -79,8 +87,8 @@ TM_EXPORT int malloc_info(int options, FILE* fp) noexcept {
   std::size_t free_blocks = 0, free_bytes = 0;
   for (const tm_class_stats& c : s.classes) {
     if (c.blocks_free == 0) continue;
-    std::fprintf(fp, "  <size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n", c.block_size,
-                 c.block_size, c.blocks_free * c.block_size, c.blocks_free);
+    std::fprintf(fp, "  <size from=\"%zu\" to=\"%zu\" total=\"%zu\" count=\"%zu\"/>\n",
+                 c.block_size, c.block_size, c.blocks_free * c.block_size, c.blocks_free);
     free_blocks += c.blocks_free;
     free_bytes += c.blocks_free * c.block_size;
   }
@@ -88,10 +96,12 @@ TM_EXPORT int malloc_info(int options, FILE* fp) noexcept {
   std::fprintf(fp, "<total type=\"rest\" count=\"%zu\" size=\"%zu\"/>\n", free_blocks, free_bytes);
   std::fprintf(fp, "<system type=\"current\" size=\"%zu\"/>\n<system type=\"max\" size=\"%zu\"/>\n",
                s.arena_mapped, s.arena_mapped);
-  std::fprintf(fp, "<aspace type=\"total\" size=\"%zu\"/>\n<aspace type=\"mprotect\" size=\"%zu\"/>\n",
+  std::fprintf(fp,
+               "<aspace type=\"total\" size=\"%zu\"/>\n<aspace type=\"mprotect\" size=\"%zu\"/>\n",
                s.arena_mapped, s.arena_mapped);
   std::fprintf(fp, "</heap>\n<heap nr=\"1\" name=\"jemalloc-large\">\n<sizes>\n</sizes>\n");
-  std::fprintf(fp, "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n", l.large_slack + l.large_dirty);
+  std::fprintf(fp, "<total type=\"rest\" count=\"0\" size=\"%zu\"/>\n",
+               l.large_slack + l.large_dirty);
   std::fprintf(fp, "<system type=\"current\" size=\"%zu\"/>\n<system type=\"max\" size=\"%zu\"/>\n",
                s.large_mapped, s.large_mapped);
   std::fprintf(fp, "</heap>\n");
@@ -101,7 +111,8 @@ TM_EXPORT int malloc_info(int options, FILE* fp) noexcept {
   std::fprintf(fp, "<total type=\"mmap\" count=\"%zu\" size=\"%zu\"/>\n", s.arenas, s.mapped);
   std::fprintf(fp, "<system type=\"current\" size=\"%zu\"/>\n<system type=\"max\" size=\"%zu\"/>\n",
                s.mapped, s.mapped);
-  std::fprintf(fp, "<aspace type=\"total\" size=\"%zu\"/>\n<aspace type=\"mprotect\" size=\"%zu\"/>\n",
+  std::fprintf(fp,
+               "<aspace type=\"total\" size=\"%zu\"/>\n<aspace type=\"mprotect\" size=\"%zu\"/>\n",
                s.mapped, s.mapped);
   std::fprintf(fp, "</malloc>\n");
   return 0;

@@ -616,8 +616,8 @@ REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEve
                             BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned,
                             FreeSizedWithTheRightSize, OwnsAndUsableSize);
 #else
-REGISTER_TYPED_TEST_SUITE_P(Alloc, MallocEverySize0To600,
-                            BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
+REGISTER_TYPED_TEST_SUITE_P(Alloc, MallocEverySize0To600, BorderSizes,
+                            ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
                             CallocZeroesReusedMemory, ReallocNullIsMalloc,
                             ReallocWithinClassStaysInPlace,
                             ReallocAcrossClassesAndTheBorderKeepsData,

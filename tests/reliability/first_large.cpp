@@ -18,7 +18,8 @@ int main() {
   void* p = tm_malloc(100000);
   int err = errno;
   inject_reserve_failures(0);
-  std::printf("first tm_malloc(100000) while mmap fails: %p, errno %d, tm_owns %d\n", p, err, p ? tm_owns(p) : -1);
+  std::printf("first tm_malloc(100000) while mmap fails: %p, errno %d, tm_owns %d\n", p, err,
+              p ? tm_owns(p) : -1);
   if (p == nullptr && err != ENOMEM) bad = 1;
   if (p != nullptr && !tm_owns(p)) {
     std::printf("FAIL: that block is not trimalloc's\n");
@@ -28,7 +29,8 @@ int main() {
   void* q = tm_malloc(100000);
   std::printf("then, with mmap working: %p, tm_owns %d\n", q, q ? tm_owns(q) : -1);
   if (q == nullptr || !tm_owns(q)) {
-    std::printf("FAIL: large blocks no longer come from trimalloc's arena (free() cannot check them)\n");
+    std::printf(
+        "FAIL: large blocks no longer come from trimalloc's arena (free() cannot check them)\n");
     bad = 1;
   }
   tm_free(q);

@@ -26,8 +26,8 @@ template <class T>
 class MapArray {
  public:
   explicit MapArray(std::size_t cap) : cap_(cap) {
-    void* m = mmap(nullptr, cap * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void* m = mmap(nullptr, cap * sizeof(T), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     data_ = m == MAP_FAILED ? nullptr : static_cast<T*>(m);
   }
   ~MapArray() {
@@ -66,7 +66,8 @@ class Log {
     va_start(ap, fmt);
     int k = std::vsnprintf(buf_ + used_, sizeof buf_ - used_, fmt, ap);
     va_end(ap);
-    if (k > 0) used_ += static_cast<std::size_t>(k) < sizeof buf_ - used_ ? k : sizeof buf_ - used_ - 1;
+    if (k > 0)
+      used_ += static_cast<std::size_t>(k) < sizeof buf_ - used_ ? k : sizeof buf_ - used_ - 1;
     if (used_ < sizeof buf_ - 1) buf_[used_++] = '\n';
     buf_[used_] = 0;
   }
@@ -88,12 +89,26 @@ struct InjectionGuard {
 
 namespace reltest {
 
-inline bool aligned_to(const void* p, std::size_t a) { return reinterpret_cast<std::uintptr_t>(p) % a == 0; }
+inline bool aligned_to(const void* p, std::size_t a) {
+  return reinterpret_cast<std::uintptr_t>(p) % a == 0;
+}
 
-enum class Call { kMalloc, kCalloc, kRealloc0, kReallocarray0, kAligned, kPosix, kMemalign, kValloc, kPvalloc };
+enum class Call {
+  kMalloc,
+  kCalloc,
+  kRealloc0,
+  kReallocarray0,
+  kAligned,
+  kPosix,
+  kMemalign,
+  kValloc,
+  kPvalloc
+};
 inline const char* call_name(Call c) {
-  static const char* const n[] = {"malloc",         "calloc",   "realloc(NULL)", "reallocarray(NULL)", "aligned_alloc",
-                                  "posix_memalign", "memalign", "valloc",        "pvalloc"};
+  static const char* const n[] = {
+      "malloc",        "calloc",         "realloc(NULL)", "reallocarray(NULL)",
+      "aligned_alloc", "posix_memalign", "memalign",      "valloc",
+      "pvalloc"};
   return n[static_cast<int>(c)];
 }
 
@@ -110,11 +125,21 @@ void* call_once(const Case& c, int* err, Log& log) {
   errno = 0;
   void* p = nullptr;
   switch (c.call) {
-    case Call::kMalloc: p = A::malloc(c.size); break;
-    case Call::kCalloc: p = A::calloc(1, c.size); break;
-    case Call::kRealloc0: p = A::realloc(nullptr, c.size); break;
-    case Call::kReallocarray0: p = A::reallocarray(nullptr, 1, c.size); break;
-    case Call::kAligned: p = A::aligned_alloc(c.align, c.size); break;
+    case Call::kMalloc:
+      p = A::malloc(c.size);
+      break;
+    case Call::kCalloc:
+      p = A::calloc(1, c.size);
+      break;
+    case Call::kRealloc0:
+      p = A::realloc(nullptr, c.size);
+      break;
+    case Call::kReallocarray0:
+      p = A::reallocarray(nullptr, 1, c.size);
+      break;
+    case Call::kAligned:
+      p = A::aligned_alloc(c.align, c.size);
+      break;
     case Call::kPosix: {
       void* out = reinterpret_cast<void*>(0x1230);
       int rc = A::posix_memalign(&out, c.align, c.size);
@@ -127,9 +152,15 @@ void* call_once(const Case& c, int* err, Log& log) {
       p = out;
       break;
     }
-    case Call::kMemalign: p = A::memalign(c.align, c.size); break;
-    case Call::kValloc: p = A::valloc(c.size); break;
-    case Call::kPvalloc: p = A::pvalloc(c.size); break;
+    case Call::kMemalign:
+      p = A::memalign(c.align, c.size);
+      break;
+    case Call::kValloc:
+      p = A::valloc(c.size);
+      break;
+    case Call::kPvalloc:
+      p = A::pvalloc(c.size);
+      break;
   }
   *err = errno;
   return p;
@@ -153,14 +184,17 @@ bool exhaust(const Case& c, std::size_t cap, Taken& taken, Log& log, std::uint64
     int err = 0;
     void* p = call_once<A>(c, &err, log);
     if (p == nullptr) {
-      if (err != ENOMEM) log.add("%s(%zu, align %zu) failed with errno %d, not ENOMEM", call_name(c.call), c.size, c.align, err);
+      if (err != ENOMEM)
+        log.add("%s(%zu, align %zu) failed with errno %d, not ENOMEM", call_name(c.call), c.size,
+                c.align, err);
       if (++in_a_row == 3) return true;
       continue;
     }
     in_a_row = 0;
     std::size_t u = A::usable(p);
     if (!aligned_to(p, need_align) || u < c.size)
-      log.add("%s(%zu, align %zu) gave %p with usable size %zu", call_name(c.call), c.size, c.align, p, u);
+      log.add("%s(%zu, align %zu) gave %p with usable size %zu", call_name(c.call), c.size, c.align,
+              p, u);
     if (c.call == Call::kCalloc && rel::first_nonzero(p, c.size) >= 0)
       log.add("calloc(1, %zu) gave %p, not zeroed", c.size, p);
     std::size_t n = c.size < 64 ? c.size : 64;  // enough to see overlaps, cheap for big blocks
@@ -171,7 +205,8 @@ bool exhaust(const Case& c, std::size_t cap, Taken& taken, Log& log, std::uint64
       return false;
     }
   }
-  log.add("%s(%zu, align %zu) succeeded %zu times with every mmap failing", call_name(c.call), c.size, c.align, cap);
+  log.add("%s(%zu, align %zu) succeeded %zu times with every mmap failing", call_name(c.call),
+          c.size, c.align, cap);
   return false;
 }
 
@@ -179,7 +214,8 @@ inline std::size_t verify_all(MapArray<Blk>& blocks, Log& log, const char* what)
   std::size_t bad = 0;
   for (std::size_t i = 0; i < blocks.size(); ++i) {
     long off = rel::first_bad(blocks[i].p, blocks[i].n, blocks[i].seed);
-    if (off >= 0 && bad++ < 5) log.add("%s block %p (+%zu) damaged at offset %ld", what, blocks[i].p, blocks[i].n, off);
+    if (off >= 0 && bad++ < 5)
+      log.add("%s block %p (+%zu) damaged at offset %ld", what, blocks[i].p, blocks[i].n, off);
   }
   return bad;
 }
@@ -189,7 +225,8 @@ inline std::size_t verify_all(MapArray<Blk>& blocks, Log& log, const char* what)
 inline MapArray<Case>* all_cases() {
   auto* v = new MapArray<Case>(4096);
   for (std::size_t n = 0; n <= 512; n += 16) v->push({Call::kMalloc, n == 0 ? 1 : n, 0});
-  for (std::size_t n : {513ul, 1024ul, 4096ul, 14336ul, 16385ul, 65536ul, 1ul << 20, 8ul << 20, 64ul << 20})
+  for (std::size_t n :
+       {513ul, 1024ul, 4096ul, 14336ul, 16385ul, 65536ul, 1ul << 20, 8ul << 20, 64ul << 20})
     v->push({Call::kMalloc, n, 0});
   for (std::size_t n : {8ul, 300ul, 5000ul, 1ul << 20}) {
     v->push({Call::kCalloc, n, 0});
@@ -249,13 +286,15 @@ void injection_scenario(Log& log, std::size_t cap) {
   std::uint64_t tseed = 1ull << 40;
   std::thread late([&] {
     while (phase.load() == 0) std::this_thread::yield();
-    for (Case c : {Case{Call::kMalloc, 16, 0}, Case{Call::kMalloc, 300, 0}, Case{Call::kMalloc, 5000, 0},
-                   Case{Call::kAligned, 200, 64}, Case{Call::kMalloc, 1 << 20, 0}})
+    for (Case c :
+         {Case{Call::kMalloc, 16, 0}, Case{Call::kMalloc, 300, 0}, Case{Call::kMalloc, 5000, 0},
+          Case{Call::kAligned, 200, 64}, Case{Call::kMalloc, 1 << 20, 0}})
       exhaust<A>(c, cap, ttaken, tlog, tseed);
     phase = 2;
     while (phase.load() != 3) std::this_thread::yield();
-    for (std::size_t i = 0; i < ttaken.blocks.size(); ++i) A::free(ttaken.blocks[i].p);  // remote frees
-    for (std::size_t n : {16ul, 300ul, 5000ul, 1ul << 20}) {                             // and it allocates again
+    for (std::size_t i = 0; i < ttaken.blocks.size(); ++i)
+      A::free(ttaken.blocks[i].p);                            // remote frees
+    for (std::size_t n : {16ul, 300ul, 5000ul, 1ul << 20}) {  // and it allocates again
       void* p = A::malloc(n);
       if (!p) {
         tlog.add("thread: malloc(%zu) failed after injection stopped", n);
@@ -287,16 +326,19 @@ void injection_scenario(Log& log, std::size_t cap) {
   }
   errno = 0;
   if (void* q = A::reallocarray(big.p, 1024, 256 << 10); q != nullptr || errno != ENOMEM) {
-    log.add("reallocarray(300000-byte block, 1024, 256 KiB) = %p, errno %d under injection", q, errno);
+    log.add("reallocarray(300000-byte block, 1024, 256 KiB) = %p, errno %d under injection", q,
+            errno);
     if (q) big.p = q;
   }
   Blk& hundred = keep[2];  // 100 bytes: class 112
   if (void* q = A::realloc(hundred.p, 110); q != hundred.p)
-    log.add("realloc(100-byte block, 110) moved or failed (%p -> %p) under injection", hundred.p, q);
+    log.add("realloc(100-byte block, 110) moved or failed (%p -> %p) under injection", hundred.p,
+            q);
   else
     hundred.n = 100;  // bytes 100.. are no longer promised
   if (verify_all(keep, log, "kept") != 0) log.add("blocks allocated before injection were damaged");
-  if (verify_all(taken.blocks, log, "taken") != 0) log.add("blocks allocated under injection were damaged");
+  if (verify_all(taken.blocks, log, "taken") != 0)
+    log.add("blocks allocated under injection were damaged");
 
   // Memory freed while mmap still fails is allocated again.
   std::size_t reused = 0, tried = 0;
@@ -324,7 +366,8 @@ void injection_scenario(Log& log, std::size_t cap) {
   inject_reserve_failures(0);
   phase = 3;
   late.join();
-  if (tlog.count()) log.add("in a thread that started allocating under injection:\n%s", tlog.text().c_str());
+  if (tlog.count())
+    log.add("in a thread that started allocating under injection:\n%s", tlog.text().c_str());
 
   // After injection: every case allocates again.
   for (std::size_t i = 0; i < cases->size(); ++i) {
@@ -332,7 +375,8 @@ void injection_scenario(Log& log, std::size_t cap) {
     int err = 0;
     void* p = call_once<A>(c, &err, log);
     if (!p) {
-      log.add("%s(%zu, align %zu) still fails (errno %d) after injection stopped", call_name(c.call), c.size, c.align, err);
+      log.add("%s(%zu, align %zu) still fails (errno %d) after injection stopped",
+              call_name(c.call), c.size, c.align, err);
       continue;
     }
     rel::fill(p, c.size, ++seed);
@@ -344,7 +388,8 @@ void injection_scenario(Log& log, std::size_t cap) {
   for (std::size_t i = 0; i < taken.blocks.size(); ++i) {
     Blk b = taken.blocks[i];
     if (!b.p) continue;
-    if (rel::first_bad(b.p, b.n, b.seed) >= 0 && i_bad++ < 5) log.add("block %p taken under injection damaged", b.p);
+    if (rel::first_bad(b.p, b.n, b.seed) >= 0 && i_bad++ < 5)
+      log.add("block %p taken under injection damaged", b.p);
     A::free(b.p);
   }
   for (std::size_t i = 0; i < keep.size(); ++i) A::free(keep[i].p);
@@ -399,10 +444,13 @@ void random_injection(Log& log, std::uint64_t seed0, std::size_t ops, std::size_
     void* p = call_once<A>(c, &err, log);
     if (!p) {
       ++fails;
-      if (err != ENOMEM) log.add("op %zu: %s(%zu, align %zu) failed with %d", i, call_name(c.call), c.size, c.align, err);
+      if (err != ENOMEM)
+        log.add("op %zu: %s(%zu, align %zu) failed with %d", i, call_name(c.call), c.size, c.align,
+                err);
       continue;
     }
-    if (A::usable(p) < c.size) log.add("op %zu: %s(%zu) usable %zu", i, call_name(c.call), c.size, A::usable(p));
+    if (A::usable(p) < c.size)
+      log.add("op %zu: %s(%zu) usable %zu", i, call_name(c.call), c.size, A::usable(p));
     b = Blk{p, c.size, r | 1};
     rel::fill(p, b.n, b.seed);
     if (log.count() > 20) break;

@@ -145,9 +145,10 @@ enum Code : std::uint8_t {
   kCodeCount
 };
 inline const char* code_name(unsigned c) {
-  static const char* const names[] = {"malloc",         "calloc",   "realloc", "reallocarray", "aligned_alloc",
-                                      "posix_memalign", "memalign", "valloc",  "free",         "free_sized",
-                                      "verify",         "handoff",  "huge",    "trim"};
+  static const char* const names[] = {
+      "malloc",         "calloc",   "realloc", "reallocarray", "aligned_alloc",
+      "posix_memalign", "memalign", "valloc",  "free",         "free_sized",
+      "verify",         "handoff",  "huge",    "trim"};
   return c < kCodeCount ? names[c] : "?";
 }
 
@@ -163,12 +164,14 @@ struct Op {
 inline std::size_t size_from(std::uint32_t r) {
   unsigned bucket = r & 31;
   r >>= 5;
-  if (bucket < 20) return r % 601;                   // 0..600: every pool class and the border
-  if (bucket < 27) return 513 + r % (16384 - 513);    // jemalloc small classes
+  if (bucket < 20) return r % 601;                  // 0..600: every pool class and the border
+  if (bucket < 27) return 513 + r % (16384 - 513);  // jemalloc small classes
   if (bucket < 31) return 16384 + r % (262144 - 16384);
   return 262144 + r % ((4u << 20) - 262144);
 }
-inline std::size_t align_from(std::uint32_t r) { return std::size_t{8} << (r % 14); }  // 8..64 KiB
+inline std::size_t align_from(std::uint32_t r) {
+  return std::size_t{8} << (r % 14);
+}  // 8..64 KiB
 
 enum FreeHow : std::uint8_t { kPlainFree, kSized, kAlignedSized };
 
@@ -273,8 +276,8 @@ class Tester {
  private:
   void where(char* buf, std::size_t n) const {
     std::snprintf(buf, n, "thread %u op #%llu (%s slot %u size %zu align %zu)", thread_,
-                  static_cast<unsigned long long>(count_), code_name(op_.code), op_.slot % kSlots, op_.size,
-                  op_.align);
+                  static_cast<unsigned long long>(count_), code_name(op_.code), op_.slot % kSlots,
+                  op_.size, op_.align);
   }
 
   void verify(const Rec& r, const char* why) {
@@ -282,8 +285,10 @@ class Tester {
     if (bad >= 0) {
       char w[160];
       where(w, sizeof w);
-      failf("pattern mismatch in live block %p (made by %s, size %zu, usable %zu) at offset %ld, found on %s; %s",
-            r.p, code_name(r.code), r.n, r.usable, bad, why, w);
+      failf(
+          "pattern mismatch in live block %p (made by %s, size %zu, usable %zu) at offset %ld, "
+          "found on %s; %s",
+          r.p, code_name(r.code), r.n, r.usable, bad, why, w);
     }
     std::size_t u = API::usable(r.p);
     if (u != r.usable) {
@@ -337,7 +342,8 @@ class Tester {
           if (nz >= 0) {
             char w[160];
             where(w, sizeof w);
-            failf("calloc(%zu, %zu) returned %p with a non-zero byte at offset %ld; %s", count, each, p, nz, w);
+            failf("calloc(%zu, %zu) returned %p with a non-zero byte at offset %ld; %s", count,
+                  each, p, nz, w);
           }
         }
         break;
@@ -442,17 +448,29 @@ class Tester {
   }
 
   void huge(std::uint64_t pick) {
-    static const std::size_t sizes[] = {SIZE_MAX, SIZE_MAX - 4095, static_cast<std::size_t>(PTRDIFF_MAX),
-                                        static_cast<std::size_t>(PTRDIFF_MAX) + 1, std::size_t{1} << 48};
+    static const std::size_t sizes[] = {
+        SIZE_MAX, SIZE_MAX - 4095, static_cast<std::size_t>(PTRDIFF_MAX),
+        static_cast<std::size_t>(PTRDIFF_MAX) + 1, std::size_t{1} << 48};
     std::size_t n = sizes[pick % 5];
     errno = 0;
     void* p = nullptr;
     const char* name = "malloc";
     switch ((pick >> 8) % 4) {
-      case 0: p = API::malloc(n); break;
-      case 1: name = "calloc"; p = API::calloc(1, n); break;
-      case 2: name = "aligned_alloc"; p = API::aligned_alloc(64, n); break;
-      case 3: name = "realloc(NULL)"; p = API::realloc(nullptr, n); break;
+      case 0:
+        p = API::malloc(n);
+        break;
+      case 1:
+        name = "calloc";
+        p = API::calloc(1, n);
+        break;
+      case 2:
+        name = "aligned_alloc";
+        p = API::aligned_alloc(64, n);
+        break;
+      case 3:
+        name = "realloc(NULL)";
+        p = API::realloc(nullptr, n);
+        break;
     }
     if (p != nullptr || errno != ENOMEM) {
       char w[160];

@@ -16,9 +16,12 @@ void* g_blocks[kBlocks];
 std::size_t g_sizes[kBlocks];
 int* g_bad = nullptr;
 int* g_freed = nullptr;
-std::vector<std::string> g_names = {"alpha", std::string(100, 'b'), std::string(3000, 'c')};  // C++ static init
+std::vector<std::string> g_names = {"alpha", std::string(100, 'b'),
+                                    std::string(3000, 'c')};  // C++ static init
 
-unsigned char byte(unsigned seed, std::size_t i) { return static_cast<unsigned char>(seed * 131 + i * 7 + (i >> 8)); }
+unsigned char byte(unsigned seed, std::size_t i) {
+  return static_cast<unsigned char>(seed * 131 + i * 7 + (i >> 8));
+}
 void fill(void* p, std::size_t n, unsigned seed) {
   auto* b = static_cast<unsigned char*>(p);
   for (std::size_t i = 0; i < n; ++i) b[i] = byte(seed, i);

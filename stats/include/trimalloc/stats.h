@@ -21,10 +21,10 @@ extern "C" {
 /* One small size class (blocks of block_size bytes, 16..512). */
 struct tm_class_stats {
   size_t block_size;
-  size_t pools;            /* pools of this class in use (owned by a thread, or abandoned) */
-  size_t blocks_live;      /* blocks handed out and not freed (a block freed by another thread
-                              counts here until its pool's owner collects it) */
-  size_t blocks_free;      /* free blocks on the lists of those pools (their pages are resident) */
+  size_t pools;       /* pools of this class in use (owned by a thread, or abandoned) */
+  size_t blocks_live; /* blocks handed out and not freed (a block freed by another thread
+                         counts here until its pool's owner collects it) */
+  size_t blocks_free; /* free blocks on the lists of those pools (their pages are resident) */
   /* The true peak of blocks_live lies in [peak_blocks_seen, peak_blocks_bound] (docs/stats.md,
      "Peaks"): malloc and free keep no counters, so it is not known exactly. */
   size_t peak_blocks_seen;  /* highest blocks_live any stats call has seen: a lower bound */
@@ -68,27 +68,27 @@ struct tm_ledger {
 
 struct tm_stats {
   /* totals */
-  size_t allocated;         /* small_live + large_live */
-  size_t resident_ours;     /* ledger.ours */
-  size_t mapped;            /* address space trimalloc has mapped (arenas, jemalloc, metadata) */
+  size_t allocated;           /* small_live + large_live */
+  size_t resident_ours;       /* ledger.ours */
+  size_t mapped;              /* address space trimalloc has mapped (arenas, jemalloc, metadata) */
   size_t peak_allocated_seen; /* highest `allocated` any stats call has seen: a lower bound of
                                  the true peak, which is not tracked */
 
   struct tm_class_stats classes[TM_STATS_CLASSES];
 
   /* small arenas (1 MiB) */
-  size_t arenas;                /* mapped now */
-  size_t arenas_released;       /* unmapped so far */
-  size_t arena_mapped;          /* arenas * 1 MiB */
-  size_t arena_resident;        /* resident bytes of the arenas (mincore) */
+  size_t arenas;          /* mapped now */
+  size_t arenas_released; /* unmapped so far */
+  size_t arena_mapped;    /* arenas * 1 MiB */
+  size_t arena_resident;  /* resident bytes of the arenas (mincore) */
   size_t pools_in_use;
-  size_t pools_free_dirty;      /* free pools whose pages may be resident */
-  size_t pools_free_clean;      /* free pools already given back */
-  size_t empty_pools_resident;  /* = ledger.small_empty_pools */
-  size_t pages_released;        /* 4 KiB pages of pools in use that hold no block and are not
-                                   resident: given back by a trim, or never touched yet */
-  size_t trims;                 /* tm_trim / malloc_trim calls so far */
-  size_t trim_bytes_released;   /* bytes given back by tm_trim calls and by automatic decay */
+  size_t pools_free_dirty;     /* free pools whose pages may be resident */
+  size_t pools_free_clean;     /* free pools already given back */
+  size_t empty_pools_resident; /* = ledger.small_empty_pools */
+  size_t pages_released;       /* 4 KiB pages of pools in use that hold no block and are not
+                                  resident: given back by a trim, or never touched yet */
+  size_t trims;                /* tm_trim / malloc_trim calls so far */
+  size_t trim_bytes_released;  /* bytes given back by tm_trim calls and by automatic decay */
 
   /* jemalloc, which serves blocks over 512 bytes; refreshed through its "epoch" */
   size_t large_allocated;
@@ -97,24 +97,24 @@ struct tm_stats {
   size_t large_retained;
   size_t large_mapped;
   size_t large_metadata;
-  size_t large_dirty;           /* freed pages jemalloc keeps (pdirty of trimalloc's arena) */
+  size_t large_dirty;             /* freed pages jemalloc keeps (pdirty of trimalloc's arena) */
   size_t large_resident_measured; /* jemalloc's pages in trimalloc's slots, per mincore() */
-  size_t large_nmalloc;         /* large allocations so far (trimalloc's jemalloc arena) */
+  size_t large_nmalloc;           /* large allocations so far (trimalloc's jemalloc arena) */
   size_t large_ndalloc;
 
   /* trimalloc's own bookkeeping */
-  size_t meta_heaps;            /* thread heaps (meta_alloc) */
-  size_t meta_arena_headers;    /* resident header slots of the arenas */
-  size_t meta_profiler;         /* allocation-site sampling tables */
+  size_t meta_heaps;         /* thread heaps (meta_alloc) */
+  size_t meta_arena_headers; /* resident header slots of the arenas */
+  size_t meta_profiler;      /* allocation-site sampling tables */
 
   /* kernel */
   size_t rss;
   size_t rss_anon;
-  size_t rss_file;              /* file-backed + shared */
+  size_t rss_file; /* file-backed + shared */
 
   /* allocation-site sampling */
-  size_t profile_rate;          /* mean bytes between samples; 0 = off */
-  size_t profile_samples_live;  /* sampled allocations still live */
+  size_t profile_rate;         /* mean bytes between samples; 0 = off */
+  size_t profile_samples_live; /* sampled allocations still live */
 
   struct tm_ledger ledger;
 };
