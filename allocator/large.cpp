@@ -1,4 +1,4 @@
-// Large blocks (> 512 B): a dedicated arena of the embedded jemalloc, whose extent hooks own
+// Large blocks (> 512 B): two dedicated arenas of the embedded jemalloc, whose extent hooks own
 // the address space (see large.h for the embedding).
 //
 // Address space goes back to the kernel, region by region. The alloc hook maps *regions*
@@ -93,7 +93,7 @@ int tm_je_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
 // jemalloc reads its compiled-in options from this weak symbol; ours overrides it.
 // No background threads: trimalloc runs its own decay thread and must stay fork-safe.
 extern const char* tm_je_malloc_conf;
-// narenas:1: all our blocks come from the dedicated arena, so jemalloc must not create an auto
+// narenas:1: all our blocks come from the dedicated arenas, so jemalloc must not create an auto
 // arena per CPU for each new thread (an arena it fails to create under memory exhaustion would
 // crash the thread's first allocation: the tcache would be associated with a null arena).
 // retain:false: see the top of this file.
@@ -131,7 +131,7 @@ constexpr int arena_flag(unsigned a) {
 
 std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialising, 2 ready
 
-// Each thread that allocates a large block is bound to trimalloc's arena (mallctl
+// Each thread that allocates a large block is bound to trimalloc's main arena (mallctl
 // "thread.arena"), so plain tm_je_malloc/tm_je_free - jemalloc's fast paths, about a third of
 // mallocx/dallocx's instructions - allocate there: the arena a thread is bound to is where its
 // tcache refills and where its requests above the tcache go. mallocx with the arena flag stays
@@ -376,7 +376,7 @@ void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
   return p;
 }
 
-// --- extent hooks: jemalloc's address space for trimalloc's arena ---
+// --- extent hooks: jemalloc's address space for trimalloc's arenas ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
                  bool* zero, bool* commit, unsigned) {
   void* p;

@@ -28,10 +28,10 @@ std::size_t large_usable_size(const void* p) noexcept;
 inline bool large_owns(const void* p) noexcept {
   return g_arena_map.contains(SlotKind::kLarge, p);
 }
-// Purges the dedicated arena's dirty pages and this thread's jemalloc cache; bytes purged
+// Purges both arenas' dirty pages and this thread's jemalloc cache; bytes purged
 // (estimated from jemalloc's resident counter before and after).
 std::size_t large_purge() noexcept;
-// jemalloc's decay step on the arena (what its decay curve says is due), taking turns with the
+// jemalloc's decay step on both arenas (what their decay curves say is due), taking turns with the
 // other purges.
 void large_decay_step() noexcept;
 // After a failed mapping: flushes this thread's jemalloc cache and purges the arena, which

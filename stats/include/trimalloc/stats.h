@@ -97,9 +97,9 @@ struct tm_stats {
   size_t large_retained;
   size_t large_mapped;
   size_t large_metadata;
-  size_t large_dirty;             /* freed pages jemalloc keeps (pdirty of trimalloc's arena) */
+  size_t large_dirty;             /* freed pages jemalloc keeps (pdirty of trimalloc's arenas) */
   size_t large_resident_measured; /* jemalloc's pages in trimalloc's slots, per mincore() */
-  size_t large_nmalloc;           /* large allocations so far (trimalloc's jemalloc arena) */
+  size_t large_nmalloc;           /* large allocations so far (trimalloc's jemalloc arenas) */
   size_t large_ndalloc;
 
   /* trimalloc's own bookkeeping */
