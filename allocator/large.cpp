@@ -15,10 +15,12 @@
 // *growth arena*, which purges a freed extent at once. A buffer grown by realloc (a Python
 // list's pointer array, a bytearray, a string builder) leaves an old copy behind at each step,
 // and each copy is smaller than every later request, so nothing reuses it: with jemalloc's
-// 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 455 MiB resident. Purging each
-// copy costs an madvise next to a memcpy of at least 1 MiB, and the new, bigger block faults
-// its pages in whatever happens to the old one. Blocks malloc'ed at their size stay in the main
-// arena, where a program that frees and allocates a buffer of the same size reuses the pages.
+// 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 451 MiB over the start. Purging
+// each copy costs an madvise next to a memcpy of at least 1 MiB, and the new, bigger block
+// faults its pages in whatever happens to the old one. Blocks malloc'ed at their size stay in
+// the main arena, where a program that frees and allocates a buffer of the same size reuses the
+// pages. Each growth-arena block also gets a region of its own, twice its size (alloc_region),
+// so that most steps grow it in place: 5 copies from 1 to 64 MiB instead of 20.
 //
 // What jemalloc 5.3 does, and why the hooks are shaped this way (src/extent.c, src/pac.c):
 // - With custom hooks the dalloc hook is called whatever `retain` says (ehooks_dalloc_will_fail
@@ -167,6 +169,7 @@ struct Region {
   std::size_t free;     // bytes not held by jemalloc (holes + lost)
   std::uint32_t holes;  // first hole, address order; kNoHole if none
   bool small;           // serves extents of at most kSmallExtent bytes only
+  bool growth;          // holds one block of the growth arena and room for it to grow into
 };
 struct Hole {
   std::uintptr_t start, end;
@@ -317,7 +320,7 @@ void* alloc_from_holes(std::size_t size, std::size_t alignment) noexcept {
   bool small = size <= kSmallExtent;
   for (std::size_t i = 0; i < g_region_count; ++i) {
     Region& r = g_regions[i];
-    if (r.free < size || r.small != small) continue;
+    if (r.free < size || r.small != small || r.growth) continue;
     for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
       const Hole& h = g_holes[*link];
       std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
@@ -343,12 +346,18 @@ void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
 }
 
 // A new region for a request no hole could serve. nullptr if the kernel or the table refused.
-void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
+// A growth region is twice the request: the block realloc put there can grow in place into
+// the rest (jemalloc asks for the bytes after it, alloc_at below), so a buffer growing by an
+// eighth at a time is copied about once per doubling instead of at every step. The rest is a
+// hole nothing else takes, never touched, so it costs address space only; the region is
+// unmapped when the block moves on or is freed.
+void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false) noexcept {
   std::size_t need = (size + kSlotSize - 1) & ~(kSlotSize - 1);
   if (need < size) return nullptr;
   std::size_t cap = size <= kSmallExtent ? kMaxSmallRegion : kMaxBigRegion;
   std::size_t grow = (g_mapped.load(std::memory_order_relaxed) / 8) & ~(kSlotSize - 1);
   grow = grow < kMinRegion ? kMinRegion : grow > cap ? cap : grow;
+  if (growth) grow = 2 * need > need ? 2 * need : need;
   std::size_t span = need < grow ? grow : need;
   alignment = alignment > kSlotSize ? alignment : kSlotSize;
   void* p = os::reserve_aligned(span, alignment);
@@ -369,7 +378,7 @@ void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
   std::memmove(&g_regions[at + 1], &g_regions[at], (g_region_count - at) * sizeof(Region));
   ++g_region_count;
   Region& r = g_regions[at];
-  r = {base, span, span - size, kNoHole, size <= kSmallExtent};
+  r = {base, span, span - size, kNoHole, size <= kSmallExtent, growth};
   if (span > size) r.holes = hole_new(base + size, base + span, kNoHole);  // or lost
   g_arena_map.set(SlotKind::kLarge, p, span, true);
   g_mapped.fetch_add(span, std::memory_order_relaxed);
@@ -378,13 +387,18 @@ void* alloc_region(std::size_t size, std::size_t alignment) noexcept {
 
 // --- extent hooks: jemalloc's address space for trimalloc's arenas ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
-                 bool* zero, bool* commit, unsigned) {
-  void* p;
+                 bool* zero, bool* commit, unsigned arena_index) {
+  void* p = nullptr;
   if (new_addr != nullptr) {  // growing an extent in place
     LockGuard guard(g_regions_lock);
     p = alloc_at(reinterpret_cast<std::uintptr_t>(new_addr), size);
   } else {
-    {
+    // The growth arena's blocks get a region each (with the room to grow); when the address
+    // space or the table runs short, a hole or a plain region will do.
+    if (arena_index == g_growth_index && size > kSmallExtent &&
+        (p = alloc_region(size, alignment, true)) != nullptr) {
+      decay_note_heap_growth();
+    } else {
       LockGuard guard(g_regions_lock);
       p = alloc_from_holes(size, alignment);
     }
