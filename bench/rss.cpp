@@ -162,13 +162,15 @@ int run_grow(const Options& o, Result& r) {
   emit_event("start");
   const size_t baseline = rss_bytes();
   const double t0 = now_s();
-  size_t n = size_t{1} << 20, peak = 0;
+  size_t n = size_t{1} << 20, peak = 0, steps = 0, moves = 0;
   auto* p = static_cast<char*>(malloc(n));
   if (p) memset(p, 1, n);
   while (p && n < (o.grow_mib << 20)) {
     size_t m = n + n / 8;
     auto* q = static_cast<char*>(realloc(p, m));
     if (!q) break;
+    moves += q != p;  // a copy, unless the allocator moved the pages (glibc's mremap)
+    ++steps;
     memset(q + n, 2, m - n);
     p = q;
     n = m;
@@ -182,7 +184,7 @@ int run_grow(const Options& o, Result& r) {
   emit_event("grown");
   record_ledger(r, "peak");
   r.u64("rss_baseline", baseline).u64("rss_peak", peak).u64("bytes_requested", n);
-  r.num("alloc_s", t1 - t0);
+  r.num("alloc_s", t1 - t0).u64("steps", steps).u64("moves", moves);
   if (p[0] != 1 || p[(size_t{1} << 20) - 1] != 1 || p[n - 1] != 2) {
     fprintf(stderr, "buffer corrupted by realloc\n");
     return 1;
