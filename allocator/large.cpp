@@ -86,6 +86,7 @@ void* tm_je_malloc(std::size_t size) noexcept;
 void tm_je_free(void* p) noexcept;
 void* tm_je_mallocx(std::size_t size, int flags) noexcept;
 void* tm_je_rallocx(void* p, std::size_t size, int flags) noexcept;
+std::size_t tm_je_xallocx(void* p, std::size_t size, std::size_t extra, int flags) noexcept;
 std::size_t tm_je_sallocx(const void* p, int flags) noexcept;
 void tm_je_dallocx(void* p, int flags) noexcept;
 void tm_je_sdallocx(void* p, std::size_t size, int flags) noexcept;
@@ -640,16 +641,33 @@ void* large_malloc(std::size_t size) noexcept {
   return large_malloc_retry(size);
 }
 
+namespace {
+// The hardened realloc's new block in the growth arena, registered like large_alloc's.
+[[maybe_unused]] void* growth_alloc_registered(std::size_t size) noexcept {
+  void* p = tm_je_mallocx(size, g_growth_flags);
+  if (p == nullptr && large_release_address_space()) p = tm_je_mallocx(size, g_growth_flags);
+  if (p != nullptr && !registry_add(p)) {
+    tm_je_dallocx(p, 0);
+    p = nullptr;
+  }
+  if (p == nullptr) errno = ENOMEM;
+  return p;
+}
+}  // namespace
+
 void* large_realloc(void* p, std::size_t size) noexcept {
   if (size > static_cast<std::size_t>(PTRDIFF_MAX)) {
     errno = ENOMEM;
     return nullptr;
   }
   if constexpr (kSecure) {
-    // Hardened: allocate, copy, free, so that a registry without room fails the call cleanly
-    // (rallocx could move the block first). The old block goes through quarantine.
+    // Hardened: in place (xallocx never moves the block, so the registry has nothing to
+    // record), else allocate, copy, free, so that a registry without room fails the call
+    // cleanly (rallocx could move the block first). The old block goes through quarantine,
+    // which lets blocks of this size go at once.
+    if (tm_je_xallocx(p, size, 0, 0) >= size) return p;
     std::size_t old = tm_je_sallocx(p, 0);
-    void* q = large_alloc(size, 0, false);
+    void* q = size >= kGrowthMin ? growth_alloc_registered(size) : large_alloc(size, 0, false);
     if (q == nullptr) return nullptr;
     std::memcpy(q, p, old < size ? old : size);
     quarantine_free(p, "realloc");
