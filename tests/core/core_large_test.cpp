@@ -32,6 +32,13 @@ bool stamped(const void* p, std::size_t n, unsigned char v) {
     if (b[off] != v) return false;
   return b[n - 1] == v;
 }
+// After realloc from n to m bytes: the stamps of the first min(n, m) bytes are still there.
+bool kept(const void* p, std::size_t n, std::size_t m, unsigned char v) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (std::size_t off = 0; off < n && off < m; off += 65536)
+    if (b[off] != v) return false;
+  return m < n || b[n - 1] == v;
+}
 
 constexpr std::size_t kMiB = std::size_t{1} << 20;
 
@@ -103,14 +110,15 @@ TEST(LargeRegions, ARegionWithALiveBlockStaysTheOthersGo) {
   tm_free(q);
 }
 
-// Threads allocate, check and free large blocks of many sizes while another thread keeps
-// purging: pieces go back into holes and whole regions are unmapped under the allocating
-// threads' feet. Every block keeps its contents, and calloc'd ones start zeroed.
+// Threads allocate, check, resize and free large blocks of many sizes while another thread
+// keeps purging: pieces go back into holes and whole regions are unmapped under the allocating
+// threads' feet, in both arenas (realloc to 1 MiB or more moves blocks to the growth arena, or
+// grows them in place there). Every block keeps its contents, and calloc'd ones start zeroed.
 TEST(LargeRegions, ChurnWhileAnotherThreadPurgesKeepsEveryBlock) {
   constexpr int kThreads = 3;
   const int rounds = tmtest::kSanitized ? 2000 : 20000;
   std::atomic<bool> stop{false};
-  std::atomic<int> bad{0};
+  std::atomic<int> bad{0}, big_reallocs{0};
   std::thread purger([&] {
     while (!stop.load()) {
       tm_trim(TM_TRIM_FULL);
@@ -136,6 +144,23 @@ TEST(LargeRegions, ChurnWhileAnotherThreadPurgesKeepsEveryBlock) {
           auto v = static_cast<unsigned char>(rng() | 1);
           stamp(p, n, v);
           live.emplace_back(p, n | (std::size_t{v} << 56));
+        } else if (!live.empty() && rng() % 3 == 0) {
+          // Grow by an eighth to a half (into the growth arena from 1 MiB), or shrink to a third.
+          std::size_t i = rng() % live.size();
+          auto [p, tagged] = live[i];
+          std::size_t n = tagged & ((std::size_t{1} << 56) - 1);
+          auto v = static_cast<unsigned char>(tagged >> 56);
+          std::size_t m = rng() % 4 ? n + n / (2 + rng() % 7) : n / 3 + 513;
+          if (m > 48 * kMiB) m = n / 3 + 513;
+          void* q = tm_realloc(p, m);
+          big_reallocs += m >= kMiB;
+          if (!q || !trimalloc::large_owns(q) || !kept(q, n, m, v)) {
+            ++bad;
+            if (!q) continue;
+          }
+          auto w = static_cast<unsigned char>(rng() | 1);
+          stamp(q, m, w);
+          live[i] = {q, m | (std::size_t{w} << 56)};
         } else if (!live.empty()) {
           std::size_t i = rng() % live.size();
           auto [p, tagged] = live[i];
@@ -157,6 +182,7 @@ TEST(LargeRegions, ChurnWhileAnotherThreadPurgesKeepsEveryBlock) {
   stop = true;
   purger.join();
   EXPECT_EQ(bad.load(), 0);
+  EXPECT_GT(big_reallocs.load(), rounds / 20) << "the growth arena was hardly used";
 }
 
 }  // namespace
