@@ -153,7 +153,8 @@ constexpr std::size_t kPurgeAtOnce = std::size_t{8} << 20;
 std::atomic<std::size_t> g_mapped{0};
 // What the hooks had mapped once both arenas existed: jemalloc's metadata for them (a 2 MiB
 // base block each), which no purge can give back.
-std::size_t g_mapped_at_init = 0;
+// Atomic: the decay thread's start check (heap_is_big) may read it while large_init runs.
+std::atomic<std::size_t> g_mapped_at_init{0};
 
 // --- regions: the mappings the extent hooks made, and what of each jemalloc holds ---
 //
@@ -548,7 +549,7 @@ bool large_init() noexcept {
   g_arena_flags = arena_flag(index);
   g_growth_index = growth;
   g_growth_flags = arena_flag(growth);
-  g_mapped_at_init = g_mapped.load(std::memory_order_relaxed);
+  g_mapped_at_init.store(g_mapped.load(std::memory_order_relaxed), std::memory_order_relaxed);
   g_on_out_of_memory = large_release_address_space;
   // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
   // in reverse order, so this one takes the purge lock before jemalloc takes its mutexes (the
@@ -730,7 +731,8 @@ std::size_t large_mapped_bytes() noexcept {
 }
 std::size_t large_mapped_since_init() noexcept {
   std::size_t now = g_mapped.load(std::memory_order_relaxed);
-  return now > g_mapped_at_init ? now - g_mapped_at_init : 0;
+  std::size_t at_init = g_mapped_at_init.load(std::memory_order_relaxed);
+  return now > at_init ? now - at_init : 0;
 }
 
 bool large_release_address_space() noexcept {
