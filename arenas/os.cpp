@@ -24,8 +24,15 @@ bool injected_failure() noexcept {
 }  // namespace
 
 std::size_t page_size() noexcept {
-  static const std::size_t size = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-  return size;
+  // Not a function-local static: its initialisation guard is the C++ runtime's, and
+  // libtrimalloc.so does not link the C++ runtime (see allocator/override_new.cpp).
+  static std::atomic<std::size_t> size{0};
+  std::size_t s = size.load(std::memory_order_relaxed);
+  if (s == 0) {
+    s = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    size.store(s, std::memory_order_relaxed);
+  }
+  return s;
 }
 
 void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {

@@ -182,6 +182,38 @@ TEST(OperatorNew, FailureCallsTheNewHandler) {
   std::set_new_handler(nullptr);
 }
 
+void bad_alloc_handler() {
+  ++g_handler_calls;
+  throw std::bad_alloc();
+}
+struct HandlerGaveUp {};
+void custom_throw_handler() {
+  ++g_handler_calls;
+  throw HandlerGaveUp{};
+}
+
+// A handler that throws: its exception leaves the throwing forms through trimalloc's operator
+// new (built without exceptions, with unwind tables), and the nothrow forms return NULL, for
+// which trimalloc borrows the program's C++ runtime's catch (override_new.cpp).
+TEST(OperatorNew, AHandlerThatThrowsEndsTheRetries) {
+  std::set_new_handler(bad_alloc_handler);
+  g_handler_calls = 0;
+  EXPECT_EQ(op_new_nt(SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(op_new_arr_nt(SIZE_MAX / 2, std::nothrow), nullptr);
+  EXPECT_EQ(op_new_al_nt(SIZE_MAX / 2, std::align_val_t(256), std::nothrow), nullptr);
+  EXPECT_EQ(op_new_arr_al_nt(SIZE_MAX / 2, std::align_val_t(64), std::nothrow), nullptr);
+  EXPECT_EQ(g_handler_calls, 4);
+  g_handler_calls = 0;
+  EXPECT_THROW(op_new(SIZE_MAX / 2), std::bad_alloc);
+  std::set_new_handler(custom_throw_handler);
+  EXPECT_THROW(op_new_arr_al(SIZE_MAX / 2, std::align_val_t(64)), HandlerGaveUp);
+  EXPECT_EQ(g_handler_calls, 2);
+  std::set_new_handler(nullptr);
+  void* p = op_new(100);  // and allocation goes on
+  EXPECT_TRUE(tm_owns(p));
+  op_del(p);
+}
+
 class OperatorDeleteDeathTest : public ::testing::Test {
  protected:
   void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
