@@ -81,6 +81,28 @@ std::size_t mixed_size(std::mt19937_64& rng) {
   }
 }
 
+// A buffer grown by realloc from 1 MiB by a quarter at a time to over `limit` (moves into the
+// growth arena, then grows in place there: allocator/large.cpp); true if its bytes survived.
+bool grow_buffer(std::size_t limit, unsigned char v) {
+  std::size_t n = std::size_t{1} << 20;
+  auto* p = static_cast<unsigned char*>(std::malloc(n));
+  if (!p) return false;
+  std::memset(p, v, n);
+  while (n < limit) {
+    std::size_t m = n + n / 4;
+    auto* q = static_cast<unsigned char*>(std::realloc(p, m));
+    if (!q || q[0] != v || q[n / 2] != v || q[n - 1] != v) {
+      std::free(q ? q : p);
+      return false;
+    }
+    std::memset(q + n, v, m - n);
+    p = q;
+    n = m;
+  }
+  std::free(p);
+  return true;
+}
+
 // Waiting for children with a deadline: tests/core/test_support.h.
 using tmtest::wait_with_deadline;
 std::string describe(int status) {
@@ -102,6 +124,7 @@ int child_work(int depth) {
       blocks.pop_back();
     }
   }
+  if (!grow_buffer(std::size_t{6} << 20, static_cast<unsigned char>(depth + 1))) return 10;
   void* al = aligned_alloc(4096, 10000);
   if (!al || reinterpret_cast<std::uintptr_t>(al) % 4096) return 5;
   free(al);
@@ -149,6 +172,9 @@ TEST(Hostile, ForkWhileThreadsHammerAndTrim) {
           void* q = realloc(malloc(100), 5000);
           free(q);
         }
+        if (rng() % 2048 == 0 &&
+            !grow_buffer(std::size_t{4} << 20, static_cast<unsigned char>(i + 1)))
+          ++bad;
         ++work;
       }
     });
