@@ -151,7 +151,14 @@ void* decay_main(void*) {
       // Nothing left to return: sleep until a free produces something (no periodic wake-ups
       // in an idle process).
       g_decay_sleeping.store(true, std::memory_order_seq_cst);
-      if (g_wake_seq.load(std::memory_order_seq_cst) == seq) futex_wait(&g_wake_seq, seq, -1);
+      // A free that ran after the pass but before the store above saw no sleeper and woke
+      // nobody: look again, by the pass's own measure (it found both at zero), now that a free
+      // would see one. (A free whose own stores are still in flight, a few nanoseconds, can
+      // still go unseen: closing that needs a fence on every large free.)
+      // Only while decay is on: with decay_ms = -1 dirty memory stays, and the look would spin.
+      bool freed_meanwhile = decay >= 0 && (dirty_small_bytes() != 0 || large_dirty_bytes() != 0);
+      if (!freed_meanwhile && g_wake_seq.load(std::memory_order_seq_cst) == seq)
+        futex_wait(&g_wake_seq, seq, -1);
       g_decay_sleeping.store(false, std::memory_order_relaxed);
     }
   }
