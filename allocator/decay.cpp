@@ -153,8 +153,13 @@ void* decay_main(void*) {
       g_decay_sleeping.store(true, std::memory_order_seq_cst);
       // A free that ran after the pass but before the store above saw no sleeper and woke
       // nobody: look again, by the pass's own measure (it found both at zero), now that a free
-      // would see one. (A free whose own stores are still in flight, a few nanoseconds, can
-      // still go unseen: closing that needs a fence on every large free.)
+      // would see one. The free path has no fence between its stores and its load of
+      // g_decay_sleeping, so the membarrier puts one on every CPU running a thread of ours
+      // (as for visits, heap.h): a free whose load came before it has its stores visible to
+      // the look below, and one whose load comes after it sees the sleeper and wakes it.
+      // (Without membarrier, visits_supported() false, a free whose stores are still in flight,
+      // a few nanoseconds, can go unseen until the next free.)
+      asymmetric_fence_heavy();
       // Only while decay is on: with decay_ms = -1 dirty memory stays, and the look would spin.
       bool freed_meanwhile = decay >= 0 && (dirty_small_bytes() != 0 || large_dirty_bytes() != 0);
       if (!freed_meanwhile && g_wake_seq.load(std::memory_order_seq_cst) == seq)
