@@ -644,7 +644,7 @@ void* large_malloc(std::size_t size) noexcept {
 
 namespace {
 // The hardened realloc's new block in the growth arena, registered like large_alloc's.
-[[maybe_unused]] void* growth_alloc_registered(std::size_t size) noexcept {
+void* growth_alloc_registered(std::size_t size) noexcept {
   void* p = tm_je_mallocx(size, g_growth_flags);
   if (p == nullptr && large_release_address_space()) p = tm_je_mallocx(size, g_growth_flags);
   if (p != nullptr && !registry_add(p)) {
