@@ -26,44 +26,40 @@
 using namespace trimtest;
 
 namespace {
-// CPU time (user + system, in clock ticks) the decay thread has used; -1 if there is none.
-long decay_thread_cpu_ticks() {
+// The decay thread's /proc/self/task/<tid> directory, or "" if there is no such thread.
+std::string decay_thread_dir() {
   DIR* d = opendir("/proc/self/task");
-  long ticks = -1;
+  std::string found;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] == '.') continue;
     std::string dir = std::string("/proc/self/task/") + e->d_name;
     std::ifstream comm(dir + "/comm");
     std::string name;
     std::getline(comm, name);
-    if (name != "trimalloc-decay") continue;
-    std::ifstream stat(dir + "/stat");
-    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    std::istringstream rest(text.substr(text.rfind(')') + 2));  // fields from 3 (state) on
-    std::string field;
-    long utime = 0, stime = 0;
-    for (int f = 3; f <= 15 && rest >> field; ++f) {
-      if (f == 14) utime = std::stol(field);
-      if (f == 15) stime = std::stol(field);
-    }
-    ticks = utime + stime;
-  }
-  closedir(d);
-  return ticks;
-}
-
-bool decay_thread_exists() {
-  DIR* d = opendir("/proc/self/task");
-  bool found = false;
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::ifstream comm(std::string("/proc/self/task/") + e->d_name + "/comm");
-    std::string name;
-    std::getline(comm, name);
-    if (name == "trimalloc-decay") found = true;
+    if (name == "trimalloc-decay") found = dir;
   }
   closedir(d);
   return found;
+}
+
+bool decay_thread_exists() {
+  return !decay_thread_dir().empty();
+}
+
+// CPU time (user + system, in clock ticks) the decay thread has used; -1 if there is none.
+long decay_thread_cpu_ticks() {
+  std::string dir = decay_thread_dir();
+  if (dir.empty()) return -1;
+  std::ifstream stat(dir + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  std::istringstream rest(text.substr(text.rfind(')') + 2));  // fields from 3 (state) on
+  std::string field;
+  long utime = 0, stime = 0;
+  for (int f = 3; f <= 15 && rest >> field; ++f) {
+    if (f == 14) utime = std::stol(field);
+    if (f == 15) stime = std::stol(field);
+  }
+  return utime + stime;
 }
 
 // Polls until fewer than `limit` of `pages` are resident or `seconds` pass; returns the count.
