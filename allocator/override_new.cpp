@@ -59,12 +59,12 @@ __attribute__((noinline)) void* new_failed(std::size_t size, std::size_t alignme
 
 // The nothrow forms: as above, but a handler that throws makes them return nullptr. Catching is
 // the runtime's part: its own nothrow operator new calls the throwing ::operator new (ours, which
-// runs the loop above) inside a try block. `aligned`: called by an align_val_t form.
-__attribute__((noinline)) void* new_nothrow_failed(std::size_t size, std::size_t alignment,
-                                                   bool aligned) noexcept {
+// runs the loop above) inside a try block. alignment 0: a form without align_val_t.
+__attribute__((noinline)) void* new_nothrow_failed(std::size_t size,
+                                                   std::size_t alignment) noexcept {
   if (installed_handler() == nullptr) return nullptr;  // nothing can throw: no runtime call
   const std::nothrow_t nothrow{};
-  if (!aligned) {
+  if (alignment == 0) {
     using Fn = void* (*)(std::size_t, const std::nothrow_t&) noexcept;
     if (auto f = runtime_function<Fn>(RTLD_NEXT, "_ZnwmRKSt9nothrow_t")) return f(size, nothrow);
   } else {
@@ -87,8 +87,7 @@ inline void* new_impl(std::size_t size, std::size_t alignment) {
 }
 inline void* new_nothrow(std::size_t size, std::size_t alignment) noexcept {
   void* p = allocate(size, alignment);
-  return __builtin_expect(p != nullptr, 1) ? p
-                                           : new_nothrow_failed(size, alignment, alignment != 0);
+  return __builtin_expect(p != nullptr, 1) ? p : new_nothrow_failed(size, alignment);
 }
 constexpr std::size_t al(std::align_val_t a) {
   return static_cast<std::size_t>(a);
