@@ -206,8 +206,10 @@ void start_thread() {
 // The thread is worth having once the heap is big enough that returning memory matters. It is
 // started on an allocation slow path (never from free(): glibc frees TLS blocks while holding
 // the stack-cache lock that pthread_create takes), and sleeps until a free gives it work.
+// Small pools count by what they hold (in use, or free and maybe resident), not by the arenas'
+// mappings: one block maps an 8 MiB arena.
 bool heap_is_big() {
-  return g_arenas.counts_mapped_bytes() + large_mapped_since_init() >= kHeapWorthAThread;
+  return g_arenas.held_bytes() + large_mapped_since_init() >= kHeapWorthAThread;
 }
 
 // Runs at a malloc slow path when a start was requested (see trim.h for why not in free).

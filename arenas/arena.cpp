@@ -21,25 +21,27 @@ std::uint64_t now_ms() noexcept {
 }
 
 void ArenaSet::bucket_insert(Arena* a) noexcept {
-  Arena*& head = buckets_[a->nfree];
+  const unsigned kind = a->dirty_pools != 0;
+  Arena*& head = buckets_[kind][a->nfree];
   a->prev = nullptr;
   a->next = head;
   if (head) head->prev = a;
   head = a;
-  nonempty_ |= std::uint64_t{1} << a->nfree;
+  nonempty_[kind] |= std::uint64_t{1} << a->nfree;
 }
 
 void ArenaSet::bucket_remove(Arena* a) noexcept {
+  const unsigned kind = a->dirty_pools != 0;
   if (a->prev)
     a->prev->next = a->next;
   else
-    buckets_[a->nfree] = a->next;
+    buckets_[kind][a->nfree] = a->next;
   if (a->next) a->next->prev = a->prev;
-  if (buckets_[a->nfree] == nullptr) nonempty_ &= ~(std::uint64_t{1} << a->nfree);
+  if (buckets_[kind][a->nfree] == nullptr) nonempty_[kind] &= ~(std::uint64_t{1} << a->nfree);
 }
 
 Arena* ArenaSet::create_arena() noexcept {
-  void* mem = os::reserve_aligned(kSlotSize, kSlotSize);
+  void* mem = os::reserve_aligned(kArenaSize, kArenaSize);
   if (!mem) return nullptr;
   // Fresh mmap memory is zero: every pool header reads as kFree with capacity 0.
   Arena* a = arena_of(mem);
@@ -55,24 +57,26 @@ Arena* ArenaSet::create_arena() noexcept {
   a->nfree = kPoolSlotsPerArena;
   for (unsigned i = 1; i < kPoolsPerArena; ++i)
     pool_header(a, i)->index = static_cast<std::uint8_t>(i);
-  g_arena_map.set(SlotKind::kSmall, mem, kSlotSize, true);
+  g_arena_map.set(SlotKind::kSmall, mem, kArenaSize, true);
   ++arena_count_;
-  mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
-  if (g_on_heap_growth) g_on_heap_growth();
+  mapped_.store(arena_count_ * kArenaSize, std::memory_order_relaxed);
   return a;
 }
 
-Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
+Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident) noexcept {
   Pool* pool;
   {
     LockGuard guard(lock_);
-    std::uint64_t usable = nonempty_ & ~std::uint64_t{1};
+    // Arenas with a dirty free pool first (reuse pages still resident rather than fault in
+    // new ones while the old wait for decay), then the rest.
+    const unsigned kind = (nonempty_[1] & ~std::uint64_t{1}) != 0;
+    std::uint64_t usable = nonempty_[kind] & ~std::uint64_t{1};
     Arena* a;
     if (usable) {
       // Buckets are indexed by free pools: the lowest non-empty one holds the fullest arenas.
-      a = buckets_[g_fullest_placement.load(std::memory_order_relaxed)
-                       ? __builtin_ctzll(usable)
-                       : 63 - __builtin_clzll(usable)];
+      a = buckets_[kind][g_fullest_placement.load(std::memory_order_relaxed)
+                             ? __builtin_ctzll(usable)
+                             : 63 - __builtin_clzll(usable)];
       bucket_remove(a);
     } else {
       a = create_arena();
@@ -89,8 +93,16 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner) noexcept {
     --a->nfree;
     bucket_insert(a);
     pool = pool_header(a, i);
+    // A dirty pool's `dormant` is still what it was when the pool went free: its other pages
+    // were carved then, and nothing has purged them since (a purge takes the whole pool).
+    *resident = dirty ? ~pool->dormant.load(std::memory_order_relaxed) : 0;
     // Under the lock: statistics and the decay scan read headers of in-use pools holding it.
     pool_init(pool, cls, owner);
+    // Every 2 MiB of pools in use: the heap has grown (the decay thread's start is decided on
+    // held_bytes(); an arena's mapping is 8 MiB whatever it holds, too coarse a signal).
+    std::size_t in_use = in_use_count_.load(std::memory_order_relaxed) + 1;
+    in_use_count_.store(in_use, std::memory_order_relaxed);
+    if (in_use % kGrowthStepPools == 0 && g_on_heap_growth) g_on_heap_growth();
     if (++class_pools_[cls] > class_pools_peak_[cls]) class_pools_peak_[cls] = class_pools_[cls];
   }
   return pool;
@@ -108,11 +120,12 @@ void ArenaSet::release_pool(Pool* pool) noexcept {
     // Under the lock, like pool_init: statistics and the decay scan read in-use headers.
     // A released pool reads as invalid to free(): is_block_start() fails with bound 0.
     --class_pools_[pool->size_class];
+    in_use_count_.store(in_use_count_.load(std::memory_order_relaxed) - 1,
+                        std::memory_order_relaxed);
     pool->capacity = 0;
     pool->block_size = 0;
     pool->start_bound = 0;
     pool->start_magic = 0;
-    for (auto& bound : pool->page_bound) bound.store(0, std::memory_order_relaxed);
     pool->free = nullptr;
     pool->owner.store(nullptr, std::memory_order_relaxed);
     pool->state.store(PoolState::kFree, std::memory_order_relaxed);
@@ -137,23 +150,39 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty,
     // empty one. One with dirty pools waits for decay (or the cap) like any dirty pool, if
     // anything will ever give it back (trim.h, g_keep_empty_arenas).
     const bool keep = a->dirty_pools != 0 && g_keep_empty_arenas && g_keep_empty_arenas();
-    if (!keep && (nonempty_ >> kPoolSlotsPerArena)) {
+    if (!keep && ((nonempty_[0] | nonempty_[1]) >> kPoolSlotsPerArena)) {
       unmap_empty_locked(a);
       return true;
     }
+    // Nothing will give it back later, and it is the only empty arena: the mapping stays (a
+    // program hovering at an arena boundary would otherwise map and unmap one each time), its
+    // pages go now. An arena is 8 MiB; keeping its pages would keep up to that much resident.
+    if (!keep) purge_dirty_locked(a);
   }
   bucket_insert(a);
   return false;
 }
 
+void ArenaSet::purge_dirty_locked(Arena* a) noexcept {
+  PurgeBatch batch;
+  std::uint64_t dirty = a->dirty_pools & a->free_pools;
+  while (dirty) {
+    unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
+    dirty &= dirty - 1;
+    batch.add(pool_data(pool_header(a, i)), kPoolSize);
+    a->dirty_pools &= ~(std::uint64_t{1} << i);
+    dirty_count_.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
 // `a` is empty and on no bucket.
 void ArenaSet::unmap_empty_locked(Arena* a) noexcept {
-  g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kSlotSize, false);
+  g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kArenaSize, false);
   dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
                          std::memory_order_relaxed);
-  os::release(reinterpret_cast<void*>(arena_base(a)), kSlotSize);
+  os::release(reinterpret_cast<void*>(arena_base(a)), kArenaSize);
   --arena_count_;
-  mapped_.store(arena_count_ * kSlotSize, std::memory_order_relaxed);
+  mapped_.store(arena_count_ * kArenaSize, std::memory_order_relaxed);
   ++released_count_;
 }
 
@@ -164,22 +193,27 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noe
   auto done = [&] { return dirty_count_.load(std::memory_order_relaxed) <= keep_pools; };
   // Empty arenas first: unmapping returns the metadata slot too. A clean one (no dirty pool)
   // is unmapped whenever it qualifies; the cap (keep_bytes) only limits dirty pools.
-  for (Arena* a = buckets_[kPoolSlotsPerArena]; a != nullptr;) {
-    Arena* next = a->next;
-    if (a->emptied_ms <= cutoff_ms && (a->dirty_pools == 0 || !done())) {
-      released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
-      bucket_remove(a);
-      unmap_empty_locked(a);
+  for (Arena* head : {buckets_[0][kPoolSlotsPerArena], buckets_[1][kPoolSlotsPerArena]}) {
+    for (Arena* a = head; a != nullptr;) {
+      Arena* next = a->next;
+      if (a->emptied_ms <= cutoff_ms && (a->dirty_pools == 0 || !done())) {
+        released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
+        bucket_remove(a);
+        unmap_empty_locked(a);
+      }
+      a = next;
     }
-    a = next;
   }
   // Flushed before the guard is dropped: a pool purged here is free, and only this lock
   // hands it out again.
   PurgeBatch batch;
   // Emptiest arenas first: allocation takes pools from the fullest ones, so theirs are the
-  // dirty pools reused soonest.
+  // dirty pools reused soonest. Only the dirty buckets hold dirty pools; an arena left with none
+  // moves to the clean buckets (it was taken off its list first, so the walk goes on at `next`).
   for (unsigned b = kPoolSlotsPerArena + 1; b-- > 0 && !done();) {
-    for (Arena* a = buckets_[b]; a != nullptr && !done(); a = a->next) {
+    for (Arena* a = buckets_[1][b]; a != nullptr && !done();) {
+      Arena* next = a->next;
+      bucket_remove(a);
       std::uint64_t dirty = a->dirty_pools & a->free_pools;
       while (dirty && !done()) {
         unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
@@ -191,6 +225,8 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noe
         dirty_count_.fetch_sub(1, std::memory_order_relaxed);
         released += kPoolSize;
       }
+      bucket_insert(a);
+      a = next;
     }
   }
   return released;
@@ -207,14 +243,16 @@ void ArenaSet::class_pools(std::size_t now[kClassCount], std::size_t peak[kClass
 ArenaCounts ArenaSet::counts() noexcept {
   ArenaCounts c;
   LockGuard guard(lock_);
-  for (Arena* head : buckets_) {
-    for (Arena* a = head; a != nullptr; a = a->next) {
-      ++c.arenas;
-      std::size_t dirty =
-          static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
-      c.pools_in_use += kPoolSlotsPerArena - a->nfree;
-      c.pools_free_dirty += dirty;
-      c.pools_free_clean += a->nfree - dirty;
+  for (const auto& kind : buckets_) {
+    for (Arena* head : kind) {
+      for (Arena* a = head; a != nullptr; a = a->next) {
+        ++c.arenas;
+        std::size_t dirty =
+            static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
+        c.pools_in_use += kPoolSlotsPerArena - a->nfree;
+        c.pools_free_dirty += dirty;
+        c.pools_free_clean += a->nfree - dirty;
+      }
     }
   }
   c.arenas_released = released_count_;

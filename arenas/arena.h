@@ -1,13 +1,20 @@
-// Arenas: 1 MiB regions that pools are cut from, and the global set that hands pools out.
+// Arenas: 8 MiB regions that pools are cut from, and the global set that hands pools out.
 //
 // Placement follows CPython's usable_arenas rule: a new pool comes from the arena with the
 // FEWEST free pools that still has one, so allocation concentrates in already-busy arenas and
 // nearly empty arenas get the chance to drain completely and go back to the OS. Arenas sit in
 // buckets by their number of free pools and a 64-bit mask of non-empty buckets finds the
-// fullest usable one with a single count-trailing-zeros. Within an arena a dirty free pool (its
-// pages may still be resident) is preferred to a clean one, so reuse does not fault in new pages.
+// fullest usable one with a single count-trailing-zeros.
 //
-// All of this runs under one lock, but only on a heap's slow path (once per pool: 32..1024
+// Dirty before clean. A dirty free pool (freed, its pages still resident until decay or a
+// trim) is reused before any clean one: taking a clean pool would fault in new pages while the
+// dirty ones stay resident beside them, so a program that frees a batch and allocates the next
+// would see its RSS double until the decay time. Arenas with a dirty free pool therefore have
+// buckets of their own, searched first (fullest first among them); within an arena, too, a
+// dirty pool goes first. With 8 MiB arenas this matters: the arena a program's long-lived
+// objects share can hold megabytes of clean pools.
+//
+// All of this runs under one lock, but only on a heap's slow path (once per pool: 256..8192
 // allocations), never on malloc's or free's fast path.
 #pragma once
 #include <atomic>
@@ -61,6 +68,8 @@ inline Pool* pool_header(const Arena* a, unsigned i) noexcept {
 extern std::atomic<long long> g_fullest_placement;
 // How many candidate pools an allocation slow path compares (heap.cpp).
 inline constexpr unsigned kPlacementScan = 8;
+// Pools in use between two g_on_heap_growth calls (trim.h): 2 MiB.
+inline constexpr std::size_t kGrowthStepPools = (std::size_t{2} << 20) / kPoolSize;
 
 struct ArenaCounts {
   std::size_t arenas = 0;  // mapped arenas
@@ -72,8 +81,11 @@ struct ArenaCounts {
 
 class ArenaSet {
  public:
-  // A pool initialised for class `cls` and owned by `owner`, or nullptr (errno = ENOMEM).
-  Pool* acquire_pool(unsigned cls, ThreadHeap* owner) noexcept;
+  // A pool initialised for class `cls` and owned by `owner`, or nullptr (errno = ENOMEM). Its
+  // pages start dormant; `*resident` gets those that may still be resident from its last use
+  // (a dirty pool), which the caller should carve at once (pool_revive_pages), outside the
+  // lock: left dormant they would stay resident, counted nowhere and released by nothing.
+  Pool* acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident) noexcept;
   // Gives an empty pool (used == 0, on no list) back to its arena.
   void release_pool(Pool* pool) noexcept;
   // Gives back free memory that went free at or before `cutoff_ms`: unmaps such empty arenas,
@@ -94,9 +106,12 @@ class ArenaSet {
   SpinLock& lock() noexcept { return lock_; }
   // Free pools whose pages may be resident (maintained under the lock, read without it).
   std::size_t dirty_pools() const noexcept { return dirty_count_.load(std::memory_order_relaxed); }
-  // Bytes of arenas currently mapped (read without the lock).
-  std::size_t counts_mapped_bytes() const noexcept {
-    return mapped_.load(std::memory_order_relaxed);
+  // Bytes of pools in use or free but maybe resident (read without the lock): what the small
+  // heap holds. Not the arenas' mapped bytes, which are 8 MiB of address space for one block.
+  std::size_t held_bytes() const noexcept {
+    return (in_use_count_.load(std::memory_order_relaxed) +
+            dirty_count_.load(std::memory_order_relaxed)) *
+           kPoolSize;
   }
 
  private:
@@ -104,15 +119,20 @@ class ArenaSet {
   // True if the arena was unmapped as a result.
   bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty, std::uint64_t now) noexcept;
   void unmap_empty_locked(Arena* a) noexcept;
+  void purge_dirty_locked(Arena* a) noexcept;  // purges every dirty free pool of `a` now
   void bucket_insert(Arena* a) noexcept;
   void bucket_remove(Arena* a) noexcept;
 
   SpinLock lock_;
-  Arena* buckets_[kPoolsPerArena] = {};  // by nfree; bucket 0 holds arenas with no free pool
-  std::uint64_t nonempty_ = 0;           // bit n: buckets_[n] != nullptr
+  // Arenas by [has a dirty free pool][nfree]; bucket nfree = 0 holds arenas with no free pool.
+  // An arena's list is chosen by its state when inserted, so dirty_pools changes only while
+  // the arena is off its list.
+  Arena* buckets_[2][kPoolsPerArena] = {};
+  std::uint64_t nonempty_[2] = {};  // bit n of [k]: buckets_[k][n] != nullptr
   std::size_t arena_count_ = 0;
   std::size_t released_count_ = 0;
   std::atomic<std::size_t> dirty_count_{0};
+  std::atomic<std::size_t> in_use_count_{0};  // pools in use (written under the lock)
   std::atomic<std::size_t> mapped_{0};
   std::uint32_t class_pools_[kClassCount] = {};
   std::uint32_t class_pools_peak_[kClassCount] = {};
@@ -125,13 +145,15 @@ std::uint64_t now_ms() noexcept;  // CLOCK_MONOTONIC_COARSE, for decay stamps
 template <typename Fn>
 void ArenaSet::for_each_pool_in_use(Fn&& fn) noexcept {
   LockGuard guard(lock_);
-  for (Arena* head : buckets_) {
-    for (Arena* a = head; a != nullptr; a = a->next) {
-      std::uint64_t in_use = kAllPoolSlots & ~a->free_pools;
-      while (in_use) {
-        unsigned i = static_cast<unsigned>(__builtin_ctzll(in_use));
-        in_use &= in_use - 1;
-        fn(pool_header(a, i));
+  for (const auto& kind : buckets_) {
+    for (Arena* head : kind) {
+      for (Arena* a = head; a != nullptr; a = a->next) {
+        std::uint64_t in_use = kAllPoolSlots & ~a->free_pools;
+        while (in_use) {
+          unsigned i = static_cast<unsigned>(__builtin_ctzll(in_use));
+          in_use &= in_use - 1;
+          fn(pool_header(a, i));
+        }
       }
     }
   }

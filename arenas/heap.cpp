@@ -283,16 +283,18 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   }
 
   // 4. A pool some exited thread left behind, then 5. a fresh pool from the arenas.
+  PageMask resident = 0;
   Pool* fresh = adopt_abandoned(cls, this);
-  if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this);
+  if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this, &resident);
   if (fresh == nullptr && g_on_out_of_memory && g_on_out_of_memory())
-    fresh = g_arenas.acquire_pool(cls, this);
+    fresh = g_arenas.acquire_pool(cls, this, &resident);
   if (fresh == nullptr) {
     errno = ENOMEM;
     return nullptr;
   }
   list_push_front(avail_[cls], fresh);
   pool_collect_remote(fresh);
+  pool_revive_pages(fresh, resident);
   if (fresh->free == nullptr && !pool_revive_page(fresh)) {
     // An adopted pool with every block live: park it and try again.
     park_full(fresh);

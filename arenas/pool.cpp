@@ -41,16 +41,15 @@ inline unsigned first_page(std::uintptr_t start) {
 inline unsigned last_page(std::uintptr_t start, std::uint32_t size) {
   return static_cast<unsigned>((start + size - 1) >> kPageShift);
 }
-inline std::uint8_t pages_mask(unsigned first, unsigned last) {
-  return static_cast<std::uint8_t>(((1u << (last + 1)) - 1) & ~((1u << first) - 1));
+// A block is at most 512 bytes, so it overlaps one page or two neighbouring ones.
+inline PageMask pages_mask(unsigned first, unsigned last) {
+  static_assert(kSmallMax <= kPageSize, "a block overlaps at most two pages");
+  return (PageMask{1} << first) | (PageMask{1} << last);
 }
-}  // namespace
 
-bool pool_revive_page(Pool* pool) noexcept {
-  std::uint8_t dormant = pool->dormant.load(std::memory_order_relaxed);
-  if (dormant == 0) return false;
-  unsigned page = static_cast<unsigned>(__builtin_ctz(dormant));
-  dormant = static_cast<std::uint8_t>(dormant & ~(1u << page));
+// Carves dormant page `page` into the free list.
+void revive(Pool* pool, unsigned page) noexcept {
+  PageMask dormant = pool->dormant.load(std::memory_order_relaxed) & ~(PageMask{1} << page);
   set_dormant(pool, dormant);
 
   // Push, highest address first, every block that overlaps this page and no other dormant page,
@@ -88,7 +87,7 @@ bool pool_revive_page(Pool* pool) noexcept {
       head = b;
     }
     pool->free = head;
-    return true;
+    return;
   }
   // Only the first and the last block can reach into a neighbouring page, so only they are
   // checked against `dormant` (invariant D); the blocks between are pushed in a plain loop.
@@ -112,7 +111,24 @@ bool pool_revive_page(Pool* pool) noexcept {
   for (long j = last - 1; j > first; --j) push(static_cast<std::uintptr_t>(j) * size);
   if (first < last && pushable(first)) push(static_cast<std::uintptr_t>(first) * size);
   pool->free = head;
+}
+}  // namespace
+
+bool pool_revive_page(Pool* pool) noexcept {
+  PageMask dormant = pool->dormant.load(std::memory_order_relaxed);
+  if (dormant == 0) return false;
+  revive(pool, static_cast<unsigned>(__builtin_ctz(dormant)));
   return true;
+}
+
+void pool_revive_pages(Pool* pool, PageMask pages) noexcept {
+  pages &= pool->dormant.load(std::memory_order_relaxed);
+  // Highest first: each page's blocks go on top, so the list ends up in address order.
+  while (pages) {
+    unsigned page = 31 - static_cast<unsigned>(__builtin_clz(pages));
+    pages &= ~(PageMask{1} << page);
+    revive(pool, page);
+  }
 }
 
 void secure_scrub(const Pool* pool, Block* b) noexcept {
@@ -221,7 +237,7 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
   const std::uint32_t size = pool->block_size;
   const std::uint16_t capacity = pool->capacity;
   const std::uintptr_t base = pool_data(pool);
-  std::uint8_t dormant = pool->dormant.load(std::memory_order_relaxed);
+  PageMask dormant = pool->dormant.load(std::memory_order_relaxed);
   if (dormant == kAllPagesDormant) return 0;
 
   // Which blocks are free: listed, or already dormant (they overlap a dormant page).
@@ -231,9 +247,9 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
     is_free[j >> 6] |= std::uint64_t{1} << (j & 63);
   }
   // A page can go when every block overlapping it is free.
-  std::uint8_t releasable = 0;
+  PageMask releasable = 0;
   for (unsigned page = 0; page < kPagesPerPool; ++page) {
-    if (dormant & (1u << page)) continue;
+    if (dormant & (PageMask{1} << page)) continue;
     std::uintptr_t page_start = std::uintptr_t{page} << kPageShift;
     std::size_t first = page_start / size;
     std::size_t last = (page_start + kPageSize - 1) / size;
@@ -247,13 +263,13 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
     }
     // The tail of a pool past its last block belongs to the last page; a page holding no block
     // start at all (first > last) is free by definition.
-    if (all_free) releasable = static_cast<std::uint8_t>(releasable | (1u << page));
+    if (all_free) releasable |= PageMask{1} << page;
   }
   if (releasable == 0) return 0;
 
   // Invariant D: unlink every listed block that touches a page about to become dormant, then
   // purge. Rebuilding in address order keeps allocation low-address-first.
-  dormant = static_cast<std::uint8_t>(dormant | releasable);
+  dormant |= releasable;
   Block* head = nullptr;
   for (std::size_t j = capacity; j-- > 0;) {
     if (!((is_free[j >> 6] >> (j & 63)) & 1)) continue;
@@ -268,10 +284,10 @@ std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept {
 
   std::size_t purged = 0;
   for (unsigned page = 0; page < kPagesPerPool; ++page) {
-    if (!(releasable & (1u << page))) continue;
+    if (!(releasable & (PageMask{1} << page))) continue;
     // Coalesce runs of adjacent pages into one madvise.
     unsigned end = page;
-    while (end + 1 < kPagesPerPool && (releasable & (1u << (end + 1)))) ++end;
+    while (end + 1 < kPagesPerPool && (releasable & (PageMask{1} << (end + 1)))) ++end;
     std::size_t bytes = std::size_t{end - page + 1} << kPageShift;
     std::uintptr_t start = base + (std::uintptr_t{page} << kPageShift);
     batch.add(start, bytes);

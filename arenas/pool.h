@@ -1,17 +1,24 @@
-// Pools: 16 KiB runs of equal-sized blocks, the unit a thread heap owns.
+// Pools: 128 KiB runs of equal-sized blocks, the unit a thread heap owns.
 //
-// Layout. An arena is a 1 MiB-aligned 1 MiB region cut into 64 slots of 16 KiB. Slot 0 holds
+// Layout. An arena is an 8 MiB-aligned 8 MiB region cut into 64 slots of 128 KiB. Slot 0 holds
 // metadata: 64 Pool headers of 128 bytes, header i describing slot i. Header 0 describes the
 // metadata slot itself; its second cache line stays all zero, so a pointer into the metadata
 // slot is never taken for a block (is_block_start() reads only that line), and its first line
-// holds the Arena header (arena.h). The headers fill the slot's first two pages; the last two
-// are never touched (in the hardened build the last is a guard page), so an arena in use keeps
-// 8 KiB of metadata resident. Slots 1..63 are pool
-// data (the hardened build turns slot 63 into a guard, so an overflow off the end of an arena
-// cannot reach the next arena's headers). Keeping headers out of line means (a) a pointer's
-// header is found by arithmetic alone - arena = p & ~(1 MiB-1), header = arena + ((p >> 14) &
-// 63) * 128 - (b) every data page of a pool can be given back to the kernel, and (c) a stray
-// write past a block cannot reach a header.
+// holds the Arena header (arena.h). The headers fill the slot's first two pages; the rest of the
+// slot is never touched (in the hardened build its last page is a guard), so an arena in use
+// keeps 8 KiB of metadata resident. Slots 1..63 are pool data (the hardened build turns slot 63
+// into a guard, so an overflow off the end of an arena cannot reach the next arena's headers).
+// Keeping headers out of line means (a) a pointer's header is found by arithmetic alone -
+// arena = p & ~(8 MiB-1), header = arena + ((p >> 17) & 63) * 128 - (b) every data page of a
+// pool can be given back to the kernel, and (c) a stray write past a block cannot reach a header.
+//
+// Why 128 KiB. A pool with one live block keeps its header resident, so headers are the part of
+// a fragmented heap that page-level release can never return: 128 bytes per pool is 0.78% of
+// the heap with 16 KiB pools (4.1 MiB left resident of a 530 MiB heap after freeing 99% of its
+// blocks, where glibc's malloc_trim leaves 1 MiB), and 0.1% with 128 KiB pools. A bigger pool
+// costs no memory up front (pages are carved one at a time, below) and fewer trips to the arena
+// lock. The price is on free: 32 pages no longer fit a per-page bound array in line 1, so the
+// dormant-page check is a bit test beside the start check.
 //
 // Blocks and their lists. Every block of a pool is, at any moment, in exactly one of four places:
 //   live     - handed to the program;
@@ -54,16 +61,22 @@ namespace trimalloc {
 
 class ThreadHeap;
 
-inline constexpr unsigned kPoolShift = 14;
-inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 16 KiB
-inline constexpr unsigned kPoolsPerArena = kSlotSize / kPoolSize;       // 64, slot 0 = metadata
+inline constexpr unsigned kArenaShift = 23;
+inline constexpr std::size_t kArenaSize = std::size_t{1} << kArenaShift;  // 8 MiB
+static_assert(kArenaSize % kSlotSize == 0, "an arena covers whole slots of the arena map");
+inline constexpr unsigned kPoolShift = 17;
+inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 128 KiB
+inline constexpr unsigned kPoolsPerArena = kArenaSize / kPoolSize;      // 64, slot 0 = metadata
+static_assert(kPoolsPerArena == 64, "arena masks (free_pools, dirty_pools) are 64-bit words");
 inline constexpr unsigned kPageShift = 12;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
-inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 4
+inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 32
 inline constexpr std::size_t kPoolHeaderSize = 128;
 // The Arena header is the first cache line of pool header 0 (see Layout).
 inline constexpr std::size_t kArenaHeaderOffset = 0;
-inline constexpr std::uint8_t kAllPagesDormant = (1u << kPagesPerPool) - 1;
+using PageMask = std::uint32_t;  // one bit per page of a pool
+static_assert(kPagesPerPool == 8 * sizeof(PageMask), "PageMask has a bit per page");
+inline constexpr PageMask kAllPagesDormant = ~PageMask{0};
 
 // Low bits of Pool::remote (blocks are 16-aligned, so the list pointer never uses them).
 inline constexpr std::uintptr_t kWantNotify = 1;
@@ -97,16 +110,12 @@ struct alignas(64) Pool {
   // list. A thread freeing into another thread's pool touches only this line, so it does not
   // pull line 0 away from the owner at every allocation (producer/consumer programs).
   alignas(64) std::uint16_t block_size;  // 0 while the pool is kFree
-  std::uint16_t start_bound;             // is_block_start(): capacity * e; 0 while kFree
-  std::uint32_t start_magic;             // is_block_start(): floor(2^32 / block_size) + 1
   std::uint16_t capacity;                // blocks in the pool; 0 while kFree
-  std::atomic<std::uint8_t> dormant;     // bit per 4 KiB page, see invariant D
+  std::uint32_t start_magic;             // is_block_start(): floor(2^32 / block_size) + 1
+  std::uint32_t start_bound;             // is_block_start(): capacity * e; 0 while kFree
+  std::atomic<PageMask> dormant;         // bit per 4 KiB page, see invariant D
   std::uint8_t index;                    // slot index in the arena, 1..63
   std::atomic<bool> queued;
-  // start_bound for blocks that start on each page, 0 while the page is dormant: free() checks
-  // "starts a block" and "not on a dormant page" with one compare against page_bound[page].
-  // Kept in step with `dormant` by set_dormant(); all 0 while kFree.
-  std::atomic<std::uint16_t> page_bound[kPagesPerPool];
   std::uintptr_t key;   // link-encoding secret
   std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
   std::atomic<ThreadHeap*> owner;
@@ -118,7 +127,7 @@ static_assert(offsetof(Pool, block_size) == 64,
               "line 1 starts at 64 (the Arena header overlays line 0 of header 0)");
 
 inline std::uintptr_t arena_base_of(const void* p) noexcept {
-  return reinterpret_cast<std::uintptr_t>(p) & ~(kSlotSize - 1);
+  return reinterpret_cast<std::uintptr_t>(p) & ~(kArenaSize - 1);
 }
 inline Pool* pool_of(const void* p) noexcept {
   std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
@@ -186,27 +195,25 @@ inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
 
 // Does `offset` (from the pool's start) begin one of its blocks? One multiply, one compare, no
 // division. With m = floor(2^32 / size) + 1 we have m * size = 2^32 + e, 1 <= e <= size. For
-// offset = i * size the 32-bit product offset * m is i * e, below 2^14; for any other offset
-// (i * size + r, 0 < r < size) it is i * e + r * m, which lies in [2^32 / size, 2^32) - at least
-// 2^23 for sizes up to 512 - because r * m > 2^32 / size and (size - 1) * m + 2^14 < 2^32. So
-// "product < capacity * e" holds exactly for the starts of blocks 0..capacity-1 (the pool's tail
-// past its last block is rejected too). tests/core/block_start_test.cpp checks every size and
-// offset. A free pool has both fields 0, so nothing in it is a block.
+// offset = i * size the 32-bit product offset * m is i * e, below 2^17 (the pool size); for any
+// other offset (i * size + r, 0 < r < size) it is i * e + r * m, which lies in [2^32 / size,
+// 2^32) - at least 2^23 for sizes up to 512 - because r * m > 2^32 / size and
+// (size - 1) * m + 2^17 < 2^32. So "product < capacity * e" holds exactly for the starts of
+// blocks 0..capacity-1 (the pool's tail past its last block is rejected too).
+// tests/core/block_start_test.cpp checks every size and offset. A free pool has both fields 0,
+// so nothing in it is a block.
 inline bool is_block_start(const Pool* pool, std::uintptr_t offset) noexcept {
   return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->start_bound;
 }
-// is_block_start() and "its page is not dormant" at once (free's check; see page_bound).
+// is_block_start() and "its page is not dormant" (free's check): both read line 1 only, and
+// are combined without a branch between them so that free() takes one branch for both.
 inline bool is_block_start_on_live_page(const Pool* pool, std::uintptr_t offset) noexcept {
-  const std::atomic<std::uint16_t>* bounds = pool->page_bound;
-  return static_cast<std::uint32_t>(offset) * pool->start_magic <
-         (bounds + (offset >> kPageShift))->load(std::memory_order_relaxed);
+  const PageMask dormant = pool->dormant.load(std::memory_order_relaxed);
+  const bool asleep = (dormant >> (offset >> kPageShift)) & 1;
+  return is_block_start(pool, offset) & !asleep;
 }
-// Stores `dormant` and the page bounds that follow from it.
-inline void set_dormant(Pool* pool, std::uint8_t dormant) noexcept {
+inline void set_dormant(Pool* pool, PageMask dormant) noexcept {
   pool->dormant.store(dormant, std::memory_order_relaxed);
-  for (unsigned k = 0; k < kPagesPerPool; ++k)
-    pool->page_bound[k].store((dormant >> k) & 1 ? 0 : pool->start_bound,
-                              std::memory_order_relaxed);
 }
 // Sets block_size, capacity and the is_block_start() constants for blocks of `size` bytes.
 inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {
@@ -215,13 +222,15 @@ inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {
   pool->block_size = static_cast<std::uint16_t>(size);
   pool->capacity = static_cast<std::uint16_t>(kPoolSize / size);
   pool->start_magic = static_cast<std::uint32_t>(magic);
-  pool->start_bound = static_cast<std::uint16_t>(pool->capacity * e);
+  pool->start_bound = static_cast<std::uint32_t>(pool->capacity * e);
 }
 
 // --- pool.cpp ---
 void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept;
 // Carves the lowest dormant page into the free list. False if no page is dormant.
 bool pool_revive_page(Pool* pool) noexcept;
+// Carves every page of `pages` that is dormant (a reused pool's pages still resident).
+void pool_revive_pages(Pool* pool, PageMask pages) noexcept;
 // Moves the remote list onto the free list; returns how many blocks came back.
 std::size_t pool_collect_remote(Pool* pool) noexcept;
 // Page ranges made dormant (or free pools) not yet given back. A trim releases pages pool by

@@ -42,7 +42,8 @@ std::size_t dirty_small_bytes() noexcept;
 // TLS blocks while holding its stack-cache lock, which pthread_create takes.
 // g_on_maintenance runs at the top of an allocation slow path whenever g_maintenance_requested
 // is set: a safe point to start the decay thread (glibc never mallocs under that lock).
-// g_on_heap_growth runs, under the arena lock, when an arena is mapped: it may only set flags.
+// g_on_heap_growth runs, under the arena lock, each time the pools in use reach a multiple of
+// kGrowthStepPools (2 MiB): it may only set flags.
 // g_on_out_of_memory runs, outside any allocator lock, when a new arena could not be mapped:
 // it gives back address space held elsewhere (free large blocks) and returns true if the arena
 // is worth trying once more.

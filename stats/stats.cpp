@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -29,30 +30,31 @@
 namespace trimalloc::stats {
 namespace {
 
-constexpr std::size_t kPagesPerArena = kSlotSize / kPageSize;  // 256
+constexpr std::size_t kPagesPerArena = kArenaSize / kPageSize;  // 2048
+static_assert(kSlotSize <= kArenaSize, "one vector serves arenas and large slots");
 
-// Blocks of class `cls` that overlap no page of `dormant`: the carved blocks of a pool.
-constexpr unsigned carved_blocks(unsigned cls, unsigned dormant) {
-  std::size_t size = class_block_size(cls);
-  std::size_t capacity = kPoolSize / size;
-  unsigned n = 0;
-  for (std::size_t j = 0; j < capacity; ++j) {
-    std::size_t first = (j * size) >> kPageShift, last = (j * size + size - 1) >> kPageShift;
-    unsigned mask = ((1u << (last + 1)) - 1) & ~((1u << first) - 1);
-    if ((mask & dormant) == 0) ++n;
+// Blocks of `size` bytes, `capacity` to the pool, that overlap no page of `dormant`: the carved
+// blocks of a pool. By runs of carved pages: blocks that lie wholly inside a run [a, b] start at
+// or after a's first byte and end at or before b's last, and a block crossing into a dormant
+// page belongs to no run.
+std::size_t carved_blocks(std::size_t size, std::size_t capacity, PageMask dormant) {
+  const std::size_t end = capacity * size;
+  std::size_t n = 0;
+  for (unsigned page = 0; page < kPagesPerPool;) {
+    if ((dormant >> page) & 1) {
+      ++page;
+      continue;
+    }
+    unsigned last = page;
+    while (last + 1 < kPagesPerPool && !((dormant >> (last + 1)) & 1)) ++last;
+    std::size_t lo = std::size_t{page} << kPageShift;
+    std::size_t hi = std::min(std::size_t{last + 1} << kPageShift, end);
+    std::size_t first_block = (lo + size - 1) / size, past_last = hi / size;
+    if (past_last > first_block) n += past_last - first_block;
+    page = last + 1;
   }
   return n;
 }
-struct CarvedTable {
-  std::uint16_t n[kClassCount][1u << kPagesPerPool];
-  constexpr CarvedTable() : n{} {
-    for (unsigned c = 0; c < kClassCount; ++c)
-      for (unsigned d = 0; d < (1u << kPagesPerPool); ++d)
-        n[c][d] = static_cast<std::uint16_t>(carved_blocks(c, d));
-  }
-};
-constexpr CarvedTable kCarved;
-static_assert(kCarved.n[0][0] == kPoolSize / 16 && kCarved.n[0][kAllPagesDormant] == 0);
 
 std::atomic<std::size_t> g_peak_class[kClassCount];
 std::atomic<std::size_t> g_peak_allocated{0};
@@ -81,7 +83,7 @@ struct Walk {
   void begin_arena(Arena* a) {
     arena = a;
     ++visited_arenas;
-    have_vec = mincore(reinterpret_cast<void*>(arena_base(a)), kSlotSize, vec) == 0;
+    have_vec = mincore(reinterpret_cast<void*>(arena_base(a)), kArenaSize, vec) == 0;
     visited_dirty_free +=
         static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools & a->free_pools));
     if (!have_vec) {  // cannot happen for a mapped arena; count conservatively
@@ -118,9 +120,9 @@ struct Walk {
       s->ledger.small_pool_slack += resident;
       return;
     }
-    unsigned dormant = p->dormant.load(std::memory_order_relaxed) & kAllPagesDormant;
+    PageMask dormant = p->dormant.load(std::memory_order_relaxed);
     std::size_t used = p->used.load(std::memory_order_relaxed);
-    std::size_t carved = kCarved.n[cls][dormant];
+    std::size_t carved = carved_blocks(size, capacity, dormant);
     if (used > carved) used = carved;  // a racing read; never report more than can exist
     tm_class_stats& c = s->classes[cls];
     c.pools += 1;
@@ -230,7 +232,7 @@ std::size_t large_resident_measured() {
       if (std::sscanf(buf + start, "%lx-%lx", &lo, &hi) == 2) {
         g_arena_map.for_each_slot(SlotKind::kLarge, lo, hi, [&](std::uintptr_t slot) {
           if (mincore(reinterpret_cast<void*>(slot), kSlotSize, vec) == 0)
-            resident += count_resident(vec, 0, kPagesPerArena);
+            resident += count_resident(vec, 0, kSlotSize / kPageSize);
         });
       }
       start = i + 1;
@@ -291,7 +293,7 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
   g_arenas.for_each_pool_in_use([&walk](Pool* p) { walk.pool(p); });
   s.arenas = counts.arenas;
   s.arenas_released = counts.arenas_released;
-  s.arena_mapped = counts.arenas * kSlotSize;
+  s.arena_mapped = counts.arenas * kArenaSize;
   s.pools_in_use = counts.pools_in_use;
   s.pools_free_dirty = counts.pools_free_dirty;
   s.pools_free_clean = counts.pools_free_clean;
@@ -374,7 +376,7 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
     raise_peak(g_peak_class[c], k.blocks_live);
     k.peak_blocks_seen = g_peak_class[c].load(std::memory_order_relaxed);
     k.peak_pools = pools_peak[c];
-    k.peak_blocks_bound = pools_peak[c] * kCarved.n[c][0];
+    k.peak_blocks_bound = pools_peak[c] * (kPoolSize / class_block_size(c));
   }
   raise_peak(g_peak_allocated, s.allocated);
   s.peak_allocated_seen = g_peak_allocated.load(std::memory_order_relaxed);

@@ -5,6 +5,7 @@
 //   INSTANTIATE_TYPED_TEST_SUITE_P(Name, AllocDeathTest, Api);
 #pragma once
 
+#include "pool.h"  // arenas/: the arena geometry
 #include "test_support.h"
 
 #include <sys/mman.h>
@@ -774,11 +775,13 @@ TYPED_TEST_P(AllocDeathTest, FreeOfNeverAllocatedPointer) {
       re)
       << "unmapped address";
   EXPECT_DEATH(A::free(A::foreign_malloc(64)), re) << "block of another heap";
-  // Inside a small arena but in its metadata slot (the first 16 KiB: pool headers, with the
-  // arena header in the first line): never a block.
+  // Inside a small arena but in its metadata slot (the first pool-sized slot: pool headers, with
+  // the arena header in the first line): never a block.
   void* block = A::malloc(16);
-  auto arena = reinterpret_cast<std::uintptr_t>(block) & ~((std::uintptr_t{1} << 20) - 1);
-  for (std::uintptr_t offset : {0, 16, 64, 128, 4096, 8192, 16384 - 16})
+  auto arena = reinterpret_cast<std::uintptr_t>(block) & ~(trimalloc::kArenaSize - 1);
+  for (std::uintptr_t offset :
+       {std::size_t{0}, std::size_t{16}, std::size_t{64}, std::size_t{128}, std::size_t{4096},
+        std::size_t{8192}, std::size_t{16384}, trimalloc::kPoolSize - 16})
     EXPECT_DEATH(A::free(reinterpret_cast<void*>(arena + offset)), re)
         << "metadata slot, offset " << offset;
   A::free(block);

@@ -21,7 +21,7 @@ class ProcessMemory : public ::testing::Test {};
 TYPED_TEST_SUITE_P(ProcessMemory);
 
 // Fresh pools are carved lazily: a new thread that takes one block in each of 31 small classes
-// touches about one page per pool, not whole 16 KiB pools.
+// touches about one page per pool, not whole pools.
 TYPED_TEST_P(ProcessMemory, FreshPoolsAreTouchedLazily) {
   using A = TypeParam;
   for (std::size_t c = 16; c <= TM_SMALL_MAX; c += 16) A::free(A::malloc(c));  // one-time set-up
@@ -38,7 +38,7 @@ TYPED_TEST_P(ProcessMemory, FreshPoolsAreTouchedLazily) {
     ASSERT_NE(p, nullptr);
     A::free(p);
   }
-  // Lazy: one page per pool plus a little metadata (about 35 pages); eager: 31 x 16 KiB.
+  // Lazy: one page per pool plus a little metadata (about 35 pages); eager: 31 whole pools.
   std::size_t growth = after > before ? after - before : 0;
   std::size_t bound = 31 * 2 * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
   EXPECT_LT(growth, bound) << "one block in each of 31 small classes made RSS grow by "

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "pool.h"  // the pool geometry the exact counts follow from
 #include "trimalloc/stats.h"
 #include "trimalloc/trimalloc.h"
 
@@ -22,40 +23,44 @@ tm_stats get() {
   return s;
 }
 
-// A sequence whose effect on the pools is known exactly. Class 20 (336-byte blocks, 48 per 16 KiB
-// pool, 12 of them on the first 4 KiB page) is used by no other test here.
+// A sequence whose effect on the pools is known exactly. Class 20 (336-byte blocks, 12 of them
+// on a pool's first 4 KiB page) is used by no other test here.
 #if !defined(TRIMALLOC_SECURE)
 // Exact counters: the hardened build's quarantine delays frees on purpose, so these two tests
 // apply to the default build (the hardened build runs the rest of this file).
 TEST(Stats, CountersMatchAKnownSequence) {
   std::thread([] {
     constexpr unsigned kClass = 20;
+    constexpr std::size_t kPerPool = trimalloc::kPoolSize / 336;
+    constexpr std::size_t kFirstPage = trimalloc::kPageSize / 336;  // 12
+    constexpr std::size_t kCount = 2 * kPerPool + 4;
     tm_stats before = get();
     ASSERT_EQ(before.classes[kClass].block_size, 336u);
     std::vector<void*> blocks;
-    for (int i = 0; i < 100; ++i) blocks.push_back(tm_malloc(330));
+    for (std::size_t i = 0; i < kCount; ++i) blocks.push_back(tm_malloc(330));
     tm_stats after = get();
     const tm_class_stats& b = before.classes[kClass];
     const tm_class_stats& a = after.classes[kClass];
-    EXPECT_EQ(a.blocks_live - b.blocks_live, 100u);
-    EXPECT_EQ(a.pools - b.pools, 3u);              // 48 + 48 + 4
-    EXPECT_EQ(a.blocks_free - b.blocks_free, 8u);  // the third pool carved one page: 12 blocks
+    EXPECT_EQ(a.blocks_live - b.blocks_live, kCount);
+    EXPECT_EQ(a.pools - b.pools, 3u);  // two full pools and 4 blocks
+    // The third pool carved one page: kFirstPage blocks, 4 of them live.
+    EXPECT_EQ(a.blocks_free - b.blocks_free, kFirstPage - 4);
     EXPECT_GE(a.peak_blocks_seen, a.blocks_live);
     EXPECT_GE(a.peak_pools, a.pools);
-    EXPECT_GE(a.peak_blocks_bound, a.pools * 48u);
-    EXPECT_EQ(after.ledger.small_live - before.ledger.small_live, 100u * 336u);
+    EXPECT_GE(a.peak_blocks_bound, a.pools * kPerPool);
+    EXPECT_EQ(after.ledger.small_live - before.ledger.small_live, kCount * 336u);
 
-    // Free the first pool's 48 blocks and 2 of the second: the first pool goes back to its arena.
-    for (int i = 0; i < 50; ++i) tm_free(blocks[i]);
+    // Free the first pool's blocks and 2 of the second: the first pool goes back to its arena.
+    for (std::size_t i = 0; i < kPerPool + 2; ++i) tm_free(blocks[i]);
     tm_stats later = get();
     const tm_class_stats& l = later.classes[kClass];
-    EXPECT_EQ(l.blocks_live - b.blocks_live, 50u);
+    EXPECT_EQ(l.blocks_live - b.blocks_live, kCount - kPerPool - 2);
     EXPECT_EQ(l.pools - b.pools, 2u);
-    EXPECT_EQ(l.blocks_free - b.blocks_free, 10u);
+    EXPECT_EQ(l.blocks_free - b.blocks_free, kFirstPage - 4 + 2);
     EXPECT_EQ(l.peak_blocks_seen, a.peak_blocks_seen);  // the peaks stay
     EXPECT_EQ(l.peak_pools, a.peak_pools);
     EXPECT_EQ(l.peak_blocks_bound, a.peak_blocks_bound);
-    for (int i = 50; i < 100; ++i) tm_free(blocks[i]);
+    for (std::size_t i = kPerPool + 2; i < kCount; ++i) tm_free(blocks[i]);
     EXPECT_EQ(get().classes[kClass].blocks_live, b.blocks_live);
   }).join();
 }
@@ -63,8 +68,9 @@ TEST(Stats, CountersMatchAKnownSequence) {
 // A peak that no stats call saw: the lower bound (peak_blocks_seen) misses it, the upper bound
 // (pools at their peak times blocks per pool) holds it.
 TEST(Stats, PeakBoundsBracketAPeakNoCallSaw) {
-  constexpr unsigned kClass = 27;  // 448-byte blocks, 36 per 16 KiB pool
-  constexpr std::size_t kPerPool = 16384 / 448, kPools = 10, kBlocks = kPerPool * kPools;
+  constexpr unsigned kClass = 27;  // 448-byte blocks
+  constexpr std::size_t kPerPool = trimalloc::kPoolSize / 448, kPools = 10;
+  constexpr std::size_t kBlocks = kPerPool * kPools;
   tm_stats before = get();
   const tm_class_stats& b = before.classes[kClass];
   ASSERT_EQ(b.block_size, 448u);

@@ -10,14 +10,16 @@
 #include <thread>
 #include <vector>
 
+#include "pool.h"  // arenas/: the pool geometry
+
 namespace {
-constexpr std::size_t kSize = 496;               // class 30: 33 blocks per 16 KiB pool
-constexpr std::size_t kPerPool = 16384 / kSize;  // 33
+constexpr std::size_t kSize = 496;  // class 30
+constexpr std::size_t kPerPool = trimalloc::kPoolSize / kSize;
 std::uintptr_t pool_id(void* p) {
-  return reinterpret_cast<std::uintptr_t>(p) >> 14;
+  return reinterpret_cast<std::uintptr_t>(p) >> trimalloc::kPoolShift;
 }
 
-// Fills three pools, then leaves one nearly empty (A: 3 live) and one nearly full (B: 30 live),
+// Fills three pools, then leaves one nearly empty (A: 3 live) and one nearly full (B: 3 free),
 // freeing B's blocks first so that A ends up first in the heap's list. Returns which pool the
 // next allocations come from: 'A', 'B' or '?'.
 char next_pool_after_draining(long placement) {
@@ -35,7 +37,7 @@ char next_pool_after_draining(long placement) {
     std::vector<void*>& a = it->second;
     std::vector<void*>& b = (++it)->second;
     std::uintptr_t a_id = pool_id(a[0]), b_id = pool_id(b[0]);
-    for (std::size_t i = 0; i < 3; ++i) tm_free(b[i]);             // B: 30 live
+    for (std::size_t i = 0; i < 3; ++i) tm_free(b[i]);             // B: all but 3 live
     for (std::size_t i = 0; i < kPerPool - 3; ++i) tm_free(a[i]);  // A: 3 live
     // The hardened build's quarantine (and the valgrind build's queue) delays frees; the fast
     // trim hands them to their pools, and releases nothing here (no pool is empty).

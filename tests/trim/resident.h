@@ -8,10 +8,19 @@
 #include <set>
 #include <vector>
 
+#include "pool.h"  // arenas/: the pool and arena geometry
+
 namespace trimtest {
 
 inline std::uintptr_t page_of(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) & ~std::uintptr_t{4095};
+}
+// The small arena (or, for a large block, the arena-sized span) a block lies in.
+inline std::uintptr_t arena_start(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) & ~(trimalloc::kArenaSize - 1);
+}
+inline std::uintptr_t pool_start(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) & ~(trimalloc::kPoolSize - 1);
 }
 
 // Resident pages among `pages`; an unmapped page (mincore fails) counts as not resident.
