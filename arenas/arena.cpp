@@ -192,11 +192,17 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noe
   const std::size_t keep_pools = keep_bytes / kPoolSize;
   auto done = [&] { return dirty_count_.load(std::memory_order_relaxed) <= keep_pools; };
   // Empty arenas first: unmapping returns the metadata slot too. A clean one (no dirty pool)
-  // is unmapped whenever it qualifies; the cap (keep_bytes) only limits dirty pools.
+  // is unmapped whenever it qualifies; the cap (keep_bytes) only limits dirty pools, and one
+  // whose unmapping would purge below keep_bytes is left to the pool-by-pool pass (an arena is
+  // 63 pools: unmapping it whole would purge up to 8 MiB more than the cap asks).
+  auto fits = [&](const Arena* a) {
+    std::size_t pools = static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools));
+    return dirty_count_.load(std::memory_order_relaxed) >= keep_pools + pools;
+  };
   for (Arena* head : {buckets_[0][kPoolSlotsPerArena], buckets_[1][kPoolSlotsPerArena]}) {
     for (Arena* a = head; a != nullptr;) {
       Arena* next = a->next;
-      if (a->emptied_ms <= cutoff_ms && (a->dirty_pools == 0 || !done())) {
+      if (a->emptied_ms <= cutoff_ms && (a->dirty_pools == 0 || fits(a))) {
         released += static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)) * kPoolSize;
         bucket_remove(a);
         unmap_empty_locked(a);
