@@ -108,13 +108,13 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident
   return pool;
 }
 
-void ArenaSet::release_pool(Pool* pool) noexcept {
+void ArenaSet::release_pool(Pool* pool, bool idle) noexcept {
   Arena* a = arena_of(pool);
   // Pages the pool never carved, or already purged, are not resident: only a pool that had a
   // page carved is dirty.
   bool dirty = pool->dormant.load(std::memory_order_relaxed) != kAllPagesDormant;
   std::uint64_t bit = std::uint64_t{1} << pool->index;
-  std::uint64_t now = now_ms();
+  std::uint64_t now = idle ? 0 : now_ms();
   {
     LockGuard guard(lock_);
     // Under the lock, like pool_init: statistics and the decay scan read in-use headers.

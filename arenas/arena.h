@@ -87,7 +87,10 @@ class ArenaSet {
   // lock: left dormant they would stay resident, counted nowhere and released by nothing.
   Pool* acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident) noexcept;
   // Gives an empty pool (used == 0, on no list) back to its arena.
-  void release_pool(Pool* pool) noexcept;
+  // `idle`: the pool has sat unused for a decay time already (trim_own: a trim, or a decay
+  // visit to a heap idle that long), so the purge that follows may take it at once instead of
+  // a decay time from now.
+  void release_pool(Pool* pool, bool idle = false) noexcept;
   // Gives back free memory that went free at or before `cutoff_ms`: unmaps such empty arenas,
   // then purges such dirty pools, stopping once at most `keep_bytes` of dirty pools are left
   // (empty arenas go first: they return their headers too, and allocation reuses pools of

@@ -431,7 +431,7 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
       pool_collect_remote(p);
       if (p->used.load(std::memory_order_relaxed) == 0) {
         list_remove(avail_[c], p);
-        g_arenas.release_pool(p);  // no notification is possible after unpark_all()
+        g_arenas.release_pool(p, true);  // no notification is possible after unpark_all()
       } else if (release_pages) {
         released += pool_release_free_pages(p, batch);
       }
