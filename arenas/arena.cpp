@@ -95,7 +95,7 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident
     pool = pool_header(a, i);
     // A dirty pool's `dormant` is still what it was when the pool went free: its other pages
     // were carved then, and nothing has purged them since (a purge takes the whole pool).
-    *resident = dirty ? ~pool->dormant.load(std::memory_order_relaxed) : 0;
+    *resident = dirty ? kAllPagesDormant & ~pool->dormant.load(std::memory_order_relaxed) : 0;
     // Under the lock: statistics and the decay scan read headers of in-use pools holding it.
     pool_init(pool, cls, owner);
     // Every 2 MiB of pools in use: the heap has grown (the decay thread's start is decided on

@@ -1,11 +1,12 @@
 // Which 1 MiB slots of the address space are trimalloc's.
 //
 // free(p) must decide, for any p, "small block, large (jemalloc) block, or not ours" without
-// reading memory p might not own. Small arenas are 1 MiB-aligned 1 MiB regions and the regions
-// trimalloc hands to its jemalloc arena are 1 MiB-aligned and sized in whole MiB, so one bit per
-// 1 MiB slot answers each question: a flat bitmap for the 47-bit user address space is 16 MiB of
-// address space, reserved once with MAP_NORESERVE; only the pages covering slots in use are ever
-// touched (4 KiB of bitmap covers 32 GiB of heap). Lookups are one load and one bit test.
+// reading memory p might not own. Small arenas are regions of 1..8 MiB (pool.h) aligned to their
+// size, and the regions trimalloc hands to its jemalloc arena are 1 MiB-aligned and sized in
+// whole MiB, so one bit per 1 MiB slot answers each question: a flat bitmap for the 47-bit user
+// address space is 16 MiB of address space, reserved once with MAP_NORESERVE; only the pages
+// covering slots in use are ever touched (4 KiB of bitmap covers 32 GiB of heap). Lookups are one
+// load and one bit test.
 #pragma once
 #include <atomic>
 #include <cstddef>

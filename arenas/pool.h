@@ -18,7 +18,9 @@
 // blocks, where glibc's malloc_trim leaves 1 MiB), and 0.1% with 128 KiB pools. A bigger pool
 // costs no memory up front (pages are carved one at a time, below) and fewer trips to the arena
 // lock. The price is on free: 32 pages no longer fit a per-page bound array in line 1, so the
-// dormant-page check is a bit test beside the start check.
+// dormant-page check is a bit test beside the start check. CPython's geometry (16 KiB pools in
+// 1 MiB arenas) remains a build option, TRIMALLOC_POOL_KIB=16; the sizes in this comment are
+// the default's.
 //
 // Blocks and their lists. Every block of a pool is, at any moment, in exactly one of four places:
 //   live     - handed to the program;
@@ -61,22 +63,30 @@ namespace trimalloc {
 
 class ThreadHeap;
 
-inline constexpr unsigned kArenaShift = 23;
-inline constexpr std::size_t kArenaSize = std::size_t{1} << kArenaShift;  // 8 MiB
+// TRIMALLOC_POOL_SHIFT (CMake: TRIMALLOC_POOL_KIB) picks the pool size, 16 to 128 KiB; an
+// arena is always 64 pools. 17 (128 KiB pools, 8 MiB arenas) is the default.
+#ifndef TRIMALLOC_POOL_SHIFT
+#define TRIMALLOC_POOL_SHIFT 17
+#endif
+inline constexpr unsigned kPoolShift = TRIMALLOC_POOL_SHIFT;
+static_assert(kPoolShift >= 14 && kPoolShift <= 17,
+              "pools of 16..128 KiB: is_block_start()'s proof and PageMask assume at most 2^17");
+inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 128 KiB by default
+inline constexpr unsigned kArenaShift = kPoolShift + 6;
+inline constexpr std::size_t kArenaSize = std::size_t{1} << kArenaShift;  // 8 MiB by default
 static_assert(kArenaSize % kSlotSize == 0, "an arena covers whole slots of the arena map");
-inline constexpr unsigned kPoolShift = 17;
-inline constexpr std::size_t kPoolSize = std::size_t{1} << kPoolShift;  // 128 KiB
-inline constexpr unsigned kPoolsPerArena = kArenaSize / kPoolSize;      // 64, slot 0 = metadata
+inline constexpr unsigned kPoolsPerArena = kArenaSize / kPoolSize;  // 64, slot 0 = metadata
 static_assert(kPoolsPerArena == 64, "arena masks (free_pools, dirty_pools) are 64-bit words");
 inline constexpr unsigned kPageShift = 12;
 inline constexpr std::size_t kPageSize = std::size_t{1} << kPageShift;
-inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 32
+inline constexpr unsigned kPagesPerPool = kPoolSize / kPageSize;  // 32 by default
 inline constexpr std::size_t kPoolHeaderSize = 128;
 // The Arena header is the first cache line of pool header 0 (see Layout).
 inline constexpr std::size_t kArenaHeaderOffset = 0;
-using PageMask = std::uint32_t;  // one bit per page of a pool
-static_assert(kPagesPerPool == 8 * sizeof(PageMask), "PageMask has a bit per page");
-inline constexpr PageMask kAllPagesDormant = ~PageMask{0};
+using PageMask = std::uint32_t;  // one bit per page of a pool (the low kPagesPerPool bits)
+static_assert(kPagesPerPool <= 8 * sizeof(PageMask), "PageMask has a bit per page");
+inline constexpr PageMask kAllPagesDormant =
+    kPagesPerPool == 32 ? ~PageMask{0} : (PageMask{1} << kPagesPerPool) - 1;
 
 // Low bits of Pool::remote (blocks are 16-aligned, so the list pointer never uses them).
 inline constexpr std::uintptr_t kWantNotify = 1;

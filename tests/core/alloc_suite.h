@@ -781,7 +781,7 @@ TYPED_TEST_P(AllocDeathTest, FreeOfNeverAllocatedPointer) {
   auto arena = reinterpret_cast<std::uintptr_t>(block) & ~(trimalloc::kArenaSize - 1);
   for (std::uintptr_t offset :
        {std::size_t{0}, std::size_t{16}, std::size_t{64}, std::size_t{128}, std::size_t{4096},
-        std::size_t{8192}, std::size_t{16384}, trimalloc::kPoolSize - 16})
+        std::size_t{8192}, trimalloc::kPoolSize / 2 + 16, trimalloc::kPoolSize - 16})
     EXPECT_DEATH(A::free(reinterpret_cast<void*>(arena + offset)), re)
         << "metadata slot, offset " << offset;
   A::free(block);

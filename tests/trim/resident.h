@@ -23,8 +23,10 @@ inline std::uintptr_t pool_start(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) & ~(trimalloc::kPoolSize - 1);
 }
 
-// Resident pages among `pages`; an unmapped page (mincore fails) counts as not resident.
-inline std::size_t resident_pages(const std::set<std::uintptr_t>& pages) {
+// Resident pages among `pages` (page addresses, each once); an unmapped page (mincore fails)
+// counts as not resident.
+template <typename Pages>
+std::size_t resident_pages(const Pages& pages) {
   std::size_t n = 0;
   for (std::uintptr_t pg : pages) {
     unsigned char v = 0;
