@@ -68,6 +68,11 @@ inline Pool* pool_header(const Arena* a, unsigned i) noexcept {
 extern std::atomic<long long> g_fullest_placement;
 // How many candidate pools an allocation slow path compares (heap.cpp).
 inline constexpr unsigned kPlacementScan = 8;
+// A busy thread's heap asked to shrink (ThreadHeap::shrink_step) releases the free pages of
+// this many pools per allocation slow path, once it has held this many free bytes for a
+// decay time.
+inline constexpr unsigned kShrinkPoolsPerStep = 8;
+inline constexpr std::size_t kShrinkWorthBytes = std::size_t{1} << 20;
 // Pools in use between two g_on_heap_growth calls (trim.h): 2 MiB.
 inline constexpr std::size_t kGrowthStepPools = (std::size_t{2} << 20) / kPoolSize;
 

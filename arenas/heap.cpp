@@ -145,6 +145,9 @@ void* ThreadHeap::pop_from(Pool* pool) noexcept {
 }
 
 void ThreadHeap::reset() noexcept {
+  shrink_requested.store(false, std::memory_order_relaxed);
+  busy_free_since_ms = 0;
+  shrink_class_ = shrink_done_ = 0;
   for (unsigned c = 0; c < kClassCount; ++c) {
     current_[c] = &g_empty_pool;
     avail_[c] = ClassList{};
@@ -238,6 +241,7 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
       g_on_maintenance)
     g_on_maintenance();
   drain_notified();
+  if (__builtin_expect(shrink_requested.load(std::memory_order_relaxed), 0)) shrink_step();
 
   // 1. The current pool: blocks other threads gave back.
   Pool* pool = current_[cls];
@@ -439,6 +443,31 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
     }
     // No current pool: the next allocation's slow path picks one by the placement policy.
     current_[c] = &g_empty_pool;
+  }
+  return released;
+}
+
+std::size_t ThreadHeap::shrink_step() noexcept {
+  std::size_t released = 0;
+  unsigned budget = kShrinkPoolsPerStep;
+  PurgeBatch batch;  // flushed on return, while this thread is still the pools' owner
+  while (budget > 0 && shrink_class_ < kClassCount) {
+    // Pools are found by their position in the list: the list may have changed since the last
+    // step (a skipped or repeated pool costs nothing but a little time).
+    Pool* p = avail_[shrink_class_].head;
+    for (unsigned i = 0; p != nullptr && i < shrink_done_; ++i) p = p->next;
+    for (; p != nullptr && budget > 0; p = p->next, --budget, ++shrink_done_) {
+      pool_collect_remote(p);
+      released += pool_release_free_pages(p, batch);
+    }
+    if (p == nullptr) {
+      ++shrink_class_;
+      shrink_done_ = 0;
+    }
+  }
+  if (shrink_class_ == kClassCount) {
+    shrink_class_ = 0;
+    shrink_requested.store(false, std::memory_order_relaxed);
   }
   return released;
 }

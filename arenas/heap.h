@@ -147,6 +147,11 @@ class ThreadHeap {
   // Owner only: returns this heap's empty pools to their arenas (the arena purge that follows
   // gives their pages back) and, if release_pages, purges free pages of the others (bytes).
   std::size_t trim_own(bool release_pages) noexcept;
+  // Owner only, from the allocation slow path while shrink_requested is set: gives back the free
+  // pages of the next few pools (kShrinkPoolsPerStep), so a thread that never idles long enough
+  // to be visited still returns memory it freed, in slices that never hold it up for long.
+  // Clears the request after a pass over every class. Bytes released.
+  std::size_t shrink_step() noexcept;
 
   template <typename Fn>
   void for_each_pool(Fn&& fn) noexcept {
@@ -161,6 +166,11 @@ class ThreadHeap {
   std::atomic<std::uint64_t> last_slow_ms{0};
   std::size_t free_bytes_at_visit = 0;
   std::size_t scan_free_bytes = 0;  // decay thread's scratch
+  // A busy heap (a slow path within the decay time, so never visited) that has held at least
+  // kShrinkWorthBytes of free blocks since busy_free_since_ms, for a whole decay time, is asked
+  // to give their pages back itself (shrink_step). Set by the decay thread, cleared by the owner.
+  std::atomic<bool> shrink_requested{false};
+  std::uint64_t busy_free_since_ms = 0;  // decay thread's, 0 = below the threshold
 
   // Registry (thread.cpp): every heap ever created, for statistics and trim.
   ThreadHeap* registry_next = nullptr;
@@ -177,6 +187,8 @@ class ThreadHeap {
   void make_current(unsigned cls, Pool* pool) noexcept;
   void* pop_from(Pool* pool) noexcept;
 
+  unsigned shrink_class_ = 0;  // where shrink_step() goes on: class, and pools of it done
+  unsigned shrink_done_ = 0;
   Pool* current_[kClassCount];
   ClassList avail_[kClassCount];
   ClassList full_[kClassCount];

@@ -70,11 +70,23 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
   if (visits_supported()) {
     visit_lock();
     for_each_heap([&](ThreadHeap* h) {
-      if (!h->live.load(std::memory_order_acquire) || h->scan_free_bytes < kVisitWorthBytes) return;
+      if (!h->live.load(std::memory_order_acquire)) return;
       if (h->last_slow_ms.load(std::memory_order_relaxed) > cutoff) {
-        r.work_left = true;  // busy recently: look again once it has been idle long enough
+        // Busy recently, so not visited. If it has held many free bytes for a whole decay
+        // time, it gives their pages back itself, on its next slow paths.
+        if (h->scan_free_bytes < kShrinkWorthBytes) {
+          h->busy_free_since_ms = 0;
+        } else if (h->busy_free_since_ms == 0) {
+          h->busy_free_since_ms = now;
+        } else if (h->busy_free_since_ms <= cutoff) {
+          h->shrink_requested.store(true, std::memory_order_relaxed);
+          h->busy_free_since_ms = 0;
+        }
+        if (h->scan_free_bytes >= kVisitWorthBytes) r.work_left = true;  // look again
         return;
       }
+      h->busy_free_since_ms = 0;
+      if (h->scan_free_bytes < kVisitWorthBytes) return;
       // Nothing new since the last visit found what it could: do not visit again.
       if (h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
           h->free_bytes_at_visit != 0)

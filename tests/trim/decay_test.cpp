@@ -185,6 +185,66 @@ TEST(Decay, StartsLazilyAndReturnsIdleMemoryWithoutACall) {
   }
 }
 
+// A thread that frees most of its blocks and then keeps allocating is never idle for the decay
+// time, so the decay thread does not visit it; it gives the free pages back itself, on its own
+// allocation slow paths, once it has held them for a decay time. (Before this, nothing returned
+// them: with 128 KiB pools, one block kept in 64 leaves hardly any pool empty.)
+TEST(Decay, ABusyThreadGivesBackPagesItFreedWithoutACall) {
+  ASSERT_EQ(tm_option_set("decay_ms", 200), 0);
+  std::size_t left = 0, total = 0;
+  double took = 0;
+  bool intact = true;
+  std::thread([&] {
+    constexpr std::size_t kCount = 400000, kKeep = 64;  // 51 MiB of 128-byte blocks
+    std::vector<void*> blocks(kCount);
+    std::vector<std::uintptr_t> live, freed;  // reserved: no small block after the frees
+    live.reserve(kCount);
+    freed.reserve(kCount);
+    for (auto& p : blocks) {
+      p = tm_malloc(128);
+      fill(p, 128);
+    }
+    for (std::size_t i = 0; i < kCount; ++i)
+      (i % kKeep ? freed : live).push_back(page_of(blocks[i]));
+    std::sort(live.begin(), live.end());
+    std::sort(freed.begin(), freed.end());
+    freed.erase(std::unique(freed.begin(), freed.end()), freed.end());
+    freed.erase(std::remove_if(freed.begin(), freed.end(),
+                               [&](std::uintptr_t pg) {
+                                 return std::binary_search(live.begin(), live.end(), pg);
+                               }),
+                freed.end());
+    for (std::size_t i = 0; i < kCount; ++i)
+      if (i % kKeep) tm_free(blocks[i]);
+    total = freed.size();
+    // Busy: replace random blocks of a working set (16..255 bytes) with no pause. Frees land all
+    // over the pools, so each class's current pool runs dry now and then and the slow path runs
+    // (a heap whose slow path had not run for the decay time would be visited instead).
+    std::vector<void*> work(20000, nullptr);
+    std::uint64_t x = 88172645463325252ull;
+    auto t0 = std::chrono::steady_clock::now();
+    do {
+      for (int k = 0; k < 100000; ++k) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        void*& slot = work[x % work.size()];
+        tm_free(slot);
+        slot = tm_malloc(16 + (x >> 32) % 240);
+      }
+      left = resident_pages(freed);
+      took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } while (left > total / 10 && took < 10.0);
+    for (void* p : work) tm_free(p);
+    for (std::size_t i = 0; i < kCount; i += kKeep) {
+      intact = intact && check(blocks[i], 128);
+      tm_free(blocks[i]);
+    }
+  }).join();
+  ASSERT_GT(total, 5000u);
+  EXPECT_LE(left, total / 10) << "of " << total << " freed pages, still resident after " << took
+                              << " s of allocation";
+  EXPECT_TRUE(intact) << "a survivor's data changed";
+}
+
 // A heap freed whole leaves empty arenas: they are cached like any free pool, and decay
 // unmaps them once they have been idle for decay_ms, with no call.
 TEST(Decay, UnmapsEmptiedArenasOnceTheyHaveBeenIdle) {
