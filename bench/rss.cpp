@@ -11,6 +11,10 @@
 //                                                        a time (a Python list's rule) from 1 MiB
 //                                                        to over M MiB (64): how many of the copies
 //                                                        realloc leaves behind stay resident?
+//   trimalloc_bench_rss busy   [--count N] [--idle S]   free 99% with scattered survivors, then
+//                                                        keep allocating (a 20000-block working
+//                                                        set of 16..255 B, replaced at random)
+//                                                        for S seconds, never idle: does RSS fall?
 //   trimalloc_bench_rss aging  [--count N] [--idle S]   6 rounds of: free a random half of the
 //                                                        live blocks, allocate N/4 new ones (other
 //                                                        sizes); then idle and release. Where new
@@ -43,7 +47,7 @@ struct Options {
 [[noreturn]] void usage(const char* msg) {
   fprintf(stderr,
           "trimalloc_bench_rss: %s\n"
-          "usage: trimalloc_bench_rss docs|frag99|frag90|aging|grow [--count N] [--min BYTES] "
+          "usage: trimalloc_bench_rss docs|frag99|busy|frag90|aging|grow [--count N] [--min BYTES] "
           "[--max BYTES] [--idle SECONDS] [--seed N] [--mib M]\n",
           msg);
   exit(2);
@@ -70,8 +74,8 @@ Options parse(int argc, char** argv) {
       return false;
     return true;
   });
-  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "frag90" && o.mode != "aging" &&
-      o.mode != "grow")
+  if (o.mode != "docs" && o.mode != "frag99" && o.mode != "busy" && o.mode != "frag90" &&
+      o.mode != "aging" && o.mode != "grow")
     usage(("unknown mode " + o.mode).c_str());
   if (o.mode == "grow" && o.grow_mib < 2) usage("need --mib >= 2");
   if (o.max_size == 0) o.max_size = o.mode == "docs" ? 256 : 512;
@@ -235,6 +239,41 @@ int main(int argc, char** argv) {
     r.u64("freed_bytes", freed_bytes).u64("live_page_bytes", live_pages);
     r.u64("theoretical_max_release", heap > live_pages ? heap - live_pages : 0);
     release_phases(r, o.idle_s);
+    check_survivors(h);
+    free_all(h);
+  } else if (o.mode == "busy") {
+    size_t freed_bytes = 0;
+    free_random(h, rng, 0.01, &freed_bytes);
+    const size_t live_pages = live_page_bytes(h);
+    const size_t heap = peak > baseline ? peak - baseline : 0;
+    r.u64("freed_bytes", freed_bytes).u64("live_page_bytes", live_pages);
+    r.u64("theoretical_max_release", heap > live_pages ? heap - live_pages : 0);
+    r.u64("rss_after_free", rss_bytes());
+    emit_event("freed");
+    // The working set's own array is mapped (scratch_array), not malloc'ed.
+    constexpr size_t kSlots = 20000;
+    void** work = scratch_array<void*>(kSlots);
+    const double t2 = now_s();
+    uint64_t ops = 0;
+    for (double next = 1.0; now_s() - t2 < o.idle_s;) {
+      for (int k = 0; k < 10000; ++k, ++ops) {
+        const uint64_t x = rng.next();
+        void*& slot = work[x % kSlots];
+        free(slot);
+        slot = malloc(16 + (x >> 32) % 240);
+        static_cast<char*>(slot)[0] = 1;
+      }
+      if (now_s() - t2 >= next) {
+        emit_event("busy");
+        next += 1.0;
+      }
+    }
+    const size_t after = rss_bytes();
+    r.u64("rss_after_busy", after).num("busy_s", now_s() - t2).u64("busy_ops", ops);
+    r.num("released_frac_of_max_while_busy", heap > live_pages && peak > after
+                                                 ? double(peak - after) / double(heap - live_pages)
+                                                 : 0.0);
+    for (size_t i = 0; i < kSlots; ++i) free(work[i]);
     check_survivors(h);
     free_all(h);
   } else if (o.mode == "aging") {
