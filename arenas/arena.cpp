@@ -59,7 +59,6 @@ Arena* ArenaSet::create_arena() noexcept {
     pool_header(a, i)->index = static_cast<std::uint8_t>(i);
   g_arena_map.set(SlotKind::kSmall, mem, kArenaSize, true);
   ++arena_count_;
-  mapped_.store(arena_count_ * kArenaSize, std::memory_order_relaxed);
   return a;
 }
 
@@ -157,22 +156,30 @@ bool ArenaSet::release_pool_locked(Arena* a, std::uint64_t bit, bool dirty,
     // Nothing will give it back later, and it is the only empty arena: the mapping stays (a
     // program hovering at an arena boundary would otherwise map and unmap one each time), its
     // pages go now. An arena is 8 MiB; keeping its pages would keep up to that much resident.
-    if (!keep) purge_dirty_locked(a);
+    if (!keep) {
+      PurgeBatch batch;  // flushed before the lock is dropped, like every purge
+      purge_pools_locked(a, UINT64_MAX, 0, batch);
+    }
   }
   bucket_insert(a);
   return false;
 }
 
-void ArenaSet::purge_dirty_locked(Arena* a) noexcept {
-  PurgeBatch batch;
+std::size_t ArenaSet::purge_pools_locked(Arena* a, std::uint64_t cutoff_ms, std::size_t keep_pools,
+                                         PurgeBatch& batch) noexcept {
+  std::size_t released = 0;
   std::uint64_t dirty = a->dirty_pools & a->free_pools;
-  while (dirty) {
+  while (dirty && dirty_count_.load(std::memory_order_relaxed) > keep_pools) {
     unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
     dirty &= dirty - 1;
-    batch.add(pool_data(pool_header(a, i)), kPoolSize);
+    Pool* pool = pool_header(a, i);
+    if (pool->freed_at_ms > cutoff_ms) continue;
+    batch.add(pool_data(pool), kPoolSize);
     a->dirty_pools &= ~(std::uint64_t{1} << i);
     dirty_count_.fetch_sub(1, std::memory_order_relaxed);
+    released += kPoolSize;
   }
+  return released;
 }
 
 // `a` is empty and on no bucket.
@@ -182,7 +189,6 @@ void ArenaSet::unmap_empty_locked(Arena* a) noexcept {
                          std::memory_order_relaxed);
   os::release(reinterpret_cast<void*>(arena_base(a)), kArenaSize);
   --arena_count_;
-  mapped_.store(arena_count_ * kArenaSize, std::memory_order_relaxed);
   ++released_count_;
 }
 
@@ -220,17 +226,7 @@ std::size_t ArenaSet::purge(std::uint64_t cutoff_ms, std::size_t keep_bytes) noe
     for (Arena* a = buckets_[1][b]; a != nullptr && !done();) {
       Arena* next = a->next;
       bucket_remove(a);
-      std::uint64_t dirty = a->dirty_pools & a->free_pools;
-      while (dirty && !done()) {
-        unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty));
-        dirty &= dirty - 1;
-        Pool* pool = pool_header(a, i);
-        if (pool->freed_at_ms > cutoff_ms) continue;
-        batch.add(pool_data(pool), kPoolSize);
-        a->dirty_pools &= ~(std::uint64_t{1} << i);
-        dirty_count_.fetch_sub(1, std::memory_order_relaxed);
-        released += kPoolSize;
-      }
+      released += purge_pools_locked(a, cutoff_ms, keep_pools, batch);
       bucket_insert(a);
       a = next;
     }

@@ -127,7 +127,11 @@ class ArenaSet {
   // True if the arena was unmapped as a result.
   bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty, std::uint64_t now) noexcept;
   void unmap_empty_locked(Arena* a) noexcept;
-  void purge_dirty_locked(Arena* a) noexcept;  // purges every dirty free pool of `a` now
+  // Purges `a`'s dirty free pools that went free at or before cutoff_ms, while more than
+  // keep_pools dirty pools are left; bytes. `a` must be off its bucket list (dirty_pools
+  // changes).
+  std::size_t purge_pools_locked(Arena* a, std::uint64_t cutoff_ms, std::size_t keep_pools,
+                                 PurgeBatch& batch) noexcept;
   void bucket_insert(Arena* a) noexcept;
   void bucket_remove(Arena* a) noexcept;
 
@@ -141,7 +145,6 @@ class ArenaSet {
   std::size_t released_count_ = 0;
   std::atomic<std::size_t> dirty_count_{0};
   std::atomic<std::size_t> in_use_count_{0};  // pools in use (written under the lock)
-  std::atomic<std::size_t> mapped_{0};
   std::uint32_t class_pools_[kClassCount] = {};
   std::uint32_t class_pools_peak_[kClassCount] = {};
 };
