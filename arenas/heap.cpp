@@ -146,7 +146,7 @@ void* ThreadHeap::pop_from(Pool* pool) noexcept {
 
 void ThreadHeap::reset() noexcept {
   shrink_requested.store(false, std::memory_order_relaxed);
-  busy_free_since_ms = 0;
+  busy_free_since_ms.store(0, std::memory_order_relaxed);
   shrink_class_ = shrink_done_ = 0;
   for (unsigned c = 0; c < kClassCount; ++c) {
     current_[c] = &g_empty_pool;

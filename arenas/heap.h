@@ -170,7 +170,8 @@ class ThreadHeap {
   // kShrinkWorthBytes of free blocks since busy_free_since_ms, for a whole decay time, is asked
   // to give their pages back itself (shrink_step). Set by the decay thread, cleared by the owner.
   std::atomic<bool> shrink_requested{false};
-  std::uint64_t busy_free_since_ms = 0;  // decay thread's, 0 = below the threshold
+  // Decay thread's (reset() clears it too, hence atomic), 0 = below the threshold.
+  std::atomic<std::uint64_t> busy_free_since_ms{0};
 
   // Registry (thread.cpp): every heap ever created, for statistics and trim.
   ThreadHeap* registry_next = nullptr;

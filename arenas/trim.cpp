@@ -74,18 +74,19 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
       if (h->last_slow_ms.load(std::memory_order_relaxed) > cutoff) {
         // Busy recently, so not visited. If it has held many free bytes for a whole decay
         // time, it gives their pages back itself, on its next slow paths.
+        const std::uint64_t since = h->busy_free_since_ms.load(std::memory_order_relaxed);
         if (h->scan_free_bytes < kShrinkWorthBytes) {
-          h->busy_free_since_ms = 0;
-        } else if (h->busy_free_since_ms == 0) {
-          h->busy_free_since_ms = now;
-        } else if (h->busy_free_since_ms <= cutoff) {
+          h->busy_free_since_ms.store(0, std::memory_order_relaxed);
+        } else if (since == 0) {
+          h->busy_free_since_ms.store(now, std::memory_order_relaxed);
+        } else if (since <= cutoff) {
           h->shrink_requested.store(true, std::memory_order_relaxed);
-          h->busy_free_since_ms = 0;
+          h->busy_free_since_ms.store(0, std::memory_order_relaxed);
         }
         if (h->scan_free_bytes >= kVisitWorthBytes) r.work_left = true;  // look again
         return;
       }
-      h->busy_free_since_ms = 0;
+      h->busy_free_since_ms.store(0, std::memory_order_relaxed);
       if (h->scan_free_bytes < kVisitWorthBytes) return;
       // Nothing new since the last visit found what it could: do not visit again.
       if (h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
