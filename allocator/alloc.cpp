@@ -29,7 +29,6 @@ namespace trimalloc {
 void free_not_small(void* p, const char* call) noexcept {
   if (!large_owns(p)) report_foreign(call, p);
   large_free(p);
-  decay_note_large_free();
 }
 
 void check_large(const void* p, const char* call) noexcept {

@@ -685,6 +685,7 @@ void* large_realloc(void* p, std::size_t size) noexcept {
   // The moved or grown block is a new allocation for the sampler (its site: realloc's caller);
   // without this, memory grown by realloc (a Python list, a vector-like buffer) is never seen.
   sample_large(q, size);
+  if (q != p) decay_note_large_free();  // the old extent is jemalloc's dirty memory now
   return q;
 }
 
@@ -695,15 +696,21 @@ namespace {
 }
 }  // namespace
 
+// Every way a large block is freed (free, the sized frees, the quarantine letting one go, a
+// realloc that moved it) ends with decay_note_large_free(): the pages jemalloc now holds dirty
+// are decay's work, and a decay thread asleep with nothing to do would otherwise not hear of
+// them until some other free woke it.
 void large_free(void* p) noexcept {
   // A sample must go with its block, or snapshots would count freed blocks as live until the
-  // address happens to be sampled again. No sample live: one relaxed load, and jemalloc's free
-  // is a tail call (the lookup is out of line, so this needs no stack frame).
+  // address happens to be sampled again. No sample live: one relaxed load.
   if constexpr (kSamplingHooks) {
-    if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0))
-      return large_free_with_samples_live(p);
+    if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0)) {
+      large_free_with_samples_live(p);
+      return decay_note_large_free();
+    }
   }
   tm_je_free(p);
+  decay_note_large_free();
 }
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
@@ -711,6 +718,7 @@ void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept
   // Size 0 was allocated as 1 (jemalloc has no size-0 class; see alloc_aligned): free it as
   // such, or jemalloc would file the block under the wrong size class.
   tm_je_sdallocx(p, size == 0 ? 1 : size, alignment > 16 ? lg_align(alignment) : 0);
+  decay_note_large_free();
 }
 
 std::size_t large_usable_size(const void* p) noexcept {
