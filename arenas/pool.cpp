@@ -195,6 +195,30 @@ void pool_cancel_notify(Pool* pool, bool single_threaded) noexcept {
   }
 }
 
+// By runs of carved pages: blocks that lie wholly inside a run [a, b] start at or after a's
+// first byte and end at or before b's last, and a block crossing into a dormant page belongs to
+// no run.
+std::size_t pool_carved_blocks(std::size_t size, std::size_t capacity, PageMask dormant) noexcept {
+  if (dormant == 0) return capacity;
+  const std::size_t end = capacity * size;
+  std::size_t n = 0;
+  for (unsigned page = 0; page < kPagesPerPool;) {
+    if ((dormant >> page) & 1) {
+      ++page;
+      continue;
+    }
+    unsigned last = page;
+    while (last + 1 < kPagesPerPool && !((dormant >> (last + 1)) & 1)) ++last;
+    std::size_t lo = std::size_t{page} << kPageShift;
+    std::size_t hi = std::size_t{last + 1} << kPageShift;
+    if (hi > end) hi = end;
+    std::size_t first_block = (lo + size - 1) / size, past_last = hi / size;
+    if (past_last > first_block) n += past_last - first_block;
+    page = last + 1;
+  }
+  return n;
+}
+
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
   for (const Block* b = pool->free; b != nullptr; b = decode_link(pool, b))
     if (b == block) return true;

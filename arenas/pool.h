@@ -270,6 +270,10 @@ class PurgeBatch {
 // returns bytes released. Owner (or lock holder for abandoned pools) only; remote list must be
 // collected first.
 std::size_t pool_release_free_pages(Pool* pool, PurgeBatch& batch) noexcept;
+// Blocks of `size` bytes, `capacity` to the pool, that overlap no page of `dormant`: the carved
+// blocks, of which those not `used` are on a free list. Exact (stats reports it); O(1) for a
+// pool with no dormant page, the common case for pools in use.
+std::size_t pool_carved_blocks(std::size_t size, std::size_t capacity, PageMask dormant) noexcept;
 // True if `block` is on the free or remote list (slow; used to confirm a suspected double free).
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept;
 // Clears kWantNotify and waits out an in-flight notification (owner only).

@@ -59,13 +59,18 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
   r.released += trim_abandoned(true);
 
   // Which heaps hold enough free blocks to be worth a visit: one pass over pool headers under
-  // the arena lock (racy reads of `used`, good enough for a heuristic).
+  // the arena lock (racy reads of `used` and `dormant`, good enough for a heuristic). Only
+  // carved blocks count: a pool's uncarved pages hold nothing resident, and counting them made
+  // every heap with a partly carved pool per class (up to 124 KiB each) look worth a visit, so
+  // a busy thread kept the decay thread ticking and was asked to shrink for nothing.
   for_each_heap([](ThreadHeap* h) { h->scan_free_bytes = 0; });
   g_arenas.for_each_pool_in_use([](Pool* p) {
     ThreadHeap* owner = p->owner.load(std::memory_order_relaxed);
     if (owner == nullptr) return;
-    std::size_t free_blocks = p->capacity - p->used.load(std::memory_order_relaxed);
-    owner->scan_free_bytes += free_blocks * p->block_size;
+    std::size_t carved =
+        pool_carved_blocks(p->block_size, p->capacity, p->dormant.load(std::memory_order_relaxed));
+    std::size_t used = p->used.load(std::memory_order_relaxed);
+    if (carved > used) owner->scan_free_bytes += (carved - used) * p->block_size;
   });
   if (visits_supported()) {
     visit_lock();

@@ -33,29 +33,6 @@ namespace {
 constexpr std::size_t kPagesPerArena = kArenaSize / kPageSize;  // 2048
 static_assert(kSlotSize <= kArenaSize, "one vector serves arenas and large slots");
 
-// Blocks of `size` bytes, `capacity` to the pool, that overlap no page of `dormant`: the carved
-// blocks of a pool. By runs of carved pages: blocks that lie wholly inside a run [a, b] start at
-// or after a's first byte and end at or before b's last, and a block crossing into a dormant
-// page belongs to no run.
-std::size_t carved_blocks(std::size_t size, std::size_t capacity, PageMask dormant) {
-  const std::size_t end = capacity * size;
-  std::size_t n = 0;
-  for (unsigned page = 0; page < kPagesPerPool;) {
-    if ((dormant >> page) & 1) {
-      ++page;
-      continue;
-    }
-    unsigned last = page;
-    while (last + 1 < kPagesPerPool && !((dormant >> (last + 1)) & 1)) ++last;
-    std::size_t lo = std::size_t{page} << kPageShift;
-    std::size_t hi = std::min(std::size_t{last + 1} << kPageShift, end);
-    std::size_t first_block = (lo + size - 1) / size, past_last = hi / size;
-    if (past_last > first_block) n += past_last - first_block;
-    page = last + 1;
-  }
-  return n;
-}
-
 std::atomic<std::size_t> g_peak_class[kClassCount];
 std::atomic<std::size_t> g_peak_allocated{0};
 
@@ -122,7 +99,7 @@ struct Walk {
     }
     PageMask dormant = p->dormant.load(std::memory_order_relaxed);
     std::size_t used = p->used.load(std::memory_order_relaxed);
-    std::size_t carved = carved_blocks(size, capacity, dormant);
+    std::size_t carved = pool_carved_blocks(size, capacity, dormant);
     if (used > carved) used = carved;  // a racing read; never report more than can exist
     tm_class_stats& c = s->classes[cls];
     c.pools += 1;

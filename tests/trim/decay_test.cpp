@@ -4,6 +4,7 @@
 // of an idle thread's pools, jemalloc's dirty pages - within a few decay periods, with no trim
 // call at all, even though the program never allocates again after freeing.
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <trimalloc/trimalloc.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -40,6 +42,28 @@ std::string decay_thread_dir() {
   }
   closedir(d);
   return found;
+}
+
+// Times the decay thread has gone to sleep and woken since it started (voluntary context
+// switches: each futex wait, timed or not, is one); -1 if there is no such thread. Reads with
+// open/read into the stack after the first call: an ifstream's buffer is a large block, and its
+// free would wake the very thread being watched.
+long decay_thread_wakeups() {
+  static char path[128];
+  if (path[0] == 0) {
+    std::string dir = decay_thread_dir();
+    if (dir.empty()) return -1;
+    std::snprintf(path, sizeof path, "%s/status", dir.c_str());
+  }
+  char buf[4096];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  const char* line = std::strstr(buf, "\nvoluntary_ctxt_switches:");
+  return line ? std::strtol(line + 26, nullptr, 10) : -1;
 }
 
 bool decay_thread_exists() {
@@ -336,6 +360,79 @@ TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
   EXPECT_EQ(left, 0u) << "of the freed blocks' first and last pages, " << left
                       << " still mapped 5 s after the frees";
   for (void* p : small) tm_free(p);
+}
+
+// The same through the sized free (C++'s sized delete, free_sized): every way a large block is
+// freed must wake a decay thread that sleeps with nothing to do, or its pages wait for some
+// other free to wake it. Here nothing else comes: the thread is seen asleep before the frees.
+TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  std::vector<void*> small;
+  small.reserve(50000);
+  for (int i = 0; i < 50000; ++i) small.push_back(tm_malloc(256));
+  std::vector<void*> blocks;
+  blocks.reserve(7);
+  for (int i = 0; i < 7; ++i) {
+    void* p = tm_malloc(1 << 20);
+    ASSERT_NE(p, nullptr);
+    std::memset(p, 1, 1 << 20);
+    blocks.push_back(p);
+  }
+  // Asleep with no timeout: no wake-up for 600 ms (a timed sleep is at most decay/4 = 75 ms).
+  auto asleep_until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  long wakeups = -1;
+  for (;;) {
+    long before = decay_thread_wakeups();
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    wakeups = decay_thread_wakeups();
+    if (before >= 0 && wakeups == before) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), asleep_until)
+        << "the decay thread never went to sleep (wake-ups: " << wakeups << ")";
+  }
+  auto mapped = [&] {
+    std::size_t n = 0;
+    for (void* p : blocks) {
+      unsigned char v[2];
+      for (std::size_t off : {std::size_t{0}, (std::size_t{1} << 20) - 4096})
+        n += mincore(reinterpret_cast<void*>(page_of(static_cast<char*>(p) + off)), 4096, v) == 0;
+    }
+    return n;
+  };
+  ASSERT_EQ(mapped(), 2 * blocks.size());
+  for (void* p : blocks) tm_free_sized(p, 1 << 20);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  std::size_t left;
+  while ((left = mapped()) > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(left, 0u) << "of the freed blocks' first and last pages, " << left
+                      << " still mapped 5 s after the frees";
+  for (void* p : small) tm_free(p);
+}
+
+// A thread that keeps allocating (so it is never visited) but frees nothing has nothing to give
+// back: its pools' uncarved pages are not free memory. The decay thread must sleep, not wake
+// every decay/4 to look at it.
+TEST(Decay, SleepsBesideABusyThreadWithNothingToGiveBack) {
+  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
+  std::vector<void*> live;
+  live.reserve(200000);
+  for (int i = 0; i < 50000; ++i) live.push_back(tm_malloc(256));  // worth a decay thread
+  // Let it settle (the vector's own growth left dirty large pages for it to return).
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  long before = decay_thread_wakeups();
+  ASSERT_GE(before, 0) << "no decay thread";
+  // 1.5 s of steady growth: a new page of 256-byte blocks (a slow path) every 16 blocks.
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
+  while (std::chrono::steady_clock::now() < end && live.size() < live.capacity()) {
+    for (int i = 0; i < 16; ++i) live.push_back(tm_malloc(256));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  long wakeups = decay_thread_wakeups() - before;
+  // A timed sleep every 75 ms would be 20 wake-ups; a couple are allowed for passes that were
+  // already under way.
+  EXPECT_LE(wakeups, 3) << "the decay thread woke " << wakeups
+                        << " times in 1.5 s with nothing to return";
+  for (void* p : live) tm_free(p);
 }
 
 namespace {
