@@ -39,6 +39,7 @@
 #include "fatal.h"
 #include "lock.h"
 #include "pool.h"
+#include "relaxed.h"
 #include "size_class.h"
 
 namespace trimalloc {
@@ -96,7 +97,7 @@ class ThreadHeap {
 #if defined(__SANITIZE_THREAD__)
     return visited_.load(std::memory_order_seq_cst) != 0;
 #else
-    return visited_.load(std::memory_order_relaxed) != 0;
+    return relaxed_nonzero(visited_);
 #endif
   }
   void enter() noexcept {
@@ -123,8 +124,7 @@ class ThreadHeap {
     b->link = encode_link(pool, pool->free);
     pool->free = b;
     bool empty = used_decrement_is_zero(pool);
-    if (__builtin_expect(empty || pool->state.load(std::memory_order_relaxed) == PoolState::kFull,
-                         0)) {
+    if (__builtin_expect(empty || relaxed_equals(pool->state, PoolState::kFull), 0)) {
       // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
       // an empty heap lands here on every free, so it is decided without a call.
       if (empty && pool->next == nullptr && avail_[pool->size_class].head == pool) return leave();
@@ -309,8 +309,7 @@ template <bool kSized>
     b->mark = mark;  // every way on frees the block: mark it now, while the mark is at hand
   }
   ThreadHeap* heap = tl_thread.heap;
-  if (__builtin_expect(pool->owner.load(std::memory_order_relaxed) != heap, 0))
-    return pool_push_remote(pool, b);
+  if (__builtin_expect(!relaxed_equals(pool->owner, heap), 0)) return pool_push_remote(pool, b);
   heap->enter_fast();
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
   if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
