@@ -1,18 +1,21 @@
-// Which 1 MiB slots of the address space are trimalloc's.
+// Which 1 MiB slots of the address space are trimalloc's, and whose.
 //
 // free(p) must decide, for any p, "small block, large (jemalloc) block, or not ours" without
 // reading memory p might not own. Small arenas are regions of 1..8 MiB (pool.h) aligned to their
 // size, and the regions trimalloc hands to its jemalloc arena are 1 MiB-aligned and sized in
-// whole MiB, so one bit per 1 MiB slot answers each question: a flat bitmap for the 47-bit user
-// address space is 16 MiB of address space, reserved once with MAP_NORESERVE; only the pages
-// covering slots in use are ever touched (4 KiB of bitmap covers 32 GiB of heap). Lookups are one
-// load and one bit test.
+// whole MiB, so one byte per 1 MiB slot (0, or the SlotKind + 1 of its owner) answers each
+// question: a flat byte map for the 47-bit user address space is 128 MiB of address space,
+// reserved once with MAP_NORESERVE; only the pages covering slots in use are ever touched (one
+// 4 KiB page of the map covers 4 GiB of heap). A lookup is one compare against the map's limit
+// and one compare of a byte in memory: free()'s ownership check is three instructions shorter
+// than with a bitmap (a load, a shift and a bit test), for 96 MiB more of untouched address space.
 #pragma once
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 
 #include "config.h"
+#include "relaxed.h"
 
 namespace trimalloc {
 
@@ -21,48 +24,62 @@ inline constexpr std::size_t kSlotSize = std::size_t{1} << kSlotShift;
 inline constexpr unsigned kAddressBits = 47;
 inline constexpr std::size_t kSlotCount = std::size_t{1} << (kAddressBits - kSlotShift);
 
-enum class SlotKind { kSmall = 0, kLarge = 1 };
+enum class SlotKind : std::uint8_t { kSmall = 0, kLarge = 1 };
 
 class ArenaMap {
  public:
-  // Reserves the bitmaps; false if the kernel refused (then nothing is ever "ours").
+  // Reserves the map; false if the kernel refused (then nothing is ever "ours").
   bool init() noexcept;
 
   bool contains(SlotKind kind, const void* p) const noexcept {
     std::uintptr_t slot = reinterpret_cast<std::uintptr_t>(p) >> kSlotShift;
     // One compare rejects addresses past the user address space and, since limit_ is 0 until
-    // both bitmaps exist, every address before init(): nothing can be ours then.
-    if (slot >= limit_.load(std::memory_order_acquire)) return false;
-    const std::atomic<std::uint64_t>* bits = bits_[static_cast<int>(kind)];
-    return (bits[slot >> 6].load(std::memory_order_relaxed) >> (slot & 63)) & 1;
+    // the map exists, every address before init(): nothing can be ours then.
+    if (!below_limit(slot)) return false;
+    return relaxed_equals(kinds_[slot], tag(kind));
   }
   // Calls fn(slot address) for every slot of `kind` lying wholly inside [lo, hi), reading the
-  // bitmap a word (64 slots) at a time: a mapping of terabytes (a sanitizer's shadow, a
-  // runtime's reservation) costs a few hundred thousand word reads, not a lookup per slot.
+  // map eight slots at a time: a mapping of terabytes (a sanitizer's shadow, a runtime's
+  // reservation) costs a few hundred thousand word reads, not a lookup per slot.
   template <typename Fn>
   void for_each_slot(SlotKind kind, std::uintptr_t lo, std::uintptr_t hi, Fn&& fn) const noexcept {
     std::uintptr_t end = hi >> kSlotShift;  // slots [first, end) end at or before hi
     std::uintptr_t limit = limit_.load(std::memory_order_acquire);
     if (end > limit) end = limit;
-    const std::atomic<std::uint64_t>* bits = bits_[static_cast<int>(kind)];
+    const std::uint8_t want = tag(kind);
     for (std::uintptr_t slot = (lo + kSlotSize - 1) >> kSlotShift; slot < end;) {
-      std::uint64_t word = bits[slot >> 6].load(std::memory_order_relaxed) >> (slot & 63);
-      if (word == 0) {
-        slot = (slot | 63) + 1;
-        continue;
+      if ((slot & 7) == 0 && slot + 8 <= end) {
+        std::uint64_t word;  // eight slots; relaxed reads, like contains()
+        __builtin_memcpy(&word, reinterpret_cast<const void*>(&kinds_[slot]), sizeof word);
+        if (word == 0) {
+          slot += 8;
+          continue;
+        }
       }
-      slot += static_cast<unsigned>(__builtin_ctzll(word));
-      if (slot >= end) break;
-      fn(slot << kSlotShift);
+      if (kinds_[slot].load(std::memory_order_relaxed) == want) fn(slot << kSlotShift);
       ++slot;
     }
   }
-  // Marks or clears every slot of [p, p + size); p is slot-aligned.
+  // Marks every slot of [p, p + size) as `kind`'s (on) or nobody's; p is slot-aligned.
   void set(SlotKind kind, const void* p, std::size_t size, bool on) noexcept;
 
  private:
-  std::atomic<std::uint64_t>* bits_[2] = {nullptr, nullptr};
-  std::atomic<std::uintptr_t> limit_{0};  // kSlotCount once both bitmaps are mapped
+  static std::uint8_t tag(SlotKind kind) noexcept { return static_cast<std::uint8_t>(kind) + 1; }
+  // slot < limit_, as one compare with limit_ in memory. limit_ is an acquire load: it
+  // publishes kinds_ (init() stores it last), so the asm clobbers memory to keep the compiler
+  // from reading kinds_ before it; x86 orders the loads themselves.
+  bool below_limit(std::uintptr_t slot) const noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    bool below;
+    asm volatile("cmpq %2, %1" : "=@ccb"(below) : "r"(slot), "m"(limit_) : "memory");
+    return below;
+#else
+    return slot < limit_.load(std::memory_order_acquire);
+#endif
+  }
+
+  std::atomic<std::uint8_t>* kinds_ = nullptr;
+  std::atomic<std::uintptr_t> limit_{0};  // kSlotCount once the map is mapped
 };
 
 extern TM_INTERNAL ArenaMap g_arena_map;
