@@ -5,7 +5,7 @@
 //
 // trimalloc's large blocks live in a dedicated jemalloc arena whose extent hooks take memory
 // from os::reserve_aligned() in whole, 1 MiB-aligned MiB and mark it in the arena map. So
-// free() can tell "jemalloc's" from "nobody's" with one bit test, mmap failure injection covers
+// free() can tell "jemalloc's" from "nobody's" with one byte compare, mmap failure injection covers
 // large blocks too, and statistics know exactly what jemalloc has mapped.
 #pragma once
 #include <array>

@@ -61,10 +61,16 @@ void report_wrong_size(const char* call, const void* p) noexcept {
   fatal(call, "size does not match the allocation of", p);
 }
 
-void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept {
+void small_free_rejected(Pool* pool, Block* b, const char* call, std::size_t sized_block) noexcept {
   std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(b) & (kPoolSize - 1);
   if (!is_block_start(pool, offset)) report_bad_small_free(call, b);
-  fatal(call, "double free of", b);  // a block start on a dormant page: freed and given back
+  // A block start on a dormant page: freed and given back.
+  if (block_is_dormant(pool, offset)) fatal(call, "double free of", b);
+  // A live block above a page released in the middle of the pool.
+  if (sized_block != 0)
+    small_free_block<true>(pool, b, call, sized_block);
+  else
+    small_free_block<false>(pool, b, call, 0);
 }
 
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {

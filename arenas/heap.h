@@ -270,7 +270,9 @@ inline std::size_t sized_block_size(std::size_t size, std::size_t alignment) noe
   return size == 0 ? a : (size + a - 1) & ~(a - 1);
 }
 void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
-[[noreturn]] void small_free_rejected(Pool* pool, Block* b, const char* call) noexcept;
+// free()'s check failed: aborts for a pointer that does not start a block and for a block on a
+// dormant page; frees a live block above a released page (sized_block 0: an unsized call).
+void small_free_rejected(Pool* pool, Block* b, const char* call, std::size_t sized_block) noexcept;
 void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept;
 
 // The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
@@ -281,25 +283,14 @@ inline Pool* checked_pool(const void* p, const char* call) noexcept {
   return pool;
 }
 
-// free() of a pointer known to be in a small arena. `call` names the public function.
-// kSized: the sized frees (free_sized, sized operator delete) pass the block size the caller's
-// size implies (sized_block_size()), and a block of another size aborts. Two functions rather
-// than a run-time flag, so that plain free() does not test it.
+// The rest of free() once `b` is known to start a block that is not dormant: the sized calls'
+// size check, the double-free mark, then the owner's push or a remote one.
 template <bool kSized>
-[[gnu::always_inline]] inline void small_free_impl(void* p, const char* call,
-                                                   std::size_t sized_block) noexcept {
-  Pool* pool = pool_of(p);
-  Block* b = static_cast<Block*>(p);
-  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
-  if constexpr (kChecks) {
-    // Not a block start, or a block on a dormant page (invariant D: already free), in one
-    // compare; small_free_rejected() tells which.
-    if (__builtin_expect(!is_block_start_on_live_page(pool, offset), 0))
-      return small_free_rejected(pool, b, call);
-  }
+[[gnu::always_inline]] inline void small_free_block(Pool* pool, Block* b, const char* call,
+                                                    std::size_t sized_block) noexcept {
   // Line 1, which the start check has just read: one more compare for the sized calls.
   if constexpr (kSized) {
-    if (__builtin_expect(sized_block != pool->block_size, 0)) report_wrong_size(call, p);
+    if (__builtin_expect(sized_block != pool->block_size, 0)) report_wrong_size(call, b);
   }
   if constexpr (kChecks) {
     // A free mark means "already free", unless the program wrote this exact word: confirm.
@@ -314,6 +305,25 @@ template <bool kSized>
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
   if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
   heap->free_local(pool, b);
+}
+
+// free() of a pointer known to be in a small arena. `call` names the public function.
+// kSized: the sized frees (free_sized, sized operator delete) pass the block size the caller's
+// size implies (sized_block_size()), and a block of another size aborts. Two functions rather
+// than a run-time flag, so that plain free() does not test it.
+template <bool kSized>
+[[gnu::always_inline]] inline void small_free_impl(void* p, const char* call,
+                                                   std::size_t sized_block) noexcept {
+  Pool* pool = pool_of(p);
+  Block* b = static_cast<Block*>(p);
+  std::uintptr_t offset = reinterpret_cast<std::uintptr_t>(p) & (kPoolSize - 1);
+  if constexpr (kChecks) {
+    // Not a block start, a block on a dormant page (invariant D: already free), or a live block
+    // above a released page, in one compare; small_free_rejected() tells which.
+    if (__builtin_expect(!is_block_start_below_dormant(pool, offset), 0))
+      return small_free_rejected(pool, b, call, kSized ? sized_block : 0);
+  }
+  small_free_block<kSized>(pool, b, call, sized_block);
 }
 inline void small_free(void* p, const char* call) noexcept {
   small_free_impl<false>(p, call, 0);

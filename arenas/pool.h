@@ -17,10 +17,11 @@
 // the heap with 16 KiB pools (4.1 MiB left resident of a 530 MiB heap after freeing 99% of its
 // blocks, where glibc's malloc_trim leaves 1 MiB), and 0.1% with 128 KiB pools. A bigger pool
 // costs no memory up front (pages are carved one at a time, below) and fewer trips to the arena
-// lock. The price is on free: 32 pages no longer fit a per-page bound array in line 1, so the
-// dormant-page check is a bit test beside the start check. CPython's geometry (16 KiB pools in
-// 1 MiB arenas) remains a build option, TRIMALLOC_POOL_KIB=16; the sizes in this comment are
-// the default's.
+// lock. 32 pages do not fit a per-page bound array in line 1, so free()'s one compare checks
+// "a block start below the lowest dormant page" (live_bound, is_block_start_below_dormant()):
+// exact for pools carved from the bottom up, and a slow path for live blocks above a page a
+// trim released. CPython's geometry (16 KiB pools in 1 MiB arenas) remains a build option,
+// TRIMALLOC_POOL_KIB=16; the sizes in this comment are the default's.
 //
 // Blocks and their lists. Every block of a pool is, at any moment, in exactly one of four places:
 //   live     - handed to the program;
@@ -126,8 +127,9 @@ struct alignas(64) Pool {
   std::atomic<PageMask> dormant;         // bit per 4 KiB page, see invariant D
   std::uint8_t index;                    // slot index in the arena, 1..63
   std::atomic<bool> queued;
-  std::uintptr_t key;   // link-encoding secret
-  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
+  std::uint32_t live_bound;  // free()'s check: start_bound cut at the lowest dormant page
+  std::uintptr_t key;        // link-encoding secret
+  std::uintptr_t mark;       // free_mark(): derived from key once, read by every free
   std::atomic<ThreadHeap*> owner;
   std::atomic<std::uintptr_t> remote;
   std::atomic<Pool*> notify_next;
@@ -215,15 +217,38 @@ inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
 inline bool is_block_start(const Pool* pool, std::uintptr_t offset) noexcept {
   return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->start_bound;
 }
-// is_block_start() and "its page is not dormant" (free's check): both read line 1 only, and
-// are combined without a branch between them so that free() takes one branch for both.
-inline bool is_block_start_on_live_page(const Pool* pool, std::uintptr_t offset) noexcept {
-  const PageMask dormant = pool->dormant.load(std::memory_order_relaxed);
-  const bool asleep = (dormant >> (offset >> kPageShift)) & 1;
-  return is_block_start(pool, offset) & !asleep;
+// free()'s check, one compare: `offset` starts a block that lies wholly below the pool's lowest
+// dormant page. Pages are carved lowest first, so for a pool that was never trimmed that is
+// exactly "a block start on a carved page" (invariant D: a block on a dormant page is free, so
+// freeing it is a double free). A pool whose pages were released in the middle (a trim or a
+// decay visit of a partly used pool) also rejects live blocks above its lowest hole:
+// small_free_rejected() decides those exactly, and carving fills the holes first, which brings
+// the bound back up. 0 while the pool is kFree or wholly dormant.
+inline bool is_block_start_below_dormant(const Pool* pool, std::uintptr_t offset) noexcept {
+  return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->live_bound;
 }
+// Is any page the block at `offset` overlaps dormant? (A block is at most 512 bytes, so it
+// overlaps its first page and maybe the next.)
+inline bool block_is_dormant(const Pool* pool, std::uintptr_t offset) noexcept {
+  const PageMask dormant = pool->dormant.load(std::memory_order_relaxed);
+  const unsigned first = static_cast<unsigned>(offset >> kPageShift);
+  const unsigned last = static_cast<unsigned>((offset + pool->block_size - 1) >> kPageShift);
+  return ((dormant >> first) | (dormant >> last)) & 1;
+}
+// Every change of `dormant` goes through here, so live_bound follows it: the blocks that end at
+// or before the lowest dormant page's first byte, times e (see is_block_start()).
 inline void set_dormant(Pool* pool, PageMask dormant) noexcept {
   pool->dormant.store(dormant, std::memory_order_relaxed);
+  const std::uint32_t size = pool->block_size;
+  if (dormant == 0 || size == 0) {
+    pool->live_bound = pool->start_bound;  // 0 for a kFree pool
+    return;
+  }
+  const std::uint64_t e = std::uint64_t{pool->start_magic} * size - (std::uint64_t{1} << 32);
+  const std::uintptr_t lowest = static_cast<unsigned>(__builtin_ctz(dormant));
+  std::uint32_t below = static_cast<std::uint32_t>((lowest << kPageShift) / size);
+  if (below > pool->capacity) below = pool->capacity;
+  pool->live_bound = static_cast<std::uint32_t>(below * e);
 }
 // Sets block_size, capacity and the is_block_start() constants for blocks of `size` bytes.
 inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {
