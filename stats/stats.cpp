@@ -317,6 +317,14 @@ extern "C" TM_API int tm_stats_get(struct tm_stats* out) {
   l.large_live = s.large_allocated > untouched ? s.large_allocated - untouched : 0;
   std::size_t je_meta = s.large_resident > claimed ? s.large_resident - claimed : 0;
   if (je_meta > s.large_metadata) je_meta = s.large_metadata;
+  // jemalloc counts its metadata as resident whether or not it was ever touched: each 2 MiB
+  // leaf of its radix tree (one per GiB of address space its extents span) counts whole. No
+  // more of it can be resident than the anonymous RSS the measured lines leave unexplained.
+  const std::size_t measured = l.small_live + l.small_free + l.small_pool_slack +
+                               l.small_empty_pools + l.large_live + l.large_slack + l.large_dirty +
+                               s.meta_arena_headers + s.meta_heaps + s.meta_profiler;
+  const std::size_t unexplained = k.anon > measured ? k.anon - measured : 0;
+  if (je_meta > unexplained) je_meta = unexplained;
   l.metadata = s.meta_arena_headers + s.meta_heaps + je_meta + s.meta_profiler;
   l.ours = l.small_live + l.small_free + l.small_pool_slack + l.small_empty_pools + l.large_live +
            l.large_slack + l.large_dirty + l.metadata;
