@@ -224,6 +224,15 @@ void* ThreadHeap::alloc_slow_and_leave(unsigned cls) noexcept {
   return p;
 }
 
+void* ThreadHeap::pop_last_and_leave(Pool* pool, Block* b, std::uintptr_t next) noexcept {
+  check_list_end(pool, b, next);
+  pool->free = nullptr;
+  used_increment(pool);
+  b->mark = 0;
+  leave();
+  return b;
+}
+
 void* ThreadHeap::alloc_after_visit(unsigned cls) noexcept {
   if (depth() == 0) wait_for_visitor();
   Pool* pool = current_[cls];

@@ -62,7 +62,16 @@ class ThreadHeap {
     Block* b = pool->free;
     if (__builtin_expect(b == nullptr, 0)) return alloc_slow_and_leave(cls);
     if constexpr (kSecure) secure_check_untouched(pool, b);
-    pool->free = decode_link(pool, b);
+    Block* next = reinterpret_cast<Block*>(b->link);
+    if constexpr (kChecks) {
+      // decode_link() with its out-of-pool case (the list's end, or a corrupt link) as a tail
+      // call, so that the hot path keeps no register across a call and needs no stack frame.
+      std::uintptr_t decoded = b->link ^ pool->list_key;
+      if (__builtin_expect(!link_in_pool(pool, decoded), 0))
+        return pop_last_and_leave(pool, b, decoded);
+      next = reinterpret_cast<Block*>(decoded);
+    }
+    pool->free = next;
     used_increment(pool);
     if constexpr (kChecks) b->mark = 0;
     leave();
@@ -140,6 +149,8 @@ class ThreadHeap {
   void* alloc_slow(unsigned cls) noexcept;
   void* alloc_slow_and_leave(unsigned cls) noexcept;
   void* alloc_after_visit(unsigned cls) noexcept;
+  // alloc() of `b` whose decoded link leaves the pool: the last block, or a corrupt link.
+  void* pop_last_and_leave(Pool* pool, Block* b, std::uintptr_t next) noexcept;
   void free_slow(Pool* pool) noexcept;
   void free_slow_and_leave(Pool* pool) noexcept;
   void abandon(bool single_threaded) noexcept;  // thread exit / fork child

@@ -14,9 +14,14 @@ void report_corrupt_free_list(const Pool*, const Block* block) noexcept {
   fatal("malloc", "free list corrupted (write after free?) at block", block);
 }
 
+void check_list_end(const Pool* pool, const Block* block, std::uintptr_t next) noexcept {
+  if (next != 0) report_corrupt_free_list(pool, block);
+}
+
 void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   std::uint32_t size = static_cast<std::uint32_t>(class_block_size(cls));
   pool->free = nullptr;
+  pool->data_start = pool_data(pool);
   set_block_geometry(pool, size);
   pool->used.store(0, std::memory_order_relaxed);
   pool->size_class = static_cast<std::uint8_t>(cls);

@@ -116,6 +116,7 @@ struct alignas(64) Pool {
   Pool* next;               // heap class list / abandoned list / (unused while free)
   Pool* prev;
   std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay; kFree pools only)
+  std::uintptr_t data_start;  // pool_data(pool), for decode_link()'s range check
 
   // --- cache line 1: fixed while the pool is in use and read by every free, plus the remote
   // list. A thread freeing into another thread's pool touches only this line, so it does not
@@ -196,12 +197,20 @@ inline bool used_decrement_is_zero(Pool* pool) noexcept {
 
 // Decodes a popped link; a value that leaves the pool means the free block was overwritten.
 [[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
+// A decoded link outside the pool: the end of the list (0), or report_corrupt_free_list().
+void check_list_end(const Pool* pool, const Block* block, std::uintptr_t next) noexcept;
+// Does a decoded link point into the pool? One subtraction and one compare against line 0: the
+// end of the list (0) fails it too and is told apart out of line (check_list_end), so that
+// malloc need not keep the key in a register to test for it.
+inline bool link_in_pool(const Pool* pool, std::uintptr_t next) noexcept {
+  return next - pool->data_start < kPoolSize;
+}
 inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
   if constexpr (!kChecks) return reinterpret_cast<Block*>(block->link);
+  // One subtraction and one compare against line 0 (the key is folded into the xor): cheaper
+  // than comparing the high bits of `next` with the block's, which needs copies of both.
   std::uintptr_t next = block->link ^ pool->list_key;
-  if (__builtin_expect(((next ^ reinterpret_cast<std::uintptr_t>(block)) >> kPoolShift) != 0, 0)) {
-    if (next != 0) report_corrupt_free_list(pool, block);
-  }
+  if (__builtin_expect(!link_in_pool(pool, next), 0)) check_list_end(pool, block, next);
   return reinterpret_cast<Block*>(next);
 }
 
