@@ -19,9 +19,16 @@ struct Quarantine {
 };
 __thread Quarantine tl_quarantine __attribute__((tls_model("initial-exec")));
 
-// Frees a block that leaves quarantine (its checks were made when it came in).
+// Frees a block that leaves quarantine (its checks were made when it came in). A small block was
+// zeroed when it came in, link included: anything written into it since is a use after free,
+// caught here - the free path would zero it again before its next allocation could look.
 void release(void* p, const char* call) {
   if (small_owns(p)) {
+    Pool* pool = pool_of(p);
+    auto* b = static_cast<Block*>(p);
+    if (b->link != 0 || b->mark != quarantine_mark(pool))
+      fatal(call, "write after free detected in block", p);
+    secure_check_untouched(pool, b, call);
     small_free(p, call);
   } else {
     registry_transition(p, LargeState::kQuarantined, LargeState::kAbsent);
@@ -40,6 +47,7 @@ void quarantine_free(void* p, const char* call) noexcept {
         ((pool->dormant.load(std::memory_order_relaxed) >> (offset >> kPageShift)) & 1))
       fatal(call, "double free of", p);
     secure_scrub(pool, b);
+    b->link = 0;
     b->mark = quarantine_mark(pool);
     size = pool->block_size;
   } else {

@@ -140,10 +140,10 @@ void secure_scrub(const Pool* pool, Block* b) noexcept {
   std::memset(reinterpret_cast<char*>(b) + sizeof(Block), 0, pool->block_size - sizeof(Block));
 }
 
-void secure_check_untouched(const Pool* pool, const Block* b) noexcept {
+void secure_check_untouched(const Pool* pool, const Block* b, const char* call) noexcept {
   const auto* words = reinterpret_cast<const std::uint64_t*>(b);
   for (std::size_t i = sizeof(Block) / 8; i < pool->block_size / 8; ++i)
-    if (words[i] != 0) fatal("malloc", "write after free detected in block", b);
+    if (words[i] != 0) fatal(call, "write after free detected in block", b);
 }
 
 std::size_t pool_collect_remote(Pool* pool) noexcept {

@@ -315,7 +315,7 @@ void pool_cancel_notify(Pool* pool, bool single_threaded) noexcept;
 // Hardened build only: zero a freed block's body (all but the link and mark words), and check
 // at allocation that nobody wrote into it while it was free.
 void secure_scrub(const Pool* pool, Block* b) noexcept;
-void secure_check_untouched(const Pool* pool, const Block* b) noexcept;
+void secure_check_untouched(const Pool* pool, const Block* b, const char* call = "malloc") noexcept;
 // The mark of a block held in the hardened build's quarantine (freed, not yet reusable).
 inline std::uintptr_t quarantine_mark(const Pool* pool) noexcept {
   return free_mark(pool) ^ 0x5bd1e9955bd1e995u;

@@ -801,17 +801,56 @@ TYPED_TEST_P(AllocDeathTest, FreeSizedOfLargeBlockWithSmallSize) {
   EXPECT_DEATH(A::free_sized(A::malloc(1000), 100), re) << "large block freed with a small size";
 }
 
+// A use after free that writes into a free block is caught when the block is handed out again,
+// instead of handing out whatever address the write left in its list link.
+#if defined(TRIMALLOC_SECURE)
+// Hardened: a freed block is zeroed, held in quarantine for the next 256 frees and checked when
+// it leaves (the write is caught at that later free), and again at its next allocation.
+TYPED_TEST_P(AllocDeathTest, WriteAfterFreeIsCaughtAtTheNextAllocation) {
+  using A = TypeParam;
+  EXPECT_DEATH(
+      {
+        std::vector<void*> others;
+        for (int i = 0; i < 300; ++i) others.push_back(A::malloc(64));
+        auto* p = static_cast<std::uint64_t*>(A::malloc(64));
+        A::free(p);
+        p[4] = 0x4141414141414141u;  // the body, past the link and mark words
+        for (void* o : others) A::free(o);
+        for (int i = 0; i < 2000; ++i) A::malloc(64);
+      },
+      "trimalloc: (tm_)?(malloc|free)\\(\\): write after free detected[^\n]* 0x[0-9a-f]+");
+}
+#else
+// Default: the free list's links are encoded and checked when popped; a write over a free
+// block's link decodes to an address outside its pool.
+TYPED_TEST_P(AllocDeathTest, WriteAfterFreeIsCaughtAtTheNextAllocation) {
+  using A = TypeParam;
+  EXPECT_DEATH(
+      {
+        void* q = A::malloc(64);
+        auto* p = static_cast<std::uint64_t*>(A::malloc(64));
+        A::free(q);
+        A::free(p);  // the head of its pool's free list, linked to q
+        p[0] = 0x4141414141414141u;
+        A::malloc(64);
+      },
+      "trimalloc: (tm_)?malloc\\(\\): free list corrupted[^\n]* 0x[0-9a-f]+");
+}
+#endif
+
 #if defined(TRIMALLOC_SECURE)
 REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed,
                             DoubleFreeFromAnotherThread, FreeOfInteriorPointer,
                             FreeOfInteriorPointerOfLargeBlock, FreeOfStackAddress,
                             FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
-                            FreeSizedOfLargeBlockWithSmallSize);
+                            FreeSizedOfLargeBlockWithSmallSize,
+                            WriteAfterFreeIsCaughtAtTheNextAllocation);
 #else
 REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed,
                             DoubleFreeFromAnotherThread, FreeOfInteriorPointer, FreeOfStackAddress,
                             FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
-                            FreeSizedOfLargeBlockWithSmallSize);
+                            FreeSizedOfLargeBlockWithSmallSize,
+                            WriteAfterFreeIsCaughtAtTheNextAllocation);
 #endif
 
 }  // namespace tmtest
