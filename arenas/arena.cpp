@@ -124,7 +124,7 @@ void ArenaSet::release_pool(Pool* pool, bool idle) noexcept {
     pool->capacity = 0;
     pool->block_size = 0;
     pool->start_bound = 0;
-    pool->live_bound = 0;
+    pool->live_bound.store(0, std::memory_order_relaxed);
     pool->start_magic = 0;
     pool->free = nullptr;
     pool->owner.store(nullptr, std::memory_order_relaxed);

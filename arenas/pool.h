@@ -58,6 +58,7 @@
 #include "arena_map.h"
 #include "config.h"
 #include "os.h"
+#include "relaxed.h"
 #include "size_class.h"
 
 namespace trimalloc {
@@ -128,9 +129,10 @@ struct alignas(64) Pool {
   std::atomic<PageMask> dormant;         // bit per 4 KiB page, see invariant D
   std::uint8_t index;                    // slot index in the arena, 1..63
   std::atomic<bool> queued;
-  std::uint32_t live_bound;  // free()'s check: start_bound cut at the lowest dormant page
-  std::uintptr_t key;        // link-encoding secret
-  std::uintptr_t mark;       // free_mark(): derived from key once, read by every free
+  std::atomic<std::uint32_t>
+      live_bound;       // free()'s check: start_bound cut at the lowest dormant page
+  std::uintptr_t key;   // link-encoding secret
+  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
   std::atomic<ThreadHeap*> owner;
   std::atomic<std::uintptr_t> remote;
   std::atomic<Pool*> notify_next;
@@ -234,7 +236,9 @@ inline bool is_block_start(const Pool* pool, std::uintptr_t offset) noexcept {
 // small_free_rejected() decides those exactly, and carving fills the holes first, which brings
 // the bound back up. 0 while the pool is kFree or wholly dormant.
 inline bool is_block_start_below_dormant(const Pool* pool, std::uintptr_t offset) noexcept {
-  return static_cast<std::uint32_t>(offset) * pool->start_magic < pool->live_bound;
+  // Read by any freeing thread while the owner carves or releases pages: atomic, relaxed (a
+  // free of a live block never depends on a bound change it could race with).
+  return relaxed_below(static_cast<std::uint32_t>(offset) * pool->start_magic, pool->live_bound);
 }
 // Is any page the block at `offset` overlaps dormant? (A block is at most 512 bytes, so it
 // overlaps its first page and maybe the next.)
@@ -250,14 +254,14 @@ inline void set_dormant(Pool* pool, PageMask dormant) noexcept {
   pool->dormant.store(dormant, std::memory_order_relaxed);
   const std::uint32_t size = pool->block_size;
   if (dormant == 0 || size == 0) {
-    pool->live_bound = pool->start_bound;  // 0 for a kFree pool
+    pool->live_bound.store(pool->start_bound, std::memory_order_relaxed);  // 0 for a kFree pool
     return;
   }
   const std::uint64_t e = std::uint64_t{pool->start_magic} * size - (std::uint64_t{1} << 32);
   const std::uintptr_t lowest = static_cast<unsigned>(__builtin_ctz(dormant));
   std::uint32_t below = static_cast<std::uint32_t>((lowest << kPageShift) / size);
   if (below > pool->capacity) below = pool->capacity;
-  pool->live_bound = static_cast<std::uint32_t>(below * e);
+  pool->live_bound.store(static_cast<std::uint32_t>(below * e), std::memory_order_relaxed);
 }
 // Sets block_size, capacity and the is_block_start() constants for blocks of `size` bytes.
 inline void set_block_geometry(Pool* pool, std::uint32_t size) noexcept {
