@@ -128,7 +128,7 @@ void ArenaSet::release_pool(Pool* pool, bool idle) noexcept {
     pool->start_magic = 0;
     pool->free = nullptr;
     pool->owner.store(nullptr, std::memory_order_relaxed);
-    pool->state.store(PoolState::kFree, std::memory_order_relaxed);
+    set_state(pool, PoolState::kFree);
     pool->freed_at_ms = now;
     if (release_pool_locked(a, bit, dirty, now)) return;
   }

@@ -144,8 +144,7 @@ void* ThreadHeap::pop_from(Pool* pool) noexcept {
   Block* b = pool->free;
   if constexpr (kSecure) secure_check_untouched(pool, b);
   pool->free = decode_link(pool, b);
-  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
-                   std::memory_order_relaxed);
+  pool->used.store(pool->used.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   b->mark = 0;
   return b;
 }
@@ -183,7 +182,7 @@ void ThreadHeap::drain_notified() noexcept {
         p->state.load(std::memory_order_relaxed) == PoolState::kFull) {
       unsigned cls = p->size_class;
       list_remove(full_[cls], p);
-      p->state.store(PoolState::kAvail, std::memory_order_relaxed);
+      set_state(p, PoolState::kAvail);
       // Behind current: it is the next candidate once current runs dry.
       if (avail_[cls].head) {
         Pool* h = avail_[cls].head;
@@ -211,7 +210,7 @@ bool ThreadHeap::park_full(Pool* pool) noexcept {
     return false;
   }
   list_remove(avail_[cls], pool);
-  pool->state.store(PoolState::kFull, std::memory_order_relaxed);
+  set_state(pool, PoolState::kFull);
   list_push_front(full_[cls], pool);
   return true;
 }
@@ -279,15 +278,11 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
     Pool* next = q->next;
     if (q->free || (q->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) != 0) {
       ++looked;
-      if (best == nullptr ||
-          q->used.load(std::memory_order_relaxed) > best->used.load(std::memory_order_relaxed))
-        best = q;
+      if (best == nullptr || pool_used(q) > pool_used(best)) best = q;
       if (!fullest) break;  // first fit in list order (TRIMALLOC_PLACEMENT=0, for comparison)
     } else if (q->dormant.load(std::memory_order_relaxed) != 0) {
       ++looked;
-      if (carvable == nullptr ||
-          q->used.load(std::memory_order_relaxed) > carvable->used.load(std::memory_order_relaxed))
-        carvable = q;
+      if (carvable == nullptr || pool_used(q) > pool_used(carvable)) carvable = q;
     } else if (!park_full(q)) {
       continue;  // remote frees raced in: look at q again
     }
@@ -335,11 +330,11 @@ void ThreadHeap::free_slow(Pool* pool) noexcept {
   if (pool->state.load(std::memory_order_relaxed) == PoolState::kFull) {
     list_remove(full_[cls], pool);
     pool->remote.fetch_and(~kWantNotify, std::memory_order_relaxed);
-    pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+    set_state(pool, PoolState::kAvail);
     list_push_front(avail_[cls], pool);
     if (current_[cls] == &g_empty_pool) current_[cls] = pool;
   }
-  if (pool->used.load(std::memory_order_relaxed) != 0) return;
+  if (pool_used(pool) != 0) return;
   // Keep the class's last available pool: a malloc/free loop must not cycle the arena lock.
   if (avail_[cls].head == pool && pool->next == nullptr) return;
   list_remove(avail_[cls], pool);
@@ -360,7 +355,7 @@ void ThreadHeap::unpark_all() noexcept {
     while (Pool* p = full_[c].head) {
       list_remove(full_[c], p);
       pool_cancel_notify(p, false);
-      p->state.store(PoolState::kAvail, std::memory_order_relaxed);
+      set_state(p, PoolState::kAvail);
       list_push_front(avail_[c], p);
     }
   }
@@ -387,7 +382,7 @@ void ThreadHeap::abandon(bool single_threaded) noexcept {
         Pool* next = p->next;
         p->next = p->prev = nullptr;
         pool_collect_remote(p);
-        if (p->used.load(std::memory_order_relaxed) == 0)
+        if (pool_used(p) == 0)
           g_arenas.release_pool(p);
         else
           add_abandoned(p);
@@ -399,7 +394,7 @@ void ThreadHeap::abandon(bool single_threaded) noexcept {
 }
 
 void add_abandoned(Pool* pool) noexcept {
-  pool->state.store(PoolState::kAbandoned, std::memory_order_relaxed);
+  set_state(pool, PoolState::kAbandoned);
   pool->owner.store(nullptr, std::memory_order_release);
   LockGuard guard(g_abandoned_lock);
   abandoned_push(pool);
@@ -413,7 +408,7 @@ Pool* adopt_abandoned(unsigned cls, ThreadHeap* heap) noexcept {
   Pool* pool = g_abandoned[cls].head;
   if (pool == nullptr) return nullptr;
   abandoned_remove(pool);
-  pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+  set_state(pool, PoolState::kAvail);
   pool->owner.store(heap, std::memory_order_release);
   return pool;
 }
@@ -427,7 +422,7 @@ std::size_t trim_abandoned(bool release_pages) noexcept {
       Pool* next = p->next;
       // Ownerless pools are only touched under this lock, so the lock holder acts as owner.
       pool_collect_remote(p);
-      if (p->used.load(std::memory_order_relaxed) == 0) {
+      if (pool_used(p) == 0) {
         abandoned_remove(p);
         g_arenas.release_pool(p);  // its pages are purged by the arena pass that follows
       } else if (release_pages) {
@@ -448,7 +443,7 @@ std::size_t ThreadHeap::trim_own(bool release_pages) noexcept {
     for (Pool* p = avail_[c].head; p != nullptr;) {
       Pool* next = p->next;
       pool_collect_remote(p);
-      if (p->used.load(std::memory_order_relaxed) == 0) {
+      if (pool_used(p) == 0) {
         list_remove(avail_[c], p);
         g_arenas.release_pool(p, true);  // no notification is possible after unpark_all()
       } else if (release_pages) {

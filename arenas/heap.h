@@ -132,11 +132,13 @@ class ThreadHeap {
   void free_local(Pool* pool, Block* b) noexcept {
     b->link = encode_link(pool, pool->free);
     pool->free = b;
-    bool empty = used_decrement_is_zero(pool);
-    if (__builtin_expect(empty || relaxed_equals(pool->state, PoolState::kFull), 0)) {
+    if (__builtin_expect(used_decrement_is_empty_or_parked(pool), 0)) {
       // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
-      // an empty heap lands here on every free, so it is decided without a call.
-      if (empty && pool->next == nullptr && avail_[pool->size_class].head == pool) return leave();
+      // an empty heap lands here on every free, so it is decided without a call. (The whole
+      // word is 0 only if the pool is empty and not parked.)
+      if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
+          avail_[pool->size_class].head == pool)
+        return leave();
       return free_slow_and_leave(pool);
     }
     leave();

@@ -34,7 +34,7 @@ void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   pool->remote.store(0, std::memory_order_relaxed);
   pool->notify_next.store(nullptr, std::memory_order_relaxed);
   pool->queued.store(false, std::memory_order_relaxed);
-  pool->state.store(PoolState::kAvail, std::memory_order_relaxed);
+  set_state(pool, PoolState::kAvail);
   pool->owner.store(owner, std::memory_order_release);
 }
 
@@ -158,7 +158,7 @@ std::size_t pool_collect_remote(Pool* pool) noexcept {
   for (Block* next; (next = decode_link(pool, tail)) != nullptr; tail = next) ++n;
   tail->link = encode_link(pool, pool->free);
   pool->free = first;
-  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - n),
+  pool->used.store(pool->used.load(std::memory_order_relaxed) - static_cast<std::uint32_t>(n),
                    std::memory_order_relaxed);
   return n;
 }

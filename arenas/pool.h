@@ -110,7 +110,10 @@ enum class PoolState : std::uint8_t {
 struct alignas(64) Pool {
   // --- cache line 0: the owner's, written by every allocation and local free ---
   Block* free;  // owner's free list
-  std::atomic<std::uint16_t> used;
+  // Live + remote blocks in the low 16 bits (pool_used()); bit 31 (kParkedFull) is set while the
+  // pool is parked full (state kFull, set_state()), so that free's one decrement of the word
+  // says "now empty" (zero) or "was parked" (negative) with one branch. Owner-written.
+  std::atomic<std::uint32_t> used;
   std::uint8_t size_class;
   std::atomic<PoolState> state;
   std::uintptr_t list_key;  // == key: the owner's copy, so that malloc never reads line 1
@@ -129,10 +132,9 @@ struct alignas(64) Pool {
   std::atomic<PageMask> dormant;         // bit per 4 KiB page, see invariant D
   std::uint8_t index;                    // slot index in the arena, 1..63
   std::atomic<bool> queued;
-  std::atomic<std::uint32_t>
-      live_bound;       // free()'s check: start_bound cut at the lowest dormant page
-  std::uintptr_t key;   // link-encoding secret
-  std::uintptr_t mark;  // free_mark(): derived from key once, read by every free
+  std::atomic<std::uint32_t> live_bound;  // start_bound cut at the lowest dormant page
+  std::uintptr_t key;                     // link-encoding secret
+  std::uintptr_t mark;                    // free_mark(): derived from key once, read by every free
   std::atomic<ThreadHeap*> owner;
   std::atomic<std::uintptr_t> remote;
   std::atomic<Pool*> notify_next;
@@ -169,31 +171,48 @@ inline std::uintptr_t encode_remote_link(const Pool* pool, const Block* next) no
   return reinterpret_cast<std::uintptr_t>(next) ^ pool->key;
 }
 
+inline constexpr std::uint32_t kUsedMask = 0xffff;
+inline constexpr std::uint32_t kParkedFull = std::uint32_t{1} << 31;
+static_assert(kPoolSize / kClassGranule <= kUsedMask, "a pool's block count fits the low half");
+inline std::uint32_t pool_used(const Pool* pool) noexcept {
+  return pool->used.load(std::memory_order_relaxed) & kUsedMask;
+}
+// Every state change goes through here, so kParkedFull follows state == kFull. Owner only (or
+// a visitor acting as owner, or the abandoned-list lock holder), like every write of `used`.
+inline void set_state(Pool* pool, PoolState state) noexcept {
+  std::uint32_t used = pool->used.load(std::memory_order_relaxed);
+  used = state == PoolState::kFull ? used | kParkedFull : used & ~kParkedFull;
+  pool->used.store(used, std::memory_order_relaxed);
+  pool->state.store(state, std::memory_order_relaxed);
+}
+
 // `used` is written only by the pool's owner (or a visitor acting as owner, with the owner kept
 // out by the handshake); other threads only read it. So on x86-64 the owner's fast paths change
-// it with one unlocked read-modify-write in memory, and free takes "now zero" from the flags.
-// TSan builds and other architectures use the atomic's load and store.
-inline std::uint16_t& used_word(Pool* pool) noexcept {
-  static_assert(sizeof(pool->used) == sizeof(std::uint16_t), "used is a plain 16-bit word");
-  return *reinterpret_cast<std::uint16_t*>(&pool->used);
+// it with one unlocked read-modify-write in memory, and free takes "now empty, or parked" from
+// the flags of the decrement: zero, or the sign bit (kParkedFull; the count is at least 1
+// before a free, so the decrement never borrows from it). TSan builds and other architectures
+// use the atomic's load and store.
+inline std::uint32_t& used_word(Pool* pool) noexcept {
+  static_assert(sizeof(pool->used) == sizeof(std::uint32_t), "used is a plain 32-bit word");
+  return *reinterpret_cast<std::uint32_t*>(&pool->used);
 }
 inline void used_increment(Pool* pool) noexcept {
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-  asm volatile("incw %0" : "+m"(used_word(pool)));
+  asm volatile("incl %0" : "+m"(used_word(pool)));
 #else
-  pool->used.store(static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) + 1),
-                   std::memory_order_relaxed);
+  pool->used.store(pool->used.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 #endif
 }
-inline bool used_decrement_is_zero(Pool* pool) noexcept {
+// True if the pool is now empty or is parked full: free's slow path decides which.
+inline bool used_decrement_is_empty_or_parked(Pool* pool) noexcept {
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-  bool zero;
-  asm volatile("decw %0" : "+m"(used_word(pool)), "=@ccz"(zero));
-  return zero;
+  bool slow;
+  asm volatile("decl %0" : "+m"(used_word(pool)), "=@ccle"(slow));
+  return slow;
 #else
-  std::uint16_t used = static_cast<std::uint16_t>(pool->used.load(std::memory_order_relaxed) - 1);
+  std::uint32_t used = pool->used.load(std::memory_order_relaxed) - 1;
   pool->used.store(used, std::memory_order_relaxed);
-  return used == 0;
+  return used == 0 || (used & kParkedFull) != 0;
 #endif
 }
 

@@ -69,7 +69,7 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
     if (owner == nullptr) return;
     std::size_t carved =
         pool_carved_blocks(p->block_size, p->capacity, p->dormant.load(std::memory_order_relaxed));
-    std::size_t used = p->used.load(std::memory_order_relaxed);
+    std::size_t used = pool_used(p);
     if (carved > used) owner->scan_free_bytes += (carved - used) * p->block_size;
   });
   if (visits_supported()) {

@@ -98,7 +98,7 @@ struct Walk {
       return;
     }
     PageMask dormant = p->dormant.load(std::memory_order_relaxed);
-    std::size_t used = p->used.load(std::memory_order_relaxed);
+    std::size_t used = pool_used(p);
     std::size_t carved = pool_carved_blocks(size, capacity, dormant);
     if (used > carved) used = carved;  // a racing read; never report more than can exist
     tm_class_stats& c = s->classes[cls];
