@@ -39,8 +39,8 @@ class ArenaMap {
     return relaxed_equals(kinds_[slot], tag(kind));
   }
   // Calls fn(slot address) for every slot of `kind` lying wholly inside [lo, hi), reading the
-  // map eight slots at a time: a mapping of terabytes (a sanitizer's shadow, a runtime's
-  // reservation) costs a few hundred thousand word reads, not a lookup per slot.
+  // map eight slots at a time: a mapping of terabytes (a runtime's reservation) costs a few
+  // hundred thousand word reads, not a lookup per slot.
   template <typename Fn>
   void for_each_slot(SlotKind kind, std::uintptr_t lo, std::uintptr_t hi, Fn&& fn) const noexcept {
     std::uintptr_t end = hi >> kSlotShift;  // slots [first, end) end at or before hi
@@ -48,14 +48,17 @@ class ArenaMap {
     if (end > limit) end = limit;
     const std::uint8_t want = tag(kind);
     for (std::uintptr_t slot = (lo + kSlotSize - 1) >> kSlotShift; slot < end;) {
+#if !defined(__SANITIZE_THREAD__)
+      // Eight slots in one relaxed load. (TSan would take this load and set()'s byte stores
+      // for a race, since it models atomics of one size: its builds read byte by byte.)
       if ((slot & 7) == 0 && slot + 8 <= end) {
-        std::uint64_t word;  // eight slots; relaxed reads, like contains()
-        __builtin_memcpy(&word, reinterpret_cast<const void*>(&kinds_[slot]), sizeof word);
-        if (word == 0) {
+        const auto* word = reinterpret_cast<const std::uint64_t*>(&kinds_[slot]);
+        if (__atomic_load_n(word, __ATOMIC_RELAXED) == 0) {
           slot += 8;
           continue;
         }
       }
+#endif
       if (kinds_[slot].load(std::memory_order_relaxed) == want) fn(slot << kSlotShift);
       ++slot;
     }
@@ -64,7 +67,9 @@ class ArenaMap {
   void set(SlotKind kind, const void* p, std::size_t size, bool on) noexcept;
 
  private:
-  static std::uint8_t tag(SlotKind kind) noexcept { return static_cast<std::uint8_t>(kind) + 1; }
+  static std::uint8_t tag(SlotKind kind) noexcept {
+    return static_cast<std::uint8_t>(kind) + 1;
+  }
   // slot < limit_, as one compare with limit_ in memory. limit_ is an acquire load: it
   // publishes kinds_ (init() stores it last), so the asm clobbers memory to keep the compiler
   // from reading kinds_ before it; x86 orders the loads themselves.
