@@ -79,8 +79,10 @@
 //                      ones finalizers created
 //  10. clear           trace() each object once more, this time resetting every Ref it reports
 //                      (CPython's tp_clear), then free every object whose count is now zero:
-//                      destructors run with those members already null. DEBUG_SAVEALL instead
-//                      moves the unreachable into garbage().
+//                      destructors run with those members already null, and the blocks go back
+//                      to the allocator 256 at a time (tm_free_batch: one entry into the
+//                      thread's heap per batch, one ownership check per pool, instead of both
+//                      per block). DEBUG_SAVEALL instead moves the unreachable into garbage().
 //  11. uncollectable   legacy objects still alive after 10 go to garbage()
 //
 // Automatic collection follows CPython's thresholds: generation 0 is collected when the count of
@@ -175,8 +177,8 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
 // may dip below zero until the edges into them from later objects have all been counted.
 // The same pass records those edges (Heap::edges), so that marking reachability reads a
 // compact array instead of calling every object's trace() a second time. Returns whether the
-// edges were recorded.
-bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
+// edges were recorded; `flags` gets the union of the scanned objects' slot flags.
+bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintptr_t& flags) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
   heap.gc_refs.reserve_fresh(n);
@@ -192,6 +194,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Tracer subtracter = TracerAccess::subtracter(
       refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
+  std::uintptr_t all_flags = 0;
   std::uint32_t i = 0;
   while (i < n) {
     // The table in contiguous runs (its chunks), or the whole detached list.
@@ -200,6 +203,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
         scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
     if (scan.base == kDetached || len > n - i) len = n - i;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
+      all_flags |= *words;
       Object* o = object_of(*words);
       std::uint32_t count = Access::refcount(o) - discount;
       refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
@@ -213,6 +217,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
       }
     }
   }
+  flags = all_flags;
   if (!recording) return false;
   start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
   return true;
@@ -355,7 +360,8 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 // Step 8: objects a finalizer or callback made reachable again go back to the table.
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
-  const bool edges = subtract_internal_refs(scan, 1);  // 1: the collection's own hold
+  std::uintptr_t flags;
+  const bool edges = subtract_internal_refs(scan, 1, flags);  // 1: the collection's own hold
   mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
@@ -536,15 +542,20 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   const Scan scan{&heap, base, heap.table.size() - base};
   PhaseTimes phases;
   phases.mark();
-  const bool edges = subtract_internal_refs(scan, 0);
+  std::uintptr_t scan_flags;  // union of the flags of every object scanned
+  const bool edges = subtract_internal_refs(scan, 0, scan_flags);
   phases.mark();
   const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
   phases.mark();
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
-  std::uintptr_t candidate_flags = 0;  // union of the flags of the unreachable, legacy or not
-  if (n_unreachable != 0) {
+  // The union of the flags of the unreachable (legacy or not) decides below whether user code
+  // can run before the cycles are broken; when no object of the scan has any of those flags
+  // (the common case), neither needs a pass over the unreachable.
+  constexpr std::uintptr_t kNeedsCare = kHasWeakRefs | kHasFinalizer | kLegacy;
+  std::uintptr_t candidate_flags = 0;
+  if (n_unreachable != 0 && (scan_flags & kNeedsCare)) {
     std::uint32_t top = 0;
     heap.worklist.clear();
     if (edges) heap.index_stack.reserve_fresh(scan.n);
@@ -577,8 +588,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // not yet, as in step 10; to a survivor, which is reachable, so something outside the
   // garbage holds a count on it and its count stays positive. References to objects outside
   // the scan are released once the table is consistent again.
-  const bool clear_now = n_unreachable != 0 &&
-                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer | kLegacy)) &&
+  const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   std::vector<Object*> outside;
   Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
