@@ -498,8 +498,8 @@ class PhaseTimes {
     auto faults = [&](int k) { return faults_[k + 1] - faults_[k]; };
     std::fprintf(stderr,
                  "gc phases: generation %d, %u objects: subtract %.2f mark %.2f partition %.2f "
-                 "user %.2f free %.2f ns per object; page faults: subtract %ld mark %ld "
-                 "partition %ld user %ld free %ld\n",
+                 "user %.2f free %.2f ns per object; page faults: subtract_faults=%ld "
+                 "mark_faults=%ld partition_faults=%ld user_faults=%ld free_faults=%ld\n",
                  generation, n, per(0), per(1), per(2), per(3), per(4), faults(0), faults(1),
                  faults(2), faults(3), faults(4));
   }
