@@ -117,6 +117,21 @@ void free_sized_not_small(void* p, std::size_t size, std::size_t alignment,
   large_free_sized(p, size, alignment);
 }
 
+void free_batch(void* const* blocks, std::size_t n, const char* call) noexcept {
+#if TRIMALLOC_VALGRIND
+  // Memcheck's layer keeps its own record of every block: one vg_free each.
+  for (std::size_t i = 0; i < n; ++i) vg_free(blocks[i], call);
+#else
+  std::size_t i = 0;
+  while (i < n) {
+    // The hardened build's frees all go through the quarantine, one by one.
+    if constexpr (!kSecure) i = small_free_run(blocks, i, n, call);
+    if (i == n) break;
+    raw_free(blocks[i++], call);  // large, another thread's pool, null, or to be reported
+  }
+#endif
+}
+
 void* malloc_zero() noexcept {
   return raw_malloc(1);
 }
@@ -190,6 +205,10 @@ void tm_free_sized(void* p, size_t size) {
 
 void tm_free_aligned_sized(void* p, size_t alignment, size_t size) {
   free_sized_impl(p, size, alignment, "free_aligned_sized");
+}
+
+void tm_free_batch(void* const* blocks, size_t n) {
+  free_batch(blocks, n, "free_batch");
 }
 
 void* tm_aligned_alloc(size_t alignment, size_t size) {

@@ -94,6 +94,11 @@ void free_sized_not_small(void* p, std::size_t size, std::size_t alignment,
   free_sized_not_small(p, size, alignment, call);
 }
 
+// tm_free_batch: free() of each block in order, entering the thread's heap once per run of
+// small blocks it owns (small_free_run); everything else, and every block in the hardened and
+// valgrind builds, the ordinary way. Messages name `call`.
+void free_batch(void* const* blocks, std::size_t n, const char* call) noexcept;
+
 #if TRIMALLOC_VALGRIND
 void* vg_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept;
 void vg_free(void* p, const char* call) noexcept;

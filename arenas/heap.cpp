@@ -103,6 +103,51 @@ void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept {
   heap->free_local(pool, b);
 }
 
+std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
+                           const char* call) noexcept {
+  ThreadHeap* heap = tl_thread.heap;
+  // The pool of the previous block: a block in the same pool (the common case for blocks
+  // allocated in sequence) is known to be small and this heap's, so the arena-map lookup and
+  // the owner check are made once per pool, not per block. Only the slow path of a free can
+  // hand the pool on (release it to its arena), and visitors stay out while we are entered.
+  std::uintptr_t run_pool = 1;  // no pool index: 1 is never a block's pool number
+  Pool* pool = nullptr;
+  heap->enter();
+  for (; i < n; ++i) {
+    void* p = blocks[i];
+    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p);
+    if ((address >> kPoolShift) != run_pool) {
+      if (!small_owns(p)) break;  // large, foreign or null: the caller's ordinary free
+      pool = pool_of(p);
+      if (!relaxed_equals(pool->owner, heap)) break;  // a remote free
+      run_pool = address >> kPoolShift;
+    }
+    Block* b = static_cast<Block*>(p);
+    const std::uintptr_t offset = address & (kPoolSize - 1);
+    if constexpr (kChecks) {
+      if (__builtin_expect(!is_block_start_below_dormant(pool, offset), 0)) {
+        // Aborts, or frees a live block above a released page; nested inside our entry (as
+        // for small_free_suspect below). Its slow path may have handed the pool on.
+        small_free_rejected(pool, b, call, 0);
+        run_pool = 1;
+        continue;
+      }
+      const std::uintptr_t mark = free_mark(pool);
+      if (__builtin_expect(b->mark == mark, 0)) {
+        // Confirms the double free and aborts, or frees a block that merely held this word.
+        // Nested inside our entry, so it never waits for a visitor, and it leaves only its own.
+        small_free_suspect(pool, b, call);
+        run_pool = 1;
+        continue;
+      }
+      b->mark = mark;
+    }
+    if (__builtin_expect(!heap->free_local_in_batch(pool, b), 0)) run_pool = 1;
+  }
+  heap->leave();
+  return i;
+}
+
 void ThreadHeap::wait_for_visitor() noexcept {
   // Step out (busy = 0) so the visitor can finish, then step in again exactly as enter() does.
   do {

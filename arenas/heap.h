@@ -144,6 +144,22 @@ class ThreadHeap {
     leave();
   }
 
+  // free_local() for small_free_run(): the same, but the heap stays entered, so that a batch
+  // of frees enters and leaves once. Returns false if the slow path ran (it may have released
+  // the pool to its arena), so that the caller checks the next block's pool afresh.
+  bool free_local_in_batch(Pool* pool, Block* b) noexcept {
+    b->link = encode_link(pool, pool->free);
+    pool->free = b;
+    if (__builtin_expect(used_decrement_is_empty_or_parked(pool), 0)) {
+      if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
+          avail_[pool->size_class].head == pool)
+        return true;
+      free_slow(pool);
+      return false;
+    }
+    return true;
+  }
+
   // Called by a remote freer that owns a pool's notification (pool.cpp).
   void push_notified(Pool* pool) noexcept;
 
@@ -344,6 +360,14 @@ inline void small_free(void* p, const char* call) noexcept {
 inline void small_free_sized(void* p, const char* call, std::size_t sized_block) noexcept {
   small_free_impl<true>(p, call, sized_block);
 }
+
+// tm_free_batch's engine part: frees blocks[i], blocks[i + 1], ... as small_free() would, while
+// they are small blocks of pools this thread's heap owns, entering the heap once for all of
+// them. Returns the index of the first block it did not free (n when it freed them all); the
+// caller frees that one the ordinary way (a large block, another thread's pool, a foreign
+// pointer) and calls again. The checks and messages are small_free()'s.
+std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
+                           const char* call) noexcept;
 
 inline std::size_t small_usable_size(const void* p, const char* call) noexcept {
   return checked_pool(p, call)->block_size;

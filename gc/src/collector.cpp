@@ -79,8 +79,10 @@
 //                      ones finalizers created
 //  10. clear           trace() each object once more, this time resetting every Ref it reports
 //                      (CPython's tp_clear), then free every object whose count is now zero:
-//                      destructors run with those members already null. DEBUG_SAVEALL instead
-//                      moves the unreachable into garbage().
+//                      destructors run with those members already null, and the blocks go back
+//                      to the allocator 256 at a time (tm_free_batch: one entry into the
+//                      thread's heap per batch, one ownership check per pool, instead of both
+//                      per block). DEBUG_SAVEALL instead moves the unreachable into garbage().
 //  11. uncollectable   legacy objects still alive after 10 go to garbage()
 //
 // Automatic collection follows CPython's thresholds: generation 0 is collected when the count of
@@ -97,6 +99,12 @@
 #include <new>
 #include <stdexcept>
 #include <utility>
+
+#ifdef TRIMALLOC_GC_PHASE_TIMES
+#include <sys/resource.h>
+#endif
+
+#include <trimalloc/trimalloc.h>
 
 #include "heap.hpp"
 
@@ -169,8 +177,8 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
 // may dip below zero until the edges into them from later objects have all been counted.
 // The same pass records those edges (Heap::edges), so that marking reachability reads a
 // compact array instead of calling every object's trace() a second time. Returns whether the
-// edges were recorded.
-bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
+// edges were recorded; `flags` gets the union of the scanned objects' slot flags.
+bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintptr_t& flags) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
   heap.gc_refs.reserve_fresh(n);
@@ -186,6 +194,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
   Tracer subtracter = TracerAccess::subtracter(
       refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
+  std::uintptr_t all_flags = 0;
   std::uint32_t i = 0;
   while (i < n) {
     // The table in contiguous runs (its chunks), or the whole detached list.
@@ -194,6 +203,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
         scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
     if (scan.base == kDetached || len > n - i) len = n - i;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
+      all_flags |= *words;
       Object* o = object_of(*words);
       std::uint32_t count = Access::refcount(o) - discount;
       refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
@@ -207,6 +217,7 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount) {
       }
     }
   }
+  flags = all_flags;
   if (!recording) return false;
   start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
   return true;
@@ -328,7 +339,8 @@ void ignore_edge(Tracer&, Object*) {}
 // Steps 6 and 9. Returns whether any callback was due (user code may have run).
 bool handle_weakrefs(Heap& heap, bool callbacks_only) {
   std::vector<WeakRecord*> due;
-  for (std::uintptr_t& word : heap.unreachable) {
+  for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
+    const std::uintptr_t word = heap.unreachable[i];
     if (!(word & kHasWeakRefs)) continue;
     std::vector<WeakRecord*> taken = take_weakrefs(heap, object_of(word), callbacks_only);
     due.insert(due.end(), taken.begin(), taken.end());
@@ -338,7 +350,7 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
   // would run on behalf of an object that is about to vanish (CPython skips those too). We know
   // it is one when the unreachable object's trace() reports it.
   Tracer tracer = TracerAccess::visitor(ignore_edge, note_weak_held_by_garbage, nullptr);
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+  for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
     Access::trace(object_of(heap.unreachable[i]), tracer);
   }
   run_weak_callbacks(due);
@@ -348,7 +360,8 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 // Step 8: objects a finalizer or callback made reachable again go back to the table.
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
-  const bool edges = subtract_internal_refs(scan, 1);  // 1: the collection's own hold
+  std::uintptr_t flags;
+  const bool edges = subtract_internal_refs(scan, 1, flags);  // 1: the collection's own hold
   mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
@@ -363,7 +376,7 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
       ++kept;
     }
   }
-  heap.unreachable.resize(kept);
+  heap.unreachable.truncate(kept);
 }
 
 // The clear pass's visitor, for references to objects outside the garbage: it owns the
@@ -372,42 +385,67 @@ void take_reference(Tracer& t, Object* target) {
   static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
-// Frees a garbage object whose count is zero and whose own Refs have been cleared, inside
-// free_garbage's destroy pass.
-void destroy_garbage(Heap& heap, Object* o, std::uintptr_t word) {
-  if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
-    release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
-    return;
+// The blocks of destroyed garbage, freed together with tm_free_batch: the allocator then
+// enters the thread's heap once per batch and checks ownership once per pool instead of once
+// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
+// a destructor can see: the object is gone either way.
+class BlockBatch {
+ public:
+  BlockBatch() = default;
+  BlockBatch(const BlockBatch&) = delete;
+  BlockBatch& operator=(const BlockBatch&) = delete;
+  ~BlockBatch() { flush(); }
+  void add(void* block) noexcept {
+    blocks_[n_++] = block;
+    if (n_ == kSize) flush();
   }
-  // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads again:
-  // the caller has passed it, and find_word() stops at the untracked slot.
-  Access::slot(o) = kUntracked;
-  if (heap.count[0] > 0) --heap.count[0];
-  heap.destroy_in_pass(o);
-}
+  void flush() noexcept {
+    tm_free_batch(blocks_, n_);
+    n_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t kSize = 256;
+  void* blocks_[kSize];
+  std::size_t n_ = 0;
+};
 
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
 // are cleared), so destructors run with those members already null. Whatever is still
 // referenced (by a Ref that trace() does not report) survives like any live object.
 // Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
-// entry, which this pass skips.
+// entry, which this pass skips. Nothing adds entries meanwhile (no collection starts inside
+// this one), so the list's size is read once.
 void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
-    std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
-    if (word == 0) continue;
-    Object* o = object_of(word);
-    if (Access::refcount(o) == 0) {
-      destroy_garbage(heap, o, word);
-    } else {
-      heap.reattach(o, word, survivor_segment);
+  std::size_t freed = 0;
+  {
+    BlockBatch batch;
+    const std::uint32_t n = heap.unreachable.size();
+    for (std::uint32_t i = 0; i < n; ++i) {
+      std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
+      if (word == 0) continue;
+      Object* o = object_of(word);
+      if (Access::refcount(o) != 0) {
+        heap.reattach(o, word, survivor_segment);
+      } else if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
+        release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
+      } else {
+        // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads
+        // again: this pass has passed it, and find_word() stops at the untracked slot. The
+        // allocation count goes down once for all of them, below.
+        Access::slot(o) = kUntracked;
+        ++freed;
+        if (void* block = heap.destruct_in_pass(o)) batch.add(block);
+      }
     }
   }
+  heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
-  heap.unreachable.clear();
+  heap.unreachable.truncate(0);
   if (heap.unreachable.capacity() > kKeepScratch &&
       heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
-    std::vector<std::uintptr_t>().swap(heap.unreachable);
+    heap.unreachable.release();
   }
 }
 
@@ -416,17 +454,18 @@ void free_garbage(Heap& heap, int survivor_segment) {
 // is released right after that object's trace() returns.
 void delete_garbage(Heap& heap, int survivor_segment) {
   if (heap.debug & DEBUG_SAVEALL) {
-    for (std::uintptr_t word : heap.unreachable) {
+    for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
+      const std::uintptr_t word = heap.unreachable[i];
       Object* o = object_of(word);
       heap.reattach(o, word, survivor_segment);
       heap.garbage.push_back(Ref<Object>(o));
     }
-    heap.unreachable.clear();
+    heap.unreachable.truncate(0);
     return;
   }
   std::vector<Object*> outside;
   Tracer clearer = TracerAccess::clearer(take_reference, &outside);
-  for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+  for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
     if (heap.unreachable[i] == 0) continue;
     Access::trace(object_of(heap.unreachable[i]), clearer);
     if (outside.empty()) continue;
@@ -446,20 +485,29 @@ class PhaseTimes {
   void mark() noexcept {
     timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    if (count_ < kMax) at_[count_++] = static_cast<double>(ts.tv_sec) * 1e9 + ts.tv_nsec;
+    rusage usage;
+    getrusage(RUSAGE_THREAD, &usage);
+    if (count_ < kMax) {
+      faults_[count_] = usage.ru_minflt + usage.ru_majflt;
+      at_[count_++] = static_cast<double>(ts.tv_sec) * 1e9 + ts.tv_nsec;
+    }
   }
   void print(int generation, std::uint32_t n) const noexcept {
     if (n < kPhaseTimesMin || count_ != kMax) return;
     auto per = [&](int k) { return (at_[k + 1] - at_[k]) / n; };
+    auto faults = [&](int k) { return faults_[k + 1] - faults_[k]; };
     std::fprintf(stderr,
                  "gc phases: generation %d, %u objects: subtract %.2f mark %.2f partition %.2f "
-                 "user %.2f free %.2f ns per object\n",
-                 generation, n, per(0), per(1), per(2), per(3), per(4));
+                 "user %.2f free %.2f ns per object; page faults: subtract_faults=%ld "
+                 "mark_faults=%ld partition_faults=%ld user_faults=%ld free_faults=%ld\n",
+                 generation, n, per(0), per(1), per(2), per(3), per(4), faults(0), faults(1),
+                 faults(2), faults(3), faults(4));
   }
 
  private:
   static constexpr int kMax = 6;
   double at_[kMax] = {};
+  long faults_[kMax] = {};
   int count_ = 0;
 };
 #else
@@ -494,15 +542,20 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   const Scan scan{&heap, base, heap.table.size() - base};
   PhaseTimes phases;
   phases.mark();
-  const bool edges = subtract_internal_refs(scan, 0);
+  std::uintptr_t scan_flags;  // union of the flags of every object scanned
+  const bool edges = subtract_internal_refs(scan, 0, scan_flags);
   phases.mark();
   const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
   phases.mark();
   std::int32_t* refs = heap.gc_refs.data();
 
   // Step 4: legacy finalizers make their whole unreachable neighbourhood uncollectable.
-  std::uintptr_t candidate_flags = 0;  // union of the flags of the unreachable, legacy or not
-  if (n_unreachable != 0) {
+  // The union of the flags of the unreachable (legacy or not) decides below whether user code
+  // can run before the cycles are broken; when no object of the scan has any of those flags
+  // (the common case), neither needs a pass over the unreachable.
+  constexpr std::uintptr_t kNeedsCare = kHasWeakRefs | kHasFinalizer | kLegacy;
+  std::uintptr_t candidate_flags = 0;
+  if (n_unreachable != 0 && (scan_flags & kNeedsCare)) {
     std::uint32_t top = 0;
     heap.worklist.clear();
     if (edges) heap.index_stack.reserve_fresh(scan.n);
@@ -535,35 +588,46 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // not yet, as in step 10; to a survivor, which is reachable, so something outside the
   // garbage holds a count on it and its count stays positive. References to objects outside
   // the scan are released once the table is consistent again.
-  const bool clear_now = n_unreachable != 0 &&
-                         !(candidate_flags & (kHasWeakRefs | kHasFinalizer | kLegacy)) &&
+  const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   std::vector<Object*> outside;
   Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
   std::vector<Ref<Object>> uncollectable;
-  heap.unreachable.clear();
+  heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();
   if (n_unreachable != 0) {
-    heap.unreachable.reserve(n_unreachable);
+    // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
+    // once at the end.
+    std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
+    std::uint32_t n_detached = 0;
     kept = base;
-    for (std::uint32_t i = 0; i < scan.n; ++i) {
-      std::uintptr_t word = heap.table[base + i];
-      if (!marked(refs[i])) {
-        unreachable_flags |= word;
-        Object* o = object_of(word);
-        Access::slot(o) = kDetached | static_cast<std::uint32_t>(heap.unreachable.size());
-        heap.unreachable.push_back(word);
-        if (clear_now) Access::trace(o, clearer);
-        continue;
+    std::uint32_t i = 0;
+    while (i < scan.n) {
+      // The table in contiguous runs (its chunks); survivors are written back behind the read
+      // position, never ahead of it.
+      std::uint32_t len;
+      const std::uintptr_t* words = heap.table.run(base + i, len);
+      if (len > scan.n - i) len = scan.n - i;
+      for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
+        const std::uintptr_t word = *words;
+        if (!marked(refs[i])) {
+          unreachable_flags |= word;
+          Object* o = object_of(word);
+          Access::slot(o) = kDetached | n_detached;
+          detached[n_detached++] = word;
+          if (clear_now) Access::trace(o, clearer);
+          continue;
+        }
+        if (kept != base + i) {
+          heap.table[kept] = word;
+          Access::slot(object_of(word)) = kept;
+        }
+        ++kept;
+        if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
       }
-      if (kept != base + i) {
-        heap.table[kept] = word;
-        Access::slot(object_of(word)) = kept;
-      }
-      ++kept;
-      if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
     }
+    heap.unreachable.set_size(n_detached);
     heap.table.truncate(kept);
   }
   const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;
@@ -585,7 +649,9 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
 
   phases.mark();
   if (heap.debug & DEBUG_COLLECTABLE) {
-    for (std::uintptr_t word : heap.unreachable) print_object_line("collectable", object_of(word));
+    for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
+      print_object_line("collectable", object_of(heap.unreachable[i]));
+    }
   }
 
   // Steps 6-8 run user code (weak reference callbacks, finalizers), and only they do until the
@@ -594,11 +660,13 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // collection holds a reference to each unreachable object, so that none is freed under it.
   const bool holding = unreachable_flags & (kHasWeakRefs | kHasFinalizer);
   if (holding) {
-    for (std::uintptr_t word : heap.unreachable) ++Access::refcount(object_of(word));
+    for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
+      ++Access::refcount(object_of(heap.unreachable[i]));
+    }
   }
   bool user_code_ran = (unreachable_flags & kHasWeakRefs) && handle_weakrefs(heap, true);
   if (unreachable_flags & kHasFinalizer) {
-    for (std::size_t i = 0; i < heap.unreachable.size(); ++i) {
+    for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
       std::uintptr_t& word = heap.unreachable[i];
       if ((word & (kHasFinalizer | kFinalized)) != kHasFinalizer) continue;
       word |= kFinalized;
@@ -613,7 +681,9 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   if (holding) {
     // A count may reach zero here (a finalizer dropped the last reference to one of them);
     // delete_garbage frees such an object after clearing its Refs, like any other.
-    for (std::uintptr_t word : heap.unreachable) --Access::refcount(object_of(word));
+    for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
+      --Access::refcount(object_of(heap.unreachable[i]));
+    }
   }
 
   // Step 10.

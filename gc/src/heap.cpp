@@ -167,16 +167,6 @@ void Heap::destroy(Object* o) noexcept {
   end_destroy_pass();
 }
 
-void Heap::destroy_in_pass(Object* o) noexcept {
-  // Inside the pass's frame: one level deep, as destroy() would be, unless the pass itself
-  // runs inside deeply nested destructions.
-  if (destroy_depth > kTrashcanDepth) {
-    deferred_destroy.push_back(o);
-    return;
-  }
-  Access::destroy(o);
-}
-
 void Heap::end_destroy_pass() noexcept {
   if (destroy_depth == 1) {
     while (!deferred_destroy.empty()) {

@@ -87,6 +87,34 @@ class ScratchArray {
   std::size_t size_ = 0;
 };
 
+// The detached list (Heap::unreachable): slot words, like a std::vector whose growth does not
+// zero-fill, so that the partition pass writes each entry once, through a pointer.
+class WordList {
+ public:
+  std::uint32_t size() const noexcept { return size_; }
+  std::size_t capacity() const noexcept { return words_.size(); }
+  std::uintptr_t* data() noexcept { return words_.data(); }
+  std::uintptr_t& operator[](std::uint32_t i) noexcept { return words_.data()[i]; }
+  std::uintptr_t* begin() noexcept { return data(); }
+  std::uintptr_t* end() noexcept { return data() + size_; }
+  // Room for n entries, to be written through data(), then counted with set_size().
+  std::uintptr_t* reserve_fresh(std::size_t n) {
+    size_ = 0;
+    words_.reserve_fresh(n);
+    return data();
+  }
+  void set_size(std::uint32_t n) noexcept { size_ = n; }
+  void truncate(std::uint32_t n) noexcept { size_ = n; }
+  void release() noexcept {
+    words_.release();
+    size_ = 0;
+  }
+
+ private:
+  ScratchArray<std::uintptr_t> words_;
+  std::uint32_t size_ = 0;
+};
+
 // The table is cut into four segments, oldest first, so that "generation k and every younger
 // one" is always one contiguous suffix of the table:
 //   [0, begin[1])          permanent generation (freeze())
@@ -104,7 +132,7 @@ struct Heap {
 
   // Objects a running collection found unreachable (slot words, flags included), detached from
   // the table so that user code run by the collection cannot move them around.
-  std::vector<std::uintptr_t> unreachable;
+  WordList unreachable;
 
   bool enabled = true;
   bool collecting = false;
@@ -162,11 +190,21 @@ struct Heap {
   void move_to_segment(std::uint32_t index, int segment) noexcept;
   void destroy(Object* o) noexcept;
   // A pass that destroys many objects opens one trashcan frame around all of them
-  // (begin_destroy_pass), destroys each with destroy_in_pass, and closes it (end_destroy_pass,
+  // (begin_destroy_pass), destroys each with destruct_in_pass, and closes it (end_destroy_pass,
   // which runs what nested destructions queued once the outermost frame closes). The same
   // bound on nesting as destroy() per object, without its bookkeeping per object.
   void begin_destroy_pass() noexcept { ++destroy_depth; }
-  void destroy_in_pass(Object* o) noexcept;
+  // Runs o's destructor and returns its block, still allocated, for the caller to free
+  // (tm_free_batch); or queues o and returns null when the pass itself runs inside deeply
+  // nested destructions.
+  void* destruct_in_pass(Object* o) noexcept {
+    // Inside the pass's frame: one level deep, as destroy() would be.
+    if (destroy_depth > kTrashcanDepth) [[unlikely]] {
+      deferred_destroy.push_back(o);
+      return nullptr;
+    }
+    return Access::destruct(o);
+  }
   void end_destroy_pass() noexcept;
 };
 

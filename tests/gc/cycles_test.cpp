@@ -354,6 +354,69 @@ TEST_F(CyclesTest, ChainReleasedByAGarbageDestructorDoesNotRecurseDeeply) {
   EXPECT_TRUE(gc::get_objects().empty());
 }
 
+// The free pass frees the blocks of garbage in batches (tm_free_batch): small blocks of many
+// pools and classes, and blocks above the pools' largest class, which come from the large
+// allocator. Every destructor runs once, and the memory is reused afterwards.
+namespace {
+struct BigNode : Node {
+  char payload[3000];
+};
+struct MidNode : Node {
+  char payload[200];
+};
+}  // namespace
+
+TEST_F(CyclesTest, GarbageOfSmallAndLargeBlocksIsFreedInBatches) {
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 2000; ++i) {
+      gc::Ref<Node> a = i % 3 == 0   ? gc::Ref<Node>(gc::make<BigNode>())
+                        : i % 3 == 1 ? gc::Ref<Node>(gc::make<MidNode>())
+                                     : gc::make<Node>();
+      gc::Ref<Node> b = gc::make<Node>();
+      a->next = b;
+      b->next = a;
+    }
+    EXPECT_EQ(live_nodes, 4000);
+    EXPECT_EQ(gc::collect(), 4000u);
+    EXPECT_EQ(live_nodes, 0);
+    EXPECT_TRUE(gc::get_objects().empty());
+  }
+}
+
+// A collection that starts inside deeply nested destructions: its free pass runs past the
+// trashcan's depth, so it queues the garbage instead of destroying it, and the outermost
+// destruction frees it. Each node of a chain released by counting makes a garbage cycle and
+// collects it from its destructor, at every depth from 1 to past the trashcan's limit.
+namespace {
+struct CollectingNode : Node {
+  ~CollectingNode() override {
+    gc::Ref<Node> a = gc::make<Node>(), b = gc::make<Node>();
+    a->next = b;
+    b->next = a;
+    a = nullptr;
+    b = nullptr;
+    collected += gc::collect();
+  }
+  static inline std::size_t collected = 0;
+};
+}  // namespace
+
+TEST_F(CyclesTest, CollectionInsideDeeplyNestedDestructionFreesItsGarbage) {
+  constexpr int kNodes = 120;  // beyond the trashcan's 50 nested destructions
+  CollectingNode::collected = 0;
+  {
+    gc::Ref<Node> head = gc::make<CollectingNode>();
+    Node* tail = head.get();
+    for (int i = 1; i < kNodes; ++i) {
+      tail->next = gc::make<CollectingNode>();
+      tail = tail->next.get();
+    }
+  }
+  EXPECT_EQ(CollectingNode::collected, 2u * kNodes);
+  EXPECT_EQ(live_nodes, 0);
+  EXPECT_TRUE(gc::get_objects().empty());
+}
+
 TEST_F(CyclesTest, DebugSaveAllKeepsUnreachableInGarbage) {
   gc::set_debug(gc::DEBUG_SAVEALL);
   {

@@ -111,6 +111,17 @@ static int use_after_free(size_t size, size_t at) {
   return peek(p, at) == 42; /* at 0: where trimalloc keeps its free-list link */
 }
 
+/* A block freed by tm_free_batch among others: memcheck must see it freed like any other. */
+static int use_after_batch_free(void) {
+  void* blocks[40];
+  for (int i = 0; i < 40; ++i) blocks[i] = ours(M(i == 20 ? 40 : (size_t)(i * 29 % 700) + 1));
+  memset(blocks[20], 7, 40);
+  tm_free_batch(blocks, 40);
+  puts("planted");
+  fflush(stdout);
+  return peek(blocks[20], 8) == 42;
+}
+
 /* noinline: the leak report must name this function as the allocation site. */
 __attribute__((noinline)) void* leak_small_here(void) {
   return ours(M(77));
@@ -187,6 +198,14 @@ static int clean(void) {
   if (pthread_create(&t, NULL, freer, NULL) != 0) return 2;
   pthread_join(t, NULL);
   for (int i = 0; i < 300; ++i) F(ours(M(16))); /* pools that received remote frees */
+  void* batch[600];
+  for (int i = 0; i < 600; ++i) {
+    batch[i] = ours(M((size_t)(i % 40) * 13 + 1 + (i % 100 == 0 ? 9000 : 0)));
+    memset(batch[i], 5, 1);
+  }
+  F(batch[7]);
+  batch[7] = NULL;
+  tm_free_batch(batch, 600); /* small, large and null, many per pool */
   tm_trim(TM_TRIM_ALL);
   char* d = ours(M(32));
   strcpy(d, "after trim");
@@ -206,10 +225,11 @@ int main(int argc, char** argv) {
   if (!strcmp(c, "uninitialised")) return uninitialised();
   if (!strcmp(c, "uaf_small")) return use_after_free(40, 0);
   if (!strcmp(c, "uaf_large")) return use_after_free(50000, 0);
+  if (!strcmp(c, "uaf_batch")) return use_after_batch_free();
   if (!strcmp(c, "leak")) return leak();
   if (!strcmp(c, "clean")) return clean();
   fprintf(stderr,
           "usage: vg_cases overrun_small|overrun_small_exact|overrun_large|underrun_large|\n"
-          "                double_free|uninitialised|uaf_small|uaf_large|leak|clean\n");
+          "                double_free|uninitialised|uaf_small|uaf_large|uaf_batch|leak|clean\n");
   return 2;
 }

@@ -42,6 +42,12 @@ TM_API void tm_free(void* p);
 /* C23 free_sized / free_aligned_sized: `size` must be the size that was requested. */
 TM_API void tm_free_sized(void* p, size_t size);
 TM_API void tm_free_aligned_sized(void* p, size_t alignment, size_t size);
+/* Frees blocks[0], ..., blocks[n - 1], in that order, exactly as n calls of tm_free would (NULL
+ * entries are skipped; a foreign pointer or a double free, also of a block twice in one batch,
+ * aborts naming "free_batch" and the address). Faster for many small blocks of the calling
+ * thread: its heap is entered once, and blocks of one pool are checked against the thread's
+ * ownership once. Any block tm_free accepts may be passed: large, aligned, other threads'. */
+TM_API void tm_free_batch(void* const* blocks, size_t n);
 /* `alignment` must be a power of two; aligned_alloc accepts any size (C17 DR 460). */
 TM_API void* tm_aligned_alloc(size_t alignment, size_t size);
 /* Returns 0, EINVAL (alignment not a power of two multiple of sizeof(void*)) or ENOMEM. */

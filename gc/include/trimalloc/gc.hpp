@@ -66,6 +66,11 @@ class Block final : public T {
   }
   const void* gc_hook_block() const noexcept override { return static_cast<const Block*>(this); }
   void gc_hook_destroy() noexcept override;
+  void* gc_hook_destruct() noexcept override {
+    void* block = static_cast<Block*>(this);
+    this->~Block();
+    return block;
+  }
 };
 
 void* allocate_block(std::size_t size, std::size_t alignment);

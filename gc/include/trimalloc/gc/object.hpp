@@ -70,6 +70,9 @@ class alignas(16) Object {
   virtual const detail::TypeInfo& gc_hook_type() const noexcept = 0;
   virtual const void* gc_hook_block() const noexcept = 0;
   virtual void gc_hook_destroy() noexcept = 0;
+  // Runs the destructor and returns the block, still allocated: the collector frees the blocks
+  // of a cycle's objects in batches (tm_free_batch).
+  virtual void* gc_hook_destruct() noexcept = 0;
 
   std::uint32_t refcount_ = 1;  // make<T>() owns the first reference and hands it to its Ref
   std::uint32_t slot_ = detail::kUntracked;
@@ -88,6 +91,7 @@ struct Access {
   static const TypeInfo& type(const Object* o) noexcept { return o->gc_hook_type(); }
   static const void* block(const Object* o) noexcept { return o->gc_hook_block(); }
   static void destroy(Object* o) noexcept { o->gc_hook_destroy(); }
+  static void* destruct(Object* o) noexcept { return o->gc_hook_destruct(); }
   static void finalize(Object* o) { o->finalize(); }
   static void trace(Object* o, Tracer& t) { o->trace(t); }
   template <class T>
