@@ -323,49 +323,16 @@ TEST(Decay, OffMeansOff) {
   for (void* p : keep) tm_free(p);
 }
 
-// Freed large blocks give back their address space too, not only their pages: once jemalloc's
-// decay hands the dirty extents back, every region left wholly free is unmapped. Checked on the
-// blocks' own pages (mincore fails on unmapped memory), not on VmSize, which the decay thread's
-// own start-up mappings can move by several MiB while the test runs.
-TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
-  ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
-  // 12 MiB of live small blocks make the heap worth a decay thread, so that the large blocks
-  // need no allocation after their frees to go back.
-  std::vector<void*> small;
-  for (int i = 0; i < 50000; ++i) small.push_back(tm_malloc(256));
-  std::vector<void*> blocks;
-  // Seven blocks of 1 MiB (each an extent of 1 MiB and a page): even merged, their free extents
-  // stay under the 8 MiB that jemalloc purges at once, so it is the decay that returns them.
-  for (int i = 0; i < 7; ++i) {
-    void* p = tm_malloc(1 << 20);
-    ASSERT_NE(p, nullptr);
-    std::memset(p, 1, 1 << 20);
-    blocks.push_back(p);
-  }
-  auto mapped = [&] {
-    std::size_t n = 0;
-    for (void* p : blocks) {
-      unsigned char v[2];
-      for (std::size_t off : {std::size_t{0}, (std::size_t{1} << 20) - 4096})
-        n += mincore(reinterpret_cast<void*>(page_of(static_cast<char*>(p) + off)), 4096, v) == 0;
-    }
-    return n;
-  };
-  ASSERT_EQ(mapped(), 2 * blocks.size());
-  for (void* p : blocks) tm_free(p);
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  std::size_t left;
-  while ((left = mapped()) > 0 && std::chrono::steady_clock::now() < until)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  EXPECT_EQ(left, 0u) << "of the freed blocks' first and last pages, " << left
-                      << " still mapped 5 s after the frees";
-  for (void* p : small) tm_free(p);
-}
-
-// The same through the sized free (C++'s sized delete, free_sized): every way a large block is
-// freed must wake a decay thread that sleeps with nothing to do, or its pages wait for some
-// other free to wake it. Here nothing else comes: the thread is seen asleep before the frees.
-TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
+namespace {
+// Makes the heap worth a decay thread (12 MiB of live small blocks, so that the large blocks
+// need no allocation after their frees to go back), then seven 1 MiB blocks (each an extent of
+// 1 MiB and a page: even merged, their free extents stay under the 8 MiB that jemalloc purges
+// at once, so it is the decay that returns them). Runs `before_frees`, frees each block with
+// `free_one`, and expects the blocks' first and last pages unmapped within 5 s (checked with
+// mincore, which fails on unmapped memory, not with VmSize, which the decay thread's own
+// start-up mappings can move by several MiB).
+template <typename BeforeFrees, typename FreeOne>
+void expect_large_blocks_unmapped(BeforeFrees before_frees, FreeOne free_one) {
   ASSERT_EQ(tm_option_set("decay_ms", 300), 0);
   std::vector<void*> small;
   small.reserve(50000);
@@ -378,17 +345,6 @@ TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
     std::memset(p, 1, 1 << 20);
     blocks.push_back(p);
   }
-  // Asleep with no timeout: no wake-up for 600 ms (a timed sleep is at most decay/4 = 75 ms).
-  auto asleep_until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  long wakeups = -1;
-  for (;;) {
-    long before = decay_thread_wakeups();
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));
-    wakeups = decay_thread_wakeups();
-    if (before >= 0 && wakeups == before) break;
-    ASSERT_LT(std::chrono::steady_clock::now(), asleep_until)
-        << "the decay thread never went to sleep (wake-ups: " << wakeups << ")";
-  }
   auto mapped = [&] {
     std::size_t n = 0;
     for (void* p : blocks) {
@@ -399,7 +355,8 @@ TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
     return n;
   };
   ASSERT_EQ(mapped(), 2 * blocks.size());
-  for (void* p : blocks) tm_free_sized(p, 1 << 20);
+  before_frees();
+  for (void* p : blocks) free_one(p);
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   std::size_t left;
   while ((left = mapped()) > 0 && std::chrono::steady_clock::now() < until)
@@ -407,6 +364,32 @@ TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
   EXPECT_EQ(left, 0u) << "of the freed blocks' first and last pages, " << left
                       << " still mapped 5 s after the frees";
   for (void* p : small) tm_free(p);
+}
+}  // namespace
+
+// Freed large blocks give back their address space too, not only their pages: once jemalloc's
+// decay hands the dirty extents back, every region left wholly free is unmapped.
+TEST(Decay, ReturnsTheAddressSpaceOfFreedLargeBlocksWithoutACall) {
+  expect_large_blocks_unmapped([] {}, [](void* p) { tm_free(p); });
+}
+
+// The same through the sized free (C++'s sized delete, free_sized): every way a large block is
+// freed must wake a decay thread that sleeps with nothing to do, or its pages wait for some
+// other free to wake it. Here nothing else comes: the thread is seen asleep before the frees.
+TEST(Decay, LargeBlocksFreedBySizeAlsoGoBackWithoutACall) {
+  auto wait_until_asleep = [] {
+    // Asleep with no timeout: no wake-up for 600 ms (a timed sleep is at most decay/4 = 75 ms).
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      long before = decay_thread_wakeups();
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));
+      long wakeups = decay_thread_wakeups();
+      if (before >= 0 && wakeups == before) return;
+      ASSERT_LT(std::chrono::steady_clock::now(), until)
+          << "the decay thread never went to sleep (wake-ups: " << wakeups << ")";
+    }
+  };
+  expect_large_blocks_unmapped(wait_until_asleep, [](void* p) { tm_free_sized(p, 1 << 20); });
 }
 
 // A thread that keeps allocating (so it is never visited) but frees nothing has nothing to give
