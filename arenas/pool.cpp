@@ -21,7 +21,7 @@ void check_list_end(const Pool* pool, const Block* block, std::uintptr_t next) n
 void pool_init(Pool* pool, unsigned cls, ThreadHeap* owner) noexcept {
   std::uint32_t size = static_cast<std::uint32_t>(class_block_size(cls));
   pool->free = nullptr;
-  pool->data_start = pool_data(pool);
+  pool->data_number = pool_data(pool) >> kPoolShift;
   set_block_geometry(pool, size);
   pool->used.store(0, std::memory_order_relaxed);
   pool->size_class = static_cast<std::uint8_t>(cls);

@@ -120,7 +120,9 @@ struct alignas(64) Pool {
   Pool* next;               // heap class list / abandoned list / (unused while free)
   Pool* prev;
   std::uint64_t freed_at_ms;  // when it went back to its arena dirty (decay; kFree pools only)
-  std::uintptr_t data_start;  // pool_data(pool), for decode_link()'s range check
+  // pool_data(pool) >> kPoolShift, for link_in_pool(). A number, not the address: memcheck
+  // would take the address for a pointer to the pool's first block and never report it lost.
+  std::uintptr_t data_number;
 
   // --- cache line 1: fixed while the pool is in use and read by every free, plus the remote
   // list. A thread freeing into another thread's pool touches only this line, so it does not
@@ -220,11 +222,11 @@ inline bool used_decrement_is_empty_or_parked(Pool* pool) noexcept {
 [[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
 // A decoded link outside the pool: the end of the list (0), or report_corrupt_free_list().
 void check_list_end(const Pool* pool, const Block* block, std::uintptr_t next) noexcept;
-// Does a decoded link point into the pool? One subtraction and one compare against line 0: the
+// Does a decoded link point into the pool? One shift and one compare against line 0: the
 // end of the list (0) fails it too and is told apart out of line (check_list_end), so that
 // malloc need not keep the key in a register to test for it.
 inline bool link_in_pool(const Pool* pool, std::uintptr_t next) noexcept {
-  return next - pool->data_start < kPoolSize;
+  return (next >> kPoolShift) == pool->data_number;
 }
 inline Block* decode_link(const Pool* pool, const Block* block) noexcept {
   if constexpr (!kChecks) return reinterpret_cast<Block*>(block->link);
