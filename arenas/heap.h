@@ -127,20 +127,23 @@ class ThreadHeap {
     visited_.store(0, std::memory_order_release);
   }
 
+  // Pushes a block this heap owns onto its pool's free list; true if the pool now needs
+  // free_slow(): it was parked full, or it is empty and not the class's sole available pool.
+  // The sole available pool stays, empty (see free_slow): a malloc/free loop around an empty
+  // heap lands on that test at every free, so it is decided without a call. (The whole `used`
+  // word is 0 only if the pool is empty and not parked.)
+  [[gnu::always_inline]] bool push_local(Pool* pool, Block* b) noexcept {
+    b->link = encode_link(pool, pool->free);
+    pool->free = b;
+    if (__builtin_expect(!used_decrement_is_empty_or_parked(pool), 1)) return false;
+    return !(pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
+             avail_[pool->size_class].head == pool);
+  }
+
   // Free of a block this heap owns, inside enter_fast()/visitor check; leaves. The caller has
   // already written the free mark into `b` (small_free does it while the mark is in a register).
   void free_local(Pool* pool, Block* b) noexcept {
-    b->link = encode_link(pool, pool->free);
-    pool->free = b;
-    if (__builtin_expect(used_decrement_is_empty_or_parked(pool), 0)) {
-      // The class's sole available pool stays, empty (see free_slow): a malloc/free loop around
-      // an empty heap lands here on every free, so it is decided without a call. (The whole
-      // word is 0 only if the pool is empty and not parked.)
-      if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
-          avail_[pool->size_class].head == pool)
-        return leave();
-      return free_slow_and_leave(pool);
-    }
+    if (__builtin_expect(push_local(pool, b), 0)) return free_slow_and_leave(pool);
     leave();
   }
 
@@ -148,12 +151,7 @@ class ThreadHeap {
   // of frees enters and leaves once. Returns false if the slow path ran (it may have released
   // the pool to its arena), so that the caller checks the next block's pool afresh.
   bool free_local_in_batch(Pool* pool, Block* b) noexcept {
-    b->link = encode_link(pool, pool->free);
-    pool->free = b;
-    if (__builtin_expect(used_decrement_is_empty_or_parked(pool), 0)) {
-      if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
-          avail_[pool->size_class].head == pool)
-        return true;
+    if (__builtin_expect(push_local(pool, b), 0)) {
       free_slow(pool);
       return false;
     }
