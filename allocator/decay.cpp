@@ -84,11 +84,13 @@ std::size_t large_decay() {
 // One decay pass; true if something is left that will need another pass later.
 bool decay_pass() {
   long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  // A raised purge-at-once threshold is work too: the thread must be awake to put it back.
+  const bool raised = large_oversize_expire(false);
   if (decay < 0) return false;
   DecayResult r = decay_small(static_cast<std::uint64_t>(decay));
   std::size_t large = large_decay();
   g_released.fetch_add(r.released + large, std::memory_order_relaxed);
-  return r.work_left || large_dirty_bytes() != 0;
+  return r.work_left || large_dirty_bytes() != 0 || raised;
 }
 
 // Live threads of the process: /proc/self/task entries whose state is not zombie or dead. (The
@@ -215,6 +217,15 @@ bool heap_is_big() {
 // Runs at a malloc slow path when a start was requested (see trim.h for why not in free).
 void on_maintenance() noexcept {
   g_maintenance_requested.store(false, std::memory_order_relaxed);
+  if (large_oversize_wanted()) {
+    // A big block kept for reuse must come back if nothing reuses it, also in a program that
+    // then goes idle: only with a decay thread. A heap that shrinks back to nothing at each
+    // free would otherwise never be "big" when this runs.
+    if (g_options.decay_ms.load(std::memory_order_relaxed) > 0 &&
+        g_options.background_thread.load(std::memory_order_relaxed))
+      start_thread();
+    large_oversize_apply(g_decay_started.load(std::memory_order_acquire));
+  }
   if (g_options.decay_ms.load(std::memory_order_relaxed) < 0) return;
   if (g_options.background_thread.load(std::memory_order_relaxed)) {
     if (!g_decay_started.load(std::memory_order_relaxed) && heap_is_big()) start_thread();
@@ -297,6 +308,8 @@ void decay_apply_to_large() noexcept {
   // purges no free extent at once either, whatever the arena's oversize threshold says.
   if (!large_init()) return;
   ssize_t ms = static_cast<ssize_t>(g_options.decay_ms.load(std::memory_order_relaxed));
+  // A block kept for reuse past the threshold relies on decay to come back: not with 0 or -1.
+  if (ms <= 0) large_oversize_expire(true);
   for (unsigned index : large_arena_indices()) {
     char name[64];
     std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", index);

@@ -60,6 +60,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -148,7 +149,8 @@ int g_growth_flags = 0;
 unsigned g_growth_index = 0;
 constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
 // A free extent of the main arena this big is purged at once: jemalloc's own default for its
-// "huge" arena, which trimalloc does not use.
+// "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
+// come back" below for when it rises.
 constexpr std::size_t kPurgeAtOnce = std::size_t{8} << 20;
 std::atomic<std::size_t> g_mapped{0};
 // What the hooks had mapped once both arenas existed: jemalloc's metadata for them (a 2 MiB
@@ -387,9 +389,75 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false)
   return p;
 }
 
+// --- big blocks that come back: the main arena's purge-at-once threshold ---
+//
+// A free extent of kPurgeAtOnce or more is purged at once, so that `del` of a big structure
+// gives its memory back without waiting for decay. But a program that frees a big buffer and
+// asks for one of the same size again (a 10 MiB request buffer, the collector's scratch arrays
+// at a million objects) then pays a page fault for every page at every round: 5.2 ms per round
+// for 10 MiB against glibc's 0.8 (bench/micro BM_big_buffer, docs/bench.md). glibc avoids it by
+// raising its mmap threshold to the size of each mmapped chunk freed, for good. Here the
+// evidence is narrower and the raise temporary:
+//   - the dalloc hook notes when the main arena last gave back an extent of kPurgeAtOnce or
+//     more, and its size;
+//   - when the alloc hook is asked for a new extent at least as big as the threshold, no
+//     bigger than that one, within decay_ms of it, the memory would have been kept had the
+//     block been below the threshold: the threshold is raised to twice the request (at most
+//     max_cached, at least kPurgeAtOnce), so that the next free leaves the extent dirty, for
+//     reuse, and decay returns it if nothing reuses it within decay_ms;
+//   - the decay thread, which stays awake (every decay_ms/4) while the threshold is raised,
+//     puts kPurgeAtOnce back once no raise has been asked for in kOversizeHoldDecays decay
+//     times. A program that keeps reusing its buffer (no mapping, so no new evidence) then pays
+//     one round of faults per hold, and a later one-off free is purged at once again.
+// Only with a decay thread and decay_ms > 0: without the thread nothing would return a kept
+// block in an idle program (the raise starts it if the heap has not yet), and decay_ms 0 or -1
+// mean "at once" and "never". The hooks run inside jemalloc, under its locks: they only note;
+// the threshold is changed by mallctl outside it, on the next allocation slow path
+// (g_maintenance_requested, decay.cpp's on_maintenance) or in the decay thread.
+constexpr long long kOversizeHoldDecays = 10;
+std::atomic<std::size_t> g_oversize{kPurgeAtOnce};   // the main arena's threshold now
+std::atomic<std::size_t> g_oversize_wanted{0};       // a raise the alloc hook asked for
+std::atomic<std::uint64_t> g_big_return_ms{0};       // the last big extent given back: when,
+std::atomic<std::size_t> g_big_return_size{0};       // and how big
+std::atomic<std::uint64_t> g_oversize_raised_ms{0};  // the last time a raise was asked for
+
+bool set_oversize(std::size_t threshold) noexcept {
+  char name[64];
+  std::snprintf(name, sizeof name, "arena.%u.oversize_threshold", g_arena_index);
+  if (tm_je_mallctl(name, nullptr, nullptr, &threshold, sizeof threshold) != 0) return false;
+  g_oversize.store(threshold, std::memory_order_relaxed);
+  return true;
+}
+
+// From hook_dalloc: the main arena gave back `size` bytes at once.
+void note_big_return(std::size_t size) noexcept {
+  g_big_return_size.store(size, std::memory_order_relaxed);
+  g_big_return_ms.store(now_ms(), std::memory_order_relaxed);
+}
+
+// From hook_alloc: the main arena needs a new extent of `size` bytes, at least the threshold.
+void note_big_request(std::size_t size) noexcept {
+  const long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  if (decay <= 0 || !g_options.background_thread.load(std::memory_order_relaxed)) return;
+  const std::uint64_t now = now_ms();
+  if (now - g_big_return_ms.load(std::memory_order_relaxed) > static_cast<std::uint64_t>(decay) ||
+      g_big_return_size.load(std::memory_order_relaxed) < size)
+    return;
+  const std::size_t cap = std::max<std::size_t>(
+      kPurgeAtOnce, static_cast<std::size_t>(g_options.max_cached.load(std::memory_order_relaxed)));
+  const std::size_t wanted = std::min(2 * size, cap);
+  if (wanted <= g_oversize.load(std::memory_order_relaxed)) return;
+  g_oversize_raised_ms.store(now, std::memory_order_relaxed);
+  g_oversize_wanted.store(wanted, std::memory_order_relaxed);
+  g_maintenance_requested.store(true, std::memory_order_relaxed);
+}
+
 // --- extent hooks: jemalloc's address space for trimalloc's arenas ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
                  bool* zero, bool* commit, unsigned arena_index) {
+  if (new_addr == nullptr && arena_index == g_arena_index &&
+      size >= g_oversize.load(std::memory_order_relaxed))
+    note_big_request(size);
   void* p = nullptr;
   if (new_addr != nullptr) {  // growing an extent in place
     LockGuard guard(g_regions_lock);
@@ -419,7 +487,8 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
 // jemalloc gives an extent back (after decay or purge, or at once for the oversize ones).
 // false = taken: it is unmapped with its region if it was the region's last piece, otherwise
 // purged and kept as a hole. true = refused: jemalloc keeps it as retained address space.
-bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) {
+bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned arena_index) {
+  if (arena_index == g_arena_index && size >= kPurgeAtOnce) note_big_return(size);
   auto a = reinterpret_cast<std::uintptr_t>(addr);
   {
     LockGuard guard(g_regions_lock);
@@ -753,6 +822,29 @@ bool large_release_address_space() noexcept {
   // Always worth the retry: when several threads run out together, the purge that unmaps the
   // regions may be another thread's, done between our failure and this call.
   return true;
+}
+
+bool large_oversize_wanted() noexcept {
+  return g_oversize_wanted.load(std::memory_order_relaxed) != 0;
+}
+
+void large_oversize_apply(bool keep) noexcept {
+  const std::size_t wanted = g_oversize_wanted.exchange(0, std::memory_order_relaxed);
+  if (keep && wanted > g_oversize.load(std::memory_order_relaxed) && ready()) set_oversize(wanted);
+}
+
+bool large_oversize_expire(bool at_once) noexcept {
+  if (g_oversize.load(std::memory_order_relaxed) == kPurgeAtOnce || !ready()) return false;
+  const long long decay = g_options.decay_ms.load(std::memory_order_relaxed);
+  const std::uint64_t since = now_ms() - g_oversize_raised_ms.load(std::memory_order_relaxed);
+  if (!at_once && decay > 0 && since <= static_cast<std::uint64_t>(decay * kOversizeHoldDecays))
+    return true;
+  g_oversize_wanted.store(0, std::memory_order_relaxed);
+  return !set_oversize(kPurgeAtOnce);
+}
+
+std::size_t large_oversize_threshold() noexcept {
+  return g_oversize.load(std::memory_order_relaxed);
 }
 
 void large_decay_step() noexcept {
