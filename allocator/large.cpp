@@ -8,8 +8,9 @@
 // live block can be in it: its arena-map bits are cleared and it is unmapped. jemalloc gives
 // pieces back through the dalloc hook when it purges them: after dirty_decay_ms (its decay,
 // run by our decay thread), at once for free extents of 8 MiB or more (the arena's oversize
-// threshold, set in large_init) and for every free extent of the growth arena (below), and for
-// all of them on arena.<i>.purge (tm_trim, and a mapping that failed: see below).
+// threshold, set in large_init, raised for a while when big blocks come back: see "big blocks
+// that come back") and for every free extent of the growth arena (below), and for all of them
+// on arena.<i>.purge (tm_trim, and a mapping that failed: see below).
 //
 // Two arenas share the hooks. Blocks that realloc moves or grows to 1 MiB or more live in the
 // *growth arena*, which purges a freed extent at once. A buffer grown by realloc (a Python
