@@ -20,15 +20,16 @@ struct Quarantine {
 __thread Quarantine tl_quarantine __attribute__((tls_model("initial-exec")));
 
 // Frees a block that leaves quarantine (its checks were made when it came in). A small block was
-// zeroed when it came in, link included: anything written into it since is a use after free,
-// caught here - the free path would zero it again before its next allocation could look.
+// zeroed when it came in, link included, and stays so: anything written into it since is a use
+// after free. The link and mark words are checked here, because the free list overwrites them;
+// the body is left as it is and checked by the block's next allocation (ThreadHeap::alloc), so
+// each freed block is zeroed once and scanned once.
 void release(void* p, const char* call) {
   if (small_owns(p)) {
     Pool* pool = pool_of(p);
     auto* b = static_cast<Block*>(p);
     if (b->link != 0 || b->mark != quarantine_mark(pool))
       fatal(call, "write after free detected in block", p);
-    secure_check_untouched(pool, b, call);
     small_free(p, call);
   } else {
     registry_transition(p, LargeState::kQuarantined, LargeState::kAbsent);

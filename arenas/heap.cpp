@@ -84,8 +84,7 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   heap->enter();
   if (pool->owner.load(std::memory_order_relaxed) != heap || pool_block_is_free(pool, b))
     fatal(call, "double free of", b);
-  if constexpr (kSecure) secure_scrub(pool, b);
-  b->mark = free_mark(pool);
+  b->mark = free_mark(pool);  // hardened: zeroed in quarantine_free already (see small_free_block)
   heap->free_local(pool, b);
 }
 

@@ -323,7 +323,9 @@ template <bool kSized>
     // A free mark means "already free", unless the program wrote this exact word: confirm.
     std::uintptr_t mark = free_mark(pool);
     if (__builtin_expect(b->mark == mark, 0)) return small_free_suspect(pool, b, call);
-    if constexpr (kSecure) secure_scrub(pool, b);
+    // Hardened: no zeroing here. Every small free of that build comes from the quarantine's
+    // release(), and quarantine_free() zeroed the body when the block came in; a write into it
+    // since is caught by the next allocation's check, which zeroing again would wipe out.
     b->mark = mark;  // every way on frees the block: mark it now, while the mark is at hand
   }
   ThreadHeap* heap = tl_thread.heap;
