@@ -397,7 +397,10 @@ TEST(Trim, AReusedPoolsResidentPagesAreFreeBlocksAFullTrimReturns) {
     // The whole pool was resident: all of it is carved, one block live.
     EXPECT_EQ(a.blocks_free - b.blocks_free, trimalloc::kPoolSize / 48 - 1);
     tm_trim(TM_TRIM_FULL);
-    EXPECT_LE(resident_pages(old_pages), 1u) << "of " << old_pages.size() << " pages";
+    // What the live block covers stays: one page, or two for one of the few 48-byte blocks
+    // that straddle a page boundary (the hardened build hands out a random block first).
+    const std::size_t live_pages = page_of(static_cast<char*>(p) + 47) != page_of(p) ? 2 : 1;
+    EXPECT_LE(resident_pages(old_pages), live_pages) << "of " << old_pages.size() << " pages";
     tm_free(p);
   }).join();
 }
