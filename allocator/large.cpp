@@ -395,8 +395,8 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false)
 // A free extent of kPurgeAtOnce or more is purged at once, so that `del` of a big structure
 // gives its memory back without waiting for decay. But a program that frees a big buffer and
 // asks for one of the same size again (a 10 MiB request buffer, the collector's scratch arrays
-// at a million objects) then pays a page fault for every page at every round: 5.2 ms per round
-// for 10 MiB against glibc's 0.8 (bench/micro BM_big_buffer, docs/bench.md). glibc avoids it by
+// at a million objects) then pays a page fault for every page at every round: 7.8 ms per round
+// for 16 MiB against glibc's 0.03 (bench/micro BM_big_buffer, docs/bench.md). glibc avoids it by
 // raising its mmap threshold to the size of each mmapped chunk freed, for good. Here the
 // evidence is narrower and the raise temporary:
 //   - the dalloc hook notes when the main arena last gave back an extent of kPurgeAtOnce or
