@@ -385,61 +385,62 @@ void take_reference(Tracer& t, Object* target) {
   static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
-// The blocks of destroyed garbage, freed together with tm_free_batch: the allocator then
-// enters the thread's heap once per batch and checks ownership once per pool instead of once
-// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
-// a destructor can see: the object is gone either way.
-class BlockBatch {
- public:
-  BlockBatch() = default;
-  BlockBatch(const BlockBatch&) = delete;
-  BlockBatch& operator=(const BlockBatch&) = delete;
-  ~BlockBatch() { flush(); }
-  void add(void* block) noexcept {
-    blocks_[n_++] = block;
-    if (n_ == kSize) flush();
-  }
-  void flush() noexcept {
-    tm_free_batch(blocks_, n_);
-    n_ = 0;
-  }
-
- private:
-  static constexpr std::size_t kSize = 256;
-  void* blocks_[kSize];
-  std::size_t n_ = 0;
-};
-
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
 // are cleared), so destructors run with those members already null. Whatever is still
 // referenced (by a Ref that trace() does not report) survives like any live object.
 // Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
-// entry, which this pass skips. Nothing adds entries meanwhile (no collection starts inside
-// this one), so the list's size is read once.
+// entry, which this pass skips. Nothing adds entries or moves the list meanwhile (no collection
+// starts inside this one), so its address and size are read once.
+//
+// The blocks of destroyed garbage are freed together with tm_free_batch: the allocator then
+// enters the thread's heap once per batch and checks ownership once per pool instead of once
+// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
+// a destructor can see: the object is gone either way. The batch and its count are locals the
+// destructors cannot see, so the count stays in a register across their calls.
 void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
+  const std::uint32_t n = heap.unreachable.size();
+  const std::uintptr_t* const words = heap.unreachable.data();
+  // A destructor that destroys more objects opens and closes its own frames, so the depth is
+  // the same before each object of the pass: one test decides for all of them whether they
+  // are queued (destruct_in_pass) instead of destroyed here.
+  const bool deferred = heap.destroy_depth > Heap::kTrashcanDepth;
+  constexpr std::size_t kBatch = 256;
+  void* blocks[kBatch];
+  std::size_t in_batch = 0;
   std::size_t freed = 0;
-  {
-    BlockBatch batch;
-    const std::uint32_t n = heap.unreachable.size();
-    for (std::uint32_t i = 0; i < n; ++i) {
-      std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
-      if (word == 0) continue;
-      Object* o = object_of(word);
-      if (Access::refcount(o) != 0) {
-        heap.reattach(o, word, survivor_segment);
-      } else if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
-        release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
-      } else {
-        // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads
-        // again: this pass has passed it, and find_word() stops at the untracked slot. The
-        // allocation count goes down once for all of them, below.
-        Access::slot(o) = kUntracked;
-        ++freed;
-        if (void* block = heap.destruct_in_pass(o)) batch.add(block);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+    if (word == 0) continue;
+    Object* o = object_of(word);
+    if (Access::refcount(o) != 0) [[unlikely]] {
+      heap.reattach(o, word, survivor_segment);
+      continue;
+    }
+    // Any flag: a destructor made a weak reference to it, or it has a finalizer to run (or ran
+    // it: then it is freed below after all).
+    if (word & kFlagMask) [[unlikely]] {
+      if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
+        release(o);
+        continue;
       }
     }
+    // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads
+    // again: this pass has passed it, and find_word() stops at the untracked slot. The
+    // allocation count goes down once for all of them, below.
+    Access::slot(o) = kUntracked;
+    ++freed;
+    if (deferred) [[unlikely]] {
+      heap.deferred_destroy.push_back(o);
+      continue;
+    }
+    blocks[in_batch++] = Access::destruct(o);
+    if (in_batch == kBatch) [[unlikely]] {
+      tm_free_batch(blocks, kBatch);
+      in_batch = 0;
+    }
   }
+  tm_free_batch(blocks, in_batch);
   heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
   heap.unreachable.truncate(0);
@@ -473,6 +474,55 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     outside.clear();
   }
   free_garbage(heap, survivor_segment);
+}
+
+// Step 5's pass (see collect_generation): survivors are compacted towards the scan's start,
+// written back behind the read position, never ahead of it; the unreachable are appended to
+// `detached`. With kClear, each of them also has its Refs cleared (the clearer), and their
+// flags are not collected: clear_now is only chosen when none has a flag that matters.
+// A survivor moves exactly when garbage precedes it (n_detached != 0). Only what the loop
+// needs is kept in registers across the clearer's calls into trace().
+struct Partition {
+  std::uint32_t kept;        // the table's new size
+  std::uint32_t n_detached;  // entries written to `detached`
+  std::uintptr_t flags;      // union of the flags of the detached (without kClear)
+};
+template <bool kClear>
+Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer) {
+  Heap& heap = *scan.heap;
+  const std::int32_t* refs = heap.gc_refs.data();
+  std::uint32_t kept = scan.base;
+  std::uint32_t n_detached = 0;
+  std::uintptr_t flags = 0;
+  std::uint32_t i = 0;
+  while (i < scan.n) {
+    // The table in contiguous runs (its chunks).
+    std::uint32_t len;
+    const std::uintptr_t* words = heap.table.run(scan.base + i, len);
+    if (len > scan.n - i) len = scan.n - i;
+    const std::int32_t* r = refs + i;
+    i += len;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++r) {
+      const std::uintptr_t word = *words;
+      if (!marked(*r)) {
+        Object* o = object_of(word);
+        Access::slot(o) = kDetached | n_detached;
+        detached[n_detached++] = word;
+        if constexpr (kClear) {
+          Access::trace(o, clearer);
+        } else {
+          flags |= word;
+        }
+        continue;
+      }
+      if (n_detached != 0) {
+        heap.table[kept] = word;
+        Access::slot(object_of(word)) = kept;
+      }
+      ++kept;
+    }
+  }
+  return {kept, n_detached, flags};
 }
 
 // -DTRIMALLOC_GC_PHASE_TIMES=ON (CMake): each collection of at least kPhaseTimesMin objects
@@ -555,6 +605,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // (the common case), neither needs a pass over the unreachable.
   constexpr std::uintptr_t kNeedsCare = kHasWeakRefs | kHasFinalizer | kLegacy;
   std::uintptr_t candidate_flags = 0;
+  std::vector<Ref<Object>> uncollectable;
   if (n_unreachable != 0 && (scan_flags & kNeedsCare)) {
     std::uint32_t top = 0;
     heap.worklist.clear();
@@ -576,6 +627,12 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     } else {
       propagate_traced(scan, kUncollectable);
     }
+    // Held here until step 11, in table order; they stay in the table (step 5 keeps them).
+    for (std::uint32_t i = 0; i < scan.n; ++i) {
+      if (refs[i] == kUncollectable) {
+        uncollectable.push_back(Ref<Object>(object_of(heap.table[base + i])));
+      }
+    }
   }
 
   // Step 5: compact survivors (a survivor only moves when garbage precedes it) and detach the
@@ -592,7 +649,6 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   std::vector<Object*> outside;
   Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
-  std::vector<Ref<Object>> uncollectable;
   heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();
@@ -600,34 +656,11 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
     // once at the end.
     std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
-    std::uint32_t n_detached = 0;
-    kept = base;
-    std::uint32_t i = 0;
-    while (i < scan.n) {
-      // The table in contiguous runs (its chunks); survivors are written back behind the read
-      // position, never ahead of it.
-      std::uint32_t len;
-      const std::uintptr_t* words = heap.table.run(base + i, len);
-      if (len > scan.n - i) len = scan.n - i;
-      for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
-        const std::uintptr_t word = *words;
-        if (!marked(refs[i])) {
-          unreachable_flags |= word;
-          Object* o = object_of(word);
-          Access::slot(o) = kDetached | n_detached;
-          detached[n_detached++] = word;
-          if (clear_now) Access::trace(o, clearer);
-          continue;
-        }
-        if (kept != base + i) {
-          heap.table[kept] = word;
-          Access::slot(object_of(word)) = kept;
-        }
-        ++kept;
-        if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
-      }
-    }
-    heap.unreachable.set_size(n_detached);
+    Partition done = clear_now ? partition<true>(scan, detached, clearer)
+                               : partition<false>(scan, detached, clearer);
+    kept = done.kept;
+    unreachable_flags = done.flags;
+    heap.unreachable.set_size(done.n_detached);
     heap.table.truncate(kept);
   }
   const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;

@@ -190,21 +190,12 @@ struct Heap {
   void move_to_segment(std::uint32_t index, int segment) noexcept;
   void destroy(Object* o) noexcept;
   // A pass that destroys many objects opens one trashcan frame around all of them
-  // (begin_destroy_pass), destroys each with destruct_in_pass, and closes it (end_destroy_pass,
-  // which runs what nested destructions queued once the outermost frame closes). The same
-  // bound on nesting as destroy() per object, without its bookkeeping per object.
+  // (begin_destroy_pass), destroys each itself (Access::destruct, or, when the pass runs inside
+  // deeply nested destructions, deferred_destroy: destroy_depth > kTrashcanDepth inside the
+  // frame, one level deep as destroy() would be), and closes it (end_destroy_pass, which runs
+  // what nested destructions queued once the outermost frame closes). The same bound on
+  // nesting as destroy() per object, without its bookkeeping per object.
   void begin_destroy_pass() noexcept { ++destroy_depth; }
-  // Runs o's destructor and returns its block, still allocated, for the caller to free
-  // (tm_free_batch); or queues o and returns null when the pass itself runs inside deeply
-  // nested destructions.
-  void* destruct_in_pass(Object* o) noexcept {
-    // Inside the pass's frame: one level deep, as destroy() would be.
-    if (destroy_depth > kTrashcanDepth) [[unlikely]] {
-      deferred_destroy.push_back(o);
-      return nullptr;
-    }
-    return Access::destruct(o);
-  }
   void end_destroy_pass() noexcept;
 };
 
