@@ -173,21 +173,26 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
 }
 
 // Steps 1 and 2 in one pass, so each object is read once: gc_refs[i] gets object i's count
-// (less `discount`) added and, through trace(), one subtracted per edge into the scan. Entries
+// (less kDiscount) added and, through trace(), one subtracted per edge into the scan. Entries
 // may dip below zero until the edges into them from later objects have all been counted.
 // The same pass records those edges (Heap::edges), so that marking reachability reads a
 // compact array instead of calling every object's trace() a second time. Returns whether the
 // edges were recorded; `flags` gets the union of the scanned objects' slot flags.
-bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintptr_t& flags) {
+//
+// The loop over one run walks four cursors (slot words, gc_refs, edge_start, and the end) and
+// keeps them, the flags and the edge buffer's base in the six registers a call preserves, so
+// that nothing but the Tracer's own fields is read from memory around each trace().
+template <std::uint32_t kDiscount>
+bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
   heap.gc_refs.reserve_fresh(n);
-  std::int32_t* refs = heap.gc_refs.data();
+  std::int32_t* const refs = heap.gc_refs.data();
   std::fill(refs, refs + n, 0);
   heap.edge_start.reserve_fresh(std::size_t{n} + 1);
   // Two edges per object to start with; pages that stay unused are never touched.
   heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
-  std::uint32_t* start = heap.edge_start.data();
+  std::uint32_t* const start = heap.edge_start.data();
   // Where the edges go; changes only when grow_edges() moves them. Once recording has given
   // up, the buffer is empty from here on: edges are only counted, and `start` is not used.
   std::uint32_t* edge_base = heap.edges.data();
@@ -202,16 +207,22 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintp
     const std::uintptr_t* words =
         scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
     if (scan.base == kDetached || len > n - i) len = n - i;
-    for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
-      all_flags |= *words;
-      Object* o = object_of(*words);
-      std::uint32_t count = Access::refcount(o) - discount;
-      refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+    std::int32_t* r = refs + i;
+    std::uint32_t* st = start + i;
+    i += len;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++r, ++st) {
+      const std::uintptr_t word = *words;
+      all_flags |= word;
+      Object* o = object_of(word);
+      std::uint32_t count = Access::refcount(o) - kDiscount;
+      *r += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
       const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
-      start[i] = first;
+      *st = first;
       Access::trace(o, subtracter);
       if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
-        recording = grow_edges(scan, subtracter, first, o);
+        // `first` and `o` read again from memory: kept in registers across every trace() for
+        // this rare case, they would push the loop's cursors out to the stack.
+        recording = grow_edges(scan, subtracter, *st, object_of(*words));
         edge_base = heap.edges.data();
         if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
       }
@@ -361,7 +372,7 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
   std::uintptr_t flags;
-  const bool edges = subtract_internal_refs(scan, 1, flags);  // 1: the collection's own hold
+  const bool edges = subtract_internal_refs<1>(scan, flags);  // 1: the collection's own hold
   mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
@@ -593,7 +604,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   PhaseTimes phases;
   phases.mark();
   std::uintptr_t scan_flags;  // union of the flags of every object scanned
-  const bool edges = subtract_internal_refs(scan, 0, scan_flags);
+  const bool edges = subtract_internal_refs<0>(scan, scan_flags);
   phases.mark();
   const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
   phases.mark();
