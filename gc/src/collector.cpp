@@ -135,18 +135,6 @@ struct Scan {
   }
 };
 
-// Records, during a re-trace, the edges of one object into the scan (see grow_edges).
-struct EdgeSink {
-  std::uint32_t* out;
-  std::uint32_t base;
-  std::uint32_t n;
-};
-void record_edge(Tracer& t, Object* target) {
-  auto* sink = static_cast<EdgeSink*>(TracerAccess::context(t));
-  std::uint32_t i = Access::slot(target) - sink->base;
-  if (i < sink->n) *sink->out++ = i;
-}
-
 // The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
 // it and record o's edges again (its subtractions are done and stay). Returns false, and the
 // scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
@@ -154,7 +142,7 @@ void record_edge(Tracer& t, Object* target) {
 bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
   Heap& heap = *scan.heap;
   const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
-                           TracerAccess::edges_lost(subtracter);
+                           TracerAccess::lost(subtracter);
   const std::size_t needed = first + mine;
   if (needed >= heap.edge_limit) return false;
   const std::size_t size =
@@ -164,10 +152,15 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
   } catch (const std::bad_alloc&) {
     return false;
   }
-  EdgeSink sink{heap.edges.data() + first, scan.base, scan.n};
-  Tracer recorder = TracerAccess::visitor(record_edge, nullptr, &sink);
-  Access::trace(o, recorder);
-  TracerAccess::set_edge_buffer(subtracter, sink.out,
+  std::uint32_t* out = heap.edges.data() + first;
+  Targets targets;
+  Tracer recorder = TracerAccess::visitor();
+  auto [target, last] = targets.visit(o, recorder);
+  for (; target != last; ++target) {
+    std::uint32_t i = Access::slot(*target) - scan.base;
+    if (i < scan.n) *out++ = i;
+  }
+  TracerAccess::set_edge_buffer(subtracter, out,
                                 heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
   return true;
 }
@@ -219,7 +212,7 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
       *st = first;
       Access::trace(o, subtracter);
-      if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
+      if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
         // `first` and `o` read again from memory: kept in registers across every trace() for
         // this rare case, they would push the loop's cursors out to the stack.
         recording = grow_edges(scan, subtracter, *st, object_of(*words));
@@ -235,32 +228,24 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
 }
 
 // Marking by calling trace(), for when the edges were not recorded (see grow_edges).
-struct TracedMark {
-  std::int32_t* refs;
-  std::uint32_t base;
-  std::uint32_t n;
-  std::int32_t mark;
-  std::vector<Object*>* worklist;
-};
-void mark_edge(Tracer& t, Object* target) {
-  auto* m = static_cast<TracedMark*>(TracerAccess::context(t));
-  std::uint32_t i = Access::slot(target) - m->base;
-  if (i < m->n && !marked(m->refs[i])) {
-    m->refs[i] = m->mark;
-    m->worklist->push_back(target);
-  }
-}
-
 // Everything reachable from Heap::worklist gets `mark`. Returns how many objects it visited.
 std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark) {
   Heap& heap = *scan.heap;
-  TracedMark m{heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist};
-  Tracer marker = TracerAccess::visitor(mark_edge, nullptr, &m);
+  std::int32_t* refs = heap.gc_refs.data();
+  Targets targets;
+  Tracer marker = TracerAccess::visitor();
   std::uint32_t visited = 0;
   while (!heap.worklist.empty()) {
     Object* o = heap.worklist.back();
     heap.worklist.pop_back();
-    Access::trace(o, marker);
+    auto [target, last] = targets.visit(o, marker);
+    for (; target != last; ++target) {
+      std::uint32_t i = Access::slot(*target) - scan.base;
+      if (i < scan.n && !marked(refs[i])) {
+        refs[i] = mark;
+        heap.worklist.push_back(*target);
+      }
+    }
     ++visited;
   }
   return visited;
@@ -345,7 +330,6 @@ std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded)
 void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
   record->held_by_garbage = true;
 }
-void ignore_edge(Tracer&, Object*) {}
 
 // Steps 6 and 9. Returns whether any callback was due (user code may have run).
 bool handle_weakrefs(Heap& heap, bool callbacks_only) {
@@ -360,9 +344,10 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
   // A weak reference that is a member of an unreachable object is garbage itself; its callback
   // would run on behalf of an object that is about to vanish (CPython skips those too). We know
   // it is one when the unreachable object's trace() reports it.
-  Tracer tracer = TracerAccess::visitor(ignore_edge, note_weak_held_by_garbage, nullptr);
+  Targets ignored;
+  Tracer tracer = TracerAccess::visitor(note_weak_held_by_garbage);
   for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
-    Access::trace(object_of(heap.unreachable[i]), tracer);
+    ignored.visit(object_of(heap.unreachable[i]), tracer);
   }
   run_weak_callbacks(due);
   return true;
@@ -388,12 +373,6 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
     }
   }
   heap.unreachable.truncate(kept);
-}
-
-// The clear pass's visitor, for references to objects outside the garbage: it owns the
-// reference the nulled Ref held.
-void take_reference(Tracer& t, Object* target) {
-  static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
 }
 
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
@@ -475,14 +454,14 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     heap.unreachable.truncate(0);
     return;
   }
-  std::vector<Object*> outside;
-  Tracer clearer = TracerAccess::clearer(take_reference, &outside);
+  Targets outside;
+  Tracer clearer = TracerAccess::clearer();
   for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
     if (heap.unreachable[i] == 0) continue;
-    Access::trace(object_of(heap.unreachable[i]), clearer);
+    outside.clear(object_of(heap.unreachable[i]), clearer);
     if (outside.empty()) continue;
     for (Object* o : outside) decref(o);  // may run destructors: user code
-    outside.clear();
+    outside.drop();
   }
   free_garbage(heap, survivor_segment);
 }
@@ -499,7 +478,7 @@ struct Partition {
   std::uintptr_t flags;      // union of the flags of the detached (without kClear)
 };
 template <bool kClear>
-Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer) {
+Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer, Targets& outside) {
   Heap& heap = *scan.heap;
   const std::int32_t* refs = heap.gc_refs.data();
   std::uint32_t kept = scan.base;
@@ -521,6 +500,8 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer)
         detached[n_detached++] = word;
         if constexpr (kClear) {
           Access::trace(o, clearer);
+          if (TracerAccess::lost(clearer) != 0) [[unlikely]]
+            outside.settle(o, clearer);
         } else {
           flags |= word;
         }
@@ -533,6 +514,7 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer)
       ++kept;
     }
   }
+  if constexpr (kClear) outside.hold(clearer);
   return {kept, n_detached, flags};
 }
 
@@ -658,8 +640,8 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // the scan are released once the table is consistent again.
   const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
-  std::vector<Object*> outside;
-  Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
+  Targets outside;  // references the clearing took to objects outside the scan
+  Tracer clearer = TracerAccess::clearer(base, scan.n);
   heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();
@@ -667,8 +649,9 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
     // once at the end.
     std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
-    Partition done = clear_now ? partition<true>(scan, detached, clearer)
-                               : partition<false>(scan, detached, clearer);
+    if (clear_now) outside.arm(clearer, 0);
+    Partition done = clear_now ? partition<true>(scan, detached, clearer, outside)
+                               : partition<false>(scan, detached, clearer, outside);
     kept = done.kept;
     unreachable_flags = done.flags;
     heap.unreachable.set_size(done.n_detached);
