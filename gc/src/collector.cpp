@@ -47,7 +47,7 @@
 // During a collection, objects found unreachable are detached: their slot_ carries kDetached
 // and indexes Heap::unreachable. While the collection runs user code that could drop
 // references (weak reference callbacks, finalizers), it holds one reference to each of them,
-// so none can be freed under it; an entry of an object freed later is zeroed.
+// so none can be freed under it; an entry of an object freed later becomes kGoneEntry.
 //
 // ---------------------------------------------------------------------------------------------
 // One collection of generation g (collect_generation below), in CPython's order:
@@ -378,9 +378,9 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
 // are cleared), so destructors run with those members already null. Whatever is still
 // referenced (by a Ref that trace() does not report) survives like any live object.
-// Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
-// entry, which this pass skips. Nothing adds entries or moves the list meanwhile (no collection
-// starts inside this one), so its address and size are read once.
+// Destructors may free garbage early through such unreported Refs: untrack() then replaces its
+// entry with kGoneEntry, which this pass skips. Nothing adds entries or moves the list meanwhile
+// (no collection starts inside this one), so its address and size are read once.
 //
 // The blocks of destroyed garbage are freed together with tm_free_batch: the allocator then
 // enters the thread's heap once per batch and checks ownership once per pool instead of once
@@ -393,7 +393,7 @@ void free_garbage(Heap& heap, int survivor_segment) {
   const std::uintptr_t* const words = heap.unreachable.data();
   // A destructor that destroys more objects opens and closes its own frames, so the depth is
   // the same before each object of the pass: one test decides for all of them whether they
-  // are queued (destruct_in_pass) instead of destroyed here.
+  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
   const bool deferred = heap.destroy_depth > Heap::kTrashcanDepth;
   constexpr std::size_t kBatch = 256;
   void* blocks[kBatch];
@@ -401,36 +401,39 @@ void free_garbage(Heap& heap, int survivor_segment) {
   std::size_t freed = 0;
   for (std::uint32_t i = 0; i < n; ++i) {
     const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
-    if (word == 0) continue;
     Object* o = object_of(word);
-    if (Access::refcount(o) != 0) [[unlikely]] {
-      heap.reattach(o, word, survivor_segment);
-      continue;
-    }
-    // Any flag: a destructor made a weak reference to it, or it has a finalizer to run (or ran
-    // it: then it is freed below after all).
     if (word & kFlagMask) [[unlikely]] {
-      if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
+      if (word == kGoneEntry) continue;
+      // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
+      // one, it is freed below like the others).
+      if (Access::refcount(o) == 0 &&
+          ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
         release(o);
         continue;
       }
     }
-    // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads
+    if (Access::refcount(o) != 0) [[unlikely]] {
+      heap.reattach(o, word, survivor_segment);
+      continue;
+    }
+    // Heap::untrack() for a detached object, less marking its entry, which nothing reads
     // again: this pass has passed it, and find_word() stops at the untracked slot. The
     // allocation count goes down once for all of them, below.
     Access::slot(o) = kUntracked;
-    ++freed;
     if (deferred) [[unlikely]] {
       heap.deferred_destroy.push_back(o);
+      ++freed;
       continue;
     }
     blocks[in_batch++] = Access::destruct(o);
     if (in_batch == kBatch) [[unlikely]] {
       tm_free_batch(blocks, kBatch);
+      freed += kBatch;
       in_batch = 0;
     }
   }
   tm_free_batch(blocks, in_batch);
+  freed += in_batch;
   heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
   heap.unreachable.truncate(0);
@@ -457,7 +460,7 @@ void delete_garbage(Heap& heap, int survivor_segment) {
   Targets outside;
   Tracer clearer = TracerAccess::clearer();
   for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
-    if (heap.unreachable[i] == 0) continue;
+    if (heap.unreachable[i] == kGoneEntry) continue;
     outside.clear(object_of(heap.unreachable[i]), clearer);
     if (outside.empty()) continue;
     for (Object* o : outside) decref(o);  // may run destructors: user code
@@ -500,8 +503,10 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
         detached[n_detached++] = word;
         if constexpr (kClear) {
           Access::trace(o, clearer);
-          if (TracerAccess::lost(clearer) != 0) [[unlikely]]
-            outside.settle(o, clearer);
+          // o read again: see subtract_internal_refs.
+          if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
+            outside.settle(object_of(*words), clearer);
+          }
         } else {
           flags |= word;
         }

@@ -20,6 +20,11 @@ inline std::uintptr_t word_of(Object* o, std::uintptr_t flags) noexcept {
   return reinterpret_cast<std::uintptr_t>(o) | flags;
 }
 
+// The entry of Heap::unreachable of an object freed while the collection runs (a destructor
+// dropped an unreported reference to it): no object, and every flag set, so that a pass over
+// the list tests one thing, whether any flag is set, before its common case.
+inline constexpr std::uintptr_t kGoneEntry = kFlagMask;
+
 // A vector of slot words in fixed 32 KiB chunks: growing never copies (a 10-million object heap
 // would otherwise copy 80 MB at each doubling) and never leaves more than one unused chunk
 // behind when the heap shrinks, so the memory of a collected structure really comes back.
