@@ -95,7 +95,7 @@ class Tracer {
 
  private:
   friend struct detail::TracerAccess;
-  enum class Mode : std::uint8_t { kVisit, kSubtract, kClear };
+  enum class Mode : std::uint8_t { kSubtract, kClear, kVisit };
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
   Tracer(Mode mode, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
