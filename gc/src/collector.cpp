@@ -654,8 +654,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
     // once at the end.
     std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
-    // The clearer starts without room: the first reference it has to take makes it settle(),
-    // so a collection whose garbage refers to nothing outside allocates nothing for them.
+    if (clear_now) outside.arm(clearer, 0);
     Partition done = clear_now ? partition<true>(scan, detached, clearer, outside)
                                : partition<false>(scan, detached, clearer, outside);
     kept = done.kept;
