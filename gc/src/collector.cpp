@@ -229,10 +229,10 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
 
 // Marking by calling trace(), for when the edges were not recorded (see grow_edges).
 // Everything reachable from Heap::worklist gets `mark`. Returns how many objects it visited.
-std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark) {
+// `targets` is the caller's, so that a pass over many roots allocates its buffer once.
+std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark, Targets& targets) {
   Heap& heap = *scan.heap;
   std::int32_t* refs = heap.gc_refs.data();
-  Targets targets;
   Tracer marker = TracerAccess::visitor();
   std::uint32_t visited = 0;
   while (!heap.worklist.empty()) {
@@ -307,11 +307,12 @@ std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded)
   std::uint32_t reached = 0;
   if (!edges_recorded) {
     heap.worklist.clear();
+    Targets targets;
     for (std::uint32_t i = 0; i < n; ++i) {
       if (refs[i] > 0) {
         refs[i] = kReachable;
         heap.worklist.push_back(scan.at(i));
-        reached += propagate_traced(scan, kReachable);
+        reached += propagate_traced(scan, kReachable, targets);
       }
     }
     return reached;
@@ -640,7 +641,8 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     if (edges) {
       propagate_edges(heap, top, kUncollectable, scan.n);
     } else {
-      propagate_traced(scan, kUncollectable);
+      Targets targets;
+      propagate_traced(scan, kUncollectable, targets);
     }
     // Held here until step 11, in table order; they stay in the table (step 5 keeps them).
     for (std::uint32_t i = 0; i < scan.n; ++i) {
