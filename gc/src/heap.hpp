@@ -281,14 +281,14 @@ class Targets {
     used_ = 0;
     arm(t, 0);
     Access::trace(o, t);
-    while (TracerAccess::lost(t) != 0) [[unlikely]] {
-        arm(t, TracerAccess::target_out(t) - buffer_.data() + TracerAccess::lost(t));
-        Access::trace(o, t);
-      }
+    while (TracerAccess::lost(t) != 0) {  // starts over with room for all of them
+      arm(t, TracerAccess::target_out(t) - buffer_.data() + TracerAccess::lost(t));
+      Access::trace(o, t);
+    }
     used_ = TracerAccess::target_out(t) - buffer_.data();
     return {begin(), end()};
   }
-  // Points `t` (kClear) at the room after the targets already held, at least `room` entries.
+  // Points `t` at the room after the targets already held, at least `room` entries.
   void arm(Tracer& t, std::size_t room) {
     if (buffer_.size() - used_ < std::max<std::size_t>(room, kMinRoom)) {
       buffer_.resize(std::max(2 * buffer_.size(), used_ + std::max(room, kMinRoom)));
