@@ -111,15 +111,30 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
   // hand the pool on (release it to its arena), and visitors stay out while we are entered.
   std::uintptr_t run_pool = 1;  // no pool index: 1 is never a block's pool number
   Pool* pool = nullptr;
+  // The run's blocks are pushed onto a copy of the pool's free list held here, and the list
+  // and the used count are written back once per run (publish): per block, no load of the
+  // list head and no read-modify-write of `used` that the next block's would wait for. Every
+  // check is still made per block, and anything that looks at the pool's lists (the slow
+  // paths, another pool's run, the caller's free) comes after a publish.
+  Block* head = nullptr;
+  std::uint32_t pending = 0;  // blocks on `head` not yet counted in pool->used
+  auto publish = [&]() noexcept {
+    if (pending == 0) return;
+    heap->free_run_in_batch(pool, head, pending);  // may hand the pool on
+    pending = 0;
+    run_pool = 1;
+  };
   heap->enter();
   for (; i < n; ++i) {
     void* p = blocks[i];
     const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(p);
     if ((address >> kPoolShift) != run_pool) {
+      publish();
       if (!small_owns(p)) break;  // large, foreign or null: the caller's ordinary free
       pool = pool_of(p);
       if (!relaxed_equals(pool->owner, heap)) break;  // a remote free
       run_pool = address >> kPoolShift;
+      head = pool->free;
     }
     Block* b = static_cast<Block*>(p);
     const std::uintptr_t offset = address & (kPoolSize - 1);
@@ -127,22 +142,31 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
       if (__builtin_expect(!is_block_start_below_dormant(pool, offset), 0)) {
         // Aborts, or frees a live block above a released page; nested inside our entry (as
         // for small_free_suspect below). Its slow path may have handed the pool on.
+        publish();
         small_free_rejected(pool, b, call, 0);
         run_pool = 1;
         continue;
       }
       const std::uintptr_t mark = free_mark(pool);
       if (__builtin_expect(b->mark == mark, 0)) {
-        // Confirms the double free and aborts, or frees a block that merely held this word.
-        // Nested inside our entry, so it never waits for a visitor, and it leaves only its own.
+        // Confirms the double free (walking the published list: a block this run freed
+        // already is on it) and aborts, or frees a block that merely held this word. Nested
+        // inside our entry, so it never waits for a visitor, and it leaves only its own.
+        publish();
         small_free_suspect(pool, b, call);
         run_pool = 1;
         continue;
       }
       b->mark = mark;
+      // GCC otherwise merges this store and the link's below into one 16-byte store, built
+      // from two general registers with three more instructions than the two stores.
+      asm("" : "+r"(b));
     }
-    if (__builtin_expect(!heap->free_local_in_batch(pool, b), 0)) run_pool = 1;
+    b->link = encode_link(pool, head);
+    head = b;
+    ++pending;
   }
+  publish();
   heap->leave();
   return i;
 }

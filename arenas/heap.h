@@ -147,15 +147,19 @@ class ThreadHeap {
     leave();
   }
 
-  // free_local() for small_free_run(): the same, but the heap stays entered, so that a batch
-  // of frees enters and leaves once. Returns false if the slow path ran (it may have released
-  // the pool to its arena), so that the caller checks the next block's pool afresh.
-  bool free_local_in_batch(Pool* pool, Block* b) noexcept {
-    if (__builtin_expect(push_local(pool, b), 0)) {
-      free_slow(pool);
-      return false;
+  // small_free_run()'s publication of a run: `count` blocks of `pool`, each marked free and
+  // linked in front of the pool's free list, the last of them `head`. Counts them freed with
+  // one subtraction and, if the pool is now empty or was parked, runs free_slow() as
+  // push_local() would have for the run's last block. The heap stays entered, so that a batch
+  // of frees enters and leaves once.
+  void free_run_in_batch(Pool* pool, Block* head, std::uint32_t count) noexcept {
+    pool->free = head;
+    if (__builtin_expect(!used_subtract_is_empty_or_parked(pool, count), 1)) return;
+    if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
+        avail_[pool->size_class].head == pool) {
+      return;
     }
-    return true;
+    free_slow(pool);
   }
 
   // Called by a remote freer that owns a pool's notification (pool.cpp).

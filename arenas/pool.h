@@ -218,6 +218,21 @@ inline bool used_decrement_is_empty_or_parked(Pool* pool) noexcept {
 #endif
 }
 
+// The same for `count` blocks freed at once (tm_free_batch's run of one pool): the count was
+// at least `count` before, so the subtraction, like the decrement, never borrows from
+// kParkedFull, and "zero or negative" still means empty or parked.
+inline bool used_subtract_is_empty_or_parked(Pool* pool, std::uint32_t count) noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+  bool slow;
+  asm volatile("subl %2, %0" : "+m"(used_word(pool)), "=@ccle"(slow) : "r"(count));
+  return slow;
+#else
+  std::uint32_t used = pool->used.load(std::memory_order_relaxed) - count;
+  pool->used.store(used, std::memory_order_relaxed);
+  return used == 0 || (used & kParkedFull) != 0;
+#endif
+}
+
 // Decodes a popped link; a value that leaves the pool means the free block was overwritten.
 [[noreturn]] void report_corrupt_free_list(const Pool* pool, const Block* block) noexcept;
 // A decoded link outside the pool: the end of the list (0), or report_corrupt_free_list().

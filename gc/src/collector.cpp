@@ -47,7 +47,7 @@
 // During a collection, objects found unreachable are detached: their slot_ carries kDetached
 // and indexes Heap::unreachable. While the collection runs user code that could drop
 // references (weak reference callbacks, finalizers), it holds one reference to each of them,
-// so none can be freed under it; an entry of an object freed later is zeroed.
+// so none can be freed under it; an entry of an object freed later becomes kGoneEntry.
 //
 // ---------------------------------------------------------------------------------------------
 // One collection of generation g (collect_generation below), in CPython's order:
@@ -135,18 +135,6 @@ struct Scan {
   }
 };
 
-// Records, during a re-trace, the edges of one object into the scan (see grow_edges).
-struct EdgeSink {
-  std::uint32_t* out;
-  std::uint32_t base;
-  std::uint32_t n;
-};
-void record_edge(Tracer& t, Object* target) {
-  auto* sink = static_cast<EdgeSink*>(TracerAccess::context(t));
-  std::uint32_t i = Access::slot(target) - sink->base;
-  if (i < sink->n) *sink->out++ = i;
-}
-
 // The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
 // it and record o's edges again (its subtractions are done and stay). Returns false, and the
 // scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
@@ -154,7 +142,7 @@ void record_edge(Tracer& t, Object* target) {
 bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
   Heap& heap = *scan.heap;
   const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
-                           TracerAccess::edges_lost(subtracter);
+                           TracerAccess::lost(subtracter);
   const std::size_t needed = first + mine;
   if (needed >= heap.edge_limit) return false;
   const std::size_t size =
@@ -164,30 +152,40 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Objec
   } catch (const std::bad_alloc&) {
     return false;
   }
-  EdgeSink sink{heap.edges.data() + first, scan.base, scan.n};
-  Tracer recorder = TracerAccess::visitor(record_edge, nullptr, &sink);
-  Access::trace(o, recorder);
-  TracerAccess::set_edge_buffer(subtracter, sink.out,
+  std::uint32_t* out = heap.edges.data() + first;
+  Targets targets;
+  Tracer recorder = TracerAccess::visitor();
+  auto [target, last] = targets.visit(o, recorder);
+  for (; target != last; ++target) {
+    std::uint32_t i = Access::slot(*target) - scan.base;
+    if (i < scan.n) *out++ = i;
+  }
+  TracerAccess::set_edge_buffer(subtracter, out,
                                 heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
   return true;
 }
 
 // Steps 1 and 2 in one pass, so each object is read once: gc_refs[i] gets object i's count
-// (less `discount`) added and, through trace(), one subtracted per edge into the scan. Entries
+// (less kDiscount) added and, through trace(), one subtracted per edge into the scan. Entries
 // may dip below zero until the edges into them from later objects have all been counted.
 // The same pass records those edges (Heap::edges), so that marking reachability reads a
 // compact array instead of calling every object's trace() a second time. Returns whether the
 // edges were recorded; `flags` gets the union of the scanned objects' slot flags.
-bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintptr_t& flags) {
+//
+// The loop over one run walks four cursors (slot words, gc_refs, edge_start, and the end) and
+// keeps them, the flags and the edge buffer's base in the six registers a call preserves, so
+// that nothing but the Tracer's own fields is read from memory around each trace().
+template <std::uint32_t kDiscount>
+bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
   heap.gc_refs.reserve_fresh(n);
-  std::int32_t* refs = heap.gc_refs.data();
+  std::int32_t* const refs = heap.gc_refs.data();
   std::fill(refs, refs + n, 0);
   heap.edge_start.reserve_fresh(std::size_t{n} + 1);
   // Two edges per object to start with; pages that stay unused are never touched.
   heap.edges.reserve_fresh(std::min(2 * std::size_t{n} + 16, heap.edge_limit));
-  std::uint32_t* start = heap.edge_start.data();
+  std::uint32_t* const start = heap.edge_start.data();
   // Where the edges go; changes only when grow_edges() moves them. Once recording has given
   // up, the buffer is empty from here on: edges are only counted, and `start` is not used.
   std::uint32_t* edge_base = heap.edges.data();
@@ -202,16 +200,22 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintp
     const std::uintptr_t* words =
         scan.base == kDetached ? heap.unreachable.data() + i : heap.table.run(scan.base + i, len);
     if (scan.base == kDetached || len > n - i) len = n - i;
-    for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
-      all_flags |= *words;
-      Object* o = object_of(*words);
-      std::uint32_t count = Access::refcount(o) - discount;
-      refs[i] += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+    std::int32_t* r = refs + i;
+    std::uint32_t* st = start + i;
+    i += len;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++r, ++st) {
+      const std::uintptr_t word = *words;
+      all_flags |= word;
+      Object* o = object_of(word);
+      std::uint32_t count = Access::refcount(o) - kDiscount;
+      *r += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
       const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
-      start[i] = first;
+      *st = first;
       Access::trace(o, subtracter);
-      if (TracerAccess::edges_lost(subtracter) != 0 && recording) [[unlikely]] {
-        recording = grow_edges(scan, subtracter, first, o);
+      if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
+        // `first` and `o` read again from memory: kept in registers across every trace() for
+        // this rare case, they would push the loop's cursors out to the stack.
+        recording = grow_edges(scan, subtracter, *st, object_of(*words));
         edge_base = heap.edges.data();
         if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
       }
@@ -224,32 +228,24 @@ bool subtract_internal_refs(const Scan& scan, std::uint32_t discount, std::uintp
 }
 
 // Marking by calling trace(), for when the edges were not recorded (see grow_edges).
-struct TracedMark {
-  std::int32_t* refs;
-  std::uint32_t base;
-  std::uint32_t n;
-  std::int32_t mark;
-  std::vector<Object*>* worklist;
-};
-void mark_edge(Tracer& t, Object* target) {
-  auto* m = static_cast<TracedMark*>(TracerAccess::context(t));
-  std::uint32_t i = Access::slot(target) - m->base;
-  if (i < m->n && !marked(m->refs[i])) {
-    m->refs[i] = m->mark;
-    m->worklist->push_back(target);
-  }
-}
-
 // Everything reachable from Heap::worklist gets `mark`. Returns how many objects it visited.
-std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark) {
+// `targets` is the caller's, so that a pass over many roots allocates its buffer once.
+std::uint32_t propagate_traced(const Scan& scan, std::int32_t mark, Targets& targets) {
   Heap& heap = *scan.heap;
-  TracedMark m{heap.gc_refs.data(), scan.base, scan.n, mark, &heap.worklist};
-  Tracer marker = TracerAccess::visitor(mark_edge, nullptr, &m);
+  std::int32_t* refs = heap.gc_refs.data();
+  Tracer marker = TracerAccess::visitor();
   std::uint32_t visited = 0;
   while (!heap.worklist.empty()) {
     Object* o = heap.worklist.back();
     heap.worklist.pop_back();
-    Access::trace(o, marker);
+    auto [target, last] = targets.visit(o, marker);
+    for (; target != last; ++target) {
+      std::uint32_t i = Access::slot(*target) - scan.base;
+      if (i < scan.n && !marked(refs[i])) {
+        refs[i] = mark;
+        heap.worklist.push_back(*target);
+      }
+    }
     ++visited;
   }
   return visited;
@@ -278,6 +274,16 @@ std::uint32_t propagate_edges(Heap& heap, std::uint32_t top, std::int32_t mark,
   return visited;
 }
 
+// Whether any of refs[0, 8) is a root (> 0) or marked reachable (kReachable), the entries
+// mark_reachable_from_outside() acts on: as unsigned, exactly those with r - 1 below 2^31. One
+// test of the sign of the eight values' AND, which the compiler does in two vector registers.
+bool any_to_visit(const std::int32_t* refs) noexcept {
+  std::uint32_t all = ~0u;
+  for (int k = 0; k < 8; ++k) all &= static_cast<std::uint32_t>(refs[k]) - 1u;
+  return (all >> 31) == 0;
+}
+static_assert(kReachable == INT32_MIN, "any_to_visit() relies on kReachable - 1 being INT32_MAX");
+
 // Step 3: objects with references from outside are roots; what they reach is reachable.
 // Returns the number of reachable objects. A trace() that reports more references than an
 // object holds leaves a negative count: such an object has no outside references, but it is
@@ -301,11 +307,12 @@ std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded)
   std::uint32_t reached = 0;
   if (!edges_recorded) {
     heap.worklist.clear();
+    Targets targets;
     for (std::uint32_t i = 0; i < n; ++i) {
       if (refs[i] > 0) {
         refs[i] = kReachable;
         heap.worklist.push_back(scan.at(i));
-        reached += propagate_traced(scan, kReachable);
+        reached += propagate_traced(scan, kReachable, targets);
       }
     }
     return reached;
@@ -315,6 +322,13 @@ std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded)
   const std::uint32_t* edges = heap.edges.data();
   std::uint32_t* stack = heap.index_stack.data();
   for (std::uint32_t i = 0; i < n; ++i) {
+    // Past eight tentatively unreachable entries at once (a scan of garbage is nearly all
+    // such): none of them has anything to do until an object the pass handles marks it, and
+    // the pass handles none of these eight.
+    if ((i & 7) == 0 && n - i >= 8 && !any_to_visit(refs + i)) {
+      i += 7;
+      continue;
+    }
     std::int32_t r = refs[i];
     if (r <= 0 && r != kReachable) continue;  // tentatively unreachable
     refs[i] = kReachable;
@@ -334,7 +348,6 @@ std::uint32_t mark_reachable_from_outside(const Scan& scan, bool edges_recorded)
 void note_weak_held_by_garbage(Tracer&, WeakRecord* record) {
   record->held_by_garbage = true;
 }
-void ignore_edge(Tracer&, Object*) {}
 
 // Steps 6 and 9. Returns whether any callback was due (user code may have run).
 bool handle_weakrefs(Heap& heap, bool callbacks_only) {
@@ -349,9 +362,10 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
   // A weak reference that is a member of an unreachable object is garbage itself; its callback
   // would run on behalf of an object that is about to vanish (CPython skips those too). We know
   // it is one when the unreachable object's trace() reports it.
-  Tracer tracer = TracerAccess::visitor(ignore_edge, note_weak_held_by_garbage, nullptr);
+  Targets ignored;
+  Tracer tracer = TracerAccess::visitor(note_weak_held_by_garbage);
   for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
-    Access::trace(object_of(heap.unreachable[i]), tracer);
+    ignored.visit(object_of(heap.unreachable[i]), tracer);
   }
   run_weak_callbacks(due);
   return true;
@@ -361,7 +375,7 @@ bool handle_weakrefs(Heap& heap, bool callbacks_only) {
 void handle_resurrected(Heap& heap, int survivor_segment) {
   Scan scan{&heap, kDetached, static_cast<std::uint32_t>(heap.unreachable.size())};
   std::uintptr_t flags;
-  const bool edges = subtract_internal_refs(scan, 1, flags);  // 1: the collection's own hold
+  const bool edges = subtract_internal_refs<1>(scan, flags);  // 1: the collection's own hold
   mark_reachable_from_outside(scan, edges);
   std::uint32_t kept = 0;
   for (std::uint32_t i = 0; i < scan.n; ++i) {
@@ -379,67 +393,65 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.truncate(kept);
 }
 
-// The clear pass's visitor, for references to objects outside the garbage: it owns the
-// reference the nulled Ref held.
-void take_reference(Tracer& t, Object* target) {
-  static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
-}
-
-// The blocks of destroyed garbage, freed together with tm_free_batch: the allocator then
-// enters the thread's heap once per batch and checks ownership once per pool instead of once
-// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
-// a destructor can see: the object is gone either way.
-class BlockBatch {
- public:
-  BlockBatch() = default;
-  BlockBatch(const BlockBatch&) = delete;
-  BlockBatch& operator=(const BlockBatch&) = delete;
-  ~BlockBatch() { flush(); }
-  void add(void* block) noexcept {
-    blocks_[n_++] = block;
-    if (n_ == kSize) flush();
-  }
-  void flush() noexcept {
-    tm_free_batch(blocks_, n_);
-    n_ = 0;
-  }
-
- private:
-  static constexpr std::size_t kSize = 256;
-  void* blocks_[kSize];
-  std::size_t n_ = 0;
-};
-
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
 // are cleared), so destructors run with those members already null. Whatever is still
 // referenced (by a Ref that trace() does not report) survives like any live object.
-// Destructors may free garbage early through such unreported Refs: untrack() then zeroes its
-// entry, which this pass skips. Nothing adds entries meanwhile (no collection starts inside
-// this one), so the list's size is read once.
+// Destructors may free garbage early through such unreported Refs: untrack() then replaces its
+// entry with kGoneEntry, which this pass skips. Nothing adds entries or moves the list meanwhile
+// (no collection starts inside this one), so its address and size are read once.
+//
+// The blocks of destroyed garbage are freed together with tm_free_batch: the allocator then
+// enters the thread's heap once per batch and checks ownership once per pool instead of once
+// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
+// a destructor can see: the object is gone either way. The batch and its count are locals the
+// destructors cannot see, so the count stays in a register across their calls.
 void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
+  const std::uint32_t n = heap.unreachable.size();
+  const std::uintptr_t* const words = heap.unreachable.data();
+  // A destructor that destroys more objects opens and closes its own frames, so the depth is
+  // the same before each object of the pass: one test decides for all of them whether they
+  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
+  const bool deferred = heap.destroy_depth > Heap::kTrashcanDepth;
+  constexpr std::size_t kBatch = 256;
+  void* blocks[kBatch];
+  std::size_t in_batch = 0;
   std::size_t freed = 0;
-  {
-    BlockBatch batch;
-    const std::uint32_t n = heap.unreachable.size();
-    for (std::uint32_t i = 0; i < n; ++i) {
-      std::uintptr_t word = heap.unreachable[i];  // re-read: destructors may free or flag it
-      if (word == 0) continue;
-      Object* o = object_of(word);
-      if (Access::refcount(o) != 0) {
-        heap.reattach(o, word, survivor_segment);
-      } else if ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer) {
-        release(o);  // a destructor made a weak reference to it, or it has a finalizer to run
-      } else {
-        // Heap::untrack() for a detached object, less zeroing its entry, which nothing reads
-        // again: this pass has passed it, and find_word() stops at the untracked slot. The
-        // allocation count goes down once for all of them, below.
-        Access::slot(o) = kUntracked;
-        ++freed;
-        if (void* block = heap.destruct_in_pass(o)) batch.add(block);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+    Object* o = object_of(word);
+    if (word & kFlagMask) [[unlikely]] {
+      if (word == kGoneEntry) continue;
+      // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
+      // one, it is freed below like the others).
+      if (Access::refcount(o) == 0 &&
+          ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
+        release(o);
+        continue;
       }
     }
+    if (Access::refcount(o) != 0) [[unlikely]] {
+      heap.reattach(o, word, survivor_segment);
+      continue;
+    }
+    // Heap::untrack() for a detached object, less marking its entry, which nothing reads
+    // again: this pass has passed it, and find_word() stops at the untracked slot. The
+    // allocation count goes down once for all of them, below.
+    Access::slot(o) = kUntracked;
+    if (deferred) [[unlikely]] {
+      heap.deferred_destroy.push_back(o);
+      ++freed;
+      continue;
+    }
+    blocks[in_batch++] = Access::destruct(o);
+    if (in_batch == kBatch) [[unlikely]] {
+      tm_free_batch(blocks, kBatch);
+      freed += kBatch;
+      in_batch = 0;
+    }
   }
+  tm_free_batch(blocks, in_batch);
+  freed += in_batch;
   heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
   heap.unreachable.truncate(0);
@@ -463,16 +475,70 @@ void delete_garbage(Heap& heap, int survivor_segment) {
     heap.unreachable.truncate(0);
     return;
   }
-  std::vector<Object*> outside;
-  Tracer clearer = TracerAccess::clearer(take_reference, &outside);
+  Targets outside;
+  Tracer clearer = TracerAccess::clearer();
   for (std::uint32_t i = 0; i < heap.unreachable.size(); ++i) {
-    if (heap.unreachable[i] == 0) continue;
-    Access::trace(object_of(heap.unreachable[i]), clearer);
+    if (heap.unreachable[i] == kGoneEntry) continue;
+    outside.clear(object_of(heap.unreachable[i]), clearer);
     if (outside.empty()) continue;
     for (Object* o : outside) decref(o);  // may run destructors: user code
-    outside.clear();
+    outside.drop();
   }
   free_garbage(heap, survivor_segment);
+}
+
+// Step 5's pass (see collect_generation): survivors are compacted towards the scan's start,
+// written back behind the read position, never ahead of it; the unreachable are appended to
+// `detached`. With kClear, each of them also has its Refs cleared (the clearer), and their
+// flags are not collected: clear_now is only chosen when none has a flag that matters.
+// A survivor moves exactly when garbage precedes it (n_detached != 0). Only what the loop
+// needs is kept in registers across the clearer's calls into trace().
+struct Partition {
+  std::uint32_t kept;        // the table's new size
+  std::uint32_t n_detached;  // entries written to `detached`
+  std::uintptr_t flags;      // union of the flags of the detached (without kClear)
+};
+template <bool kClear>
+Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer, Targets& outside) {
+  Heap& heap = *scan.heap;
+  const std::int32_t* refs = heap.gc_refs.data();
+  std::uint32_t kept = scan.base;
+  std::uint32_t n_detached = 0;
+  std::uintptr_t flags = 0;
+  std::uint32_t i = 0;
+  while (i < scan.n) {
+    // The table in contiguous runs (its chunks).
+    std::uint32_t len;
+    const std::uintptr_t* words = heap.table.run(scan.base + i, len);
+    if (len > scan.n - i) len = scan.n - i;
+    const std::int32_t* r = refs + i;
+    i += len;
+    for (const std::uintptr_t* end = words + len; words != end; ++words, ++r) {
+      const std::uintptr_t word = *words;
+      if (!marked(*r)) {
+        Object* o = object_of(word);
+        Access::slot(o) = kDetached | n_detached;
+        detached[n_detached++] = word;
+        if constexpr (kClear) {
+          Access::trace(o, clearer);
+          // o read again: see subtract_internal_refs.
+          if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
+            outside.settle(object_of(*words), clearer);
+          }
+        } else {
+          flags |= word;
+        }
+        continue;
+      }
+      if (n_detached != 0) {
+        heap.table[kept] = word;
+        Access::slot(object_of(word)) = kept;
+      }
+      ++kept;
+    }
+  }
+  if constexpr (kClear) outside.hold(clearer);
+  return {kept, n_detached, flags};
 }
 
 // -DTRIMALLOC_GC_PHASE_TIMES=ON (CMake): each collection of at least kPhaseTimesMin objects
@@ -543,7 +609,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   PhaseTimes phases;
   phases.mark();
   std::uintptr_t scan_flags;  // union of the flags of every object scanned
-  const bool edges = subtract_internal_refs(scan, 0, scan_flags);
+  const bool edges = subtract_internal_refs<0>(scan, scan_flags);
   phases.mark();
   const std::uint32_t n_unreachable = scan.n - mark_reachable_from_outside(scan, edges);
   phases.mark();
@@ -555,6 +621,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // (the common case), neither needs a pass over the unreachable.
   constexpr std::uintptr_t kNeedsCare = kHasWeakRefs | kHasFinalizer | kLegacy;
   std::uintptr_t candidate_flags = 0;
+  std::vector<Ref<Object>> uncollectable;
   if (n_unreachable != 0 && (scan_flags & kNeedsCare)) {
     std::uint32_t top = 0;
     heap.worklist.clear();
@@ -574,7 +641,14 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     if (edges) {
       propagate_edges(heap, top, kUncollectable, scan.n);
     } else {
-      propagate_traced(scan, kUncollectable);
+      Targets targets;
+      propagate_traced(scan, kUncollectable, targets);
+    }
+    // Held here until step 11, in table order; they stay in the table (step 5 keeps them).
+    for (std::uint32_t i = 0; i < scan.n; ++i) {
+      if (refs[i] == kUncollectable) {
+        uncollectable.push_back(Ref<Object>(object_of(heap.table[base + i])));
+      }
     }
   }
 
@@ -590,9 +664,8 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   // the scan are released once the table is consistent again.
   const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
-  std::vector<Object*> outside;
-  Tracer clearer = TracerAccess::clearer(take_reference, &outside, base, scan.n);
-  std::vector<Ref<Object>> uncollectable;
+  Targets outside;  // references the clearing took to objects outside the scan
+  Tracer clearer = TracerAccess::clearer(base, scan.n);
   heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();
@@ -600,34 +673,12 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
     // once at the end.
     std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
-    std::uint32_t n_detached = 0;
-    kept = base;
-    std::uint32_t i = 0;
-    while (i < scan.n) {
-      // The table in contiguous runs (its chunks); survivors are written back behind the read
-      // position, never ahead of it.
-      std::uint32_t len;
-      const std::uintptr_t* words = heap.table.run(base + i, len);
-      if (len > scan.n - i) len = scan.n - i;
-      for (const std::uintptr_t* end = words + len; words != end; ++words, ++i) {
-        const std::uintptr_t word = *words;
-        if (!marked(refs[i])) {
-          unreachable_flags |= word;
-          Object* o = object_of(word);
-          Access::slot(o) = kDetached | n_detached;
-          detached[n_detached++] = word;
-          if (clear_now) Access::trace(o, clearer);
-          continue;
-        }
-        if (kept != base + i) {
-          heap.table[kept] = word;
-          Access::slot(object_of(word)) = kept;
-        }
-        ++kept;
-        if (refs[i] == kUncollectable) uncollectable.push_back(Ref<Object>(object_of(word)));
-      }
-    }
-    heap.unreachable.set_size(n_detached);
+    if (clear_now) outside.arm(clearer, 0);
+    Partition done = clear_now ? partition<true>(scan, detached, clearer, outside)
+                               : partition<false>(scan, detached, clearer, outside);
+    kept = done.kept;
+    unreachable_flags = done.flags;
+    heap.unreachable.set_size(done.n_detached);
     heap.table.truncate(kept);
   }
   const int survivor_segment = generation < 2 ? segment_of_generation(generation + 1) : kGen2;

@@ -31,16 +31,12 @@ const std::string& demangled_name(const std::type_info& type) {
   return it->second;
 }
 
-// Collects the targets trace() reports, as Object pointers, in order.
-void collect_edge(Tracer& t, Object* target) {
-  static_cast<std::vector<Object*>*>(TracerAccess::context(t))->push_back(target);
-}
-
+// The targets trace() reports, as Object pointers, in order.
 std::vector<Object*> referents_of(const Object& object) {
-  std::vector<Object*> targets;
-  Tracer tracer = TracerAccess::visitor(collect_edge, nullptr, &targets);
-  Access::trace(const_cast<Object*>(&object), tracer);
-  return targets;
+  Targets targets;
+  Tracer tracer = TracerAccess::visitor();
+  auto [first, last] = targets.visit(const_cast<Object*>(&object), tracer);
+  return std::vector<Object*>(first, last);
 }
 
 // For every table position, the count minus the references from tracked objects: what is

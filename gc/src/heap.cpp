@@ -113,7 +113,7 @@ void Heap::untrack(Object* o) noexcept {
   Access::slot(o) = kUntracked;
   if (count[0] > 0) --count[0];
   if (slot & kDetached) {
-    unreachable[slot & ~kDetached] = 0;  // the running collection skips it from now on
+    unreachable[slot & ~kDetached] = kGoneEntry;  // the running collection skips it from now on
     return;
   }
   std::uint32_t hole = slot;

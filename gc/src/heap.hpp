@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "trimalloc/gc.hpp"
@@ -18,6 +19,11 @@ inline Object* object_of(std::uintptr_t word) noexcept {
 inline std::uintptr_t word_of(Object* o, std::uintptr_t flags) noexcept {
   return reinterpret_cast<std::uintptr_t>(o) | flags;
 }
+
+// The entry of Heap::unreachable of an object freed while the collection runs (a destructor
+// dropped an unreported reference to it): no object, and every flag set, so that a pass over
+// the list tests one thing, whether any flag is set, before its common case.
+inline constexpr std::uintptr_t kGoneEntry = kFlagMask;
 
 // A vector of slot words in fixed 32 KiB chunks: growing never copies (a 10-million object heap
 // would otherwise copy 80 MB at each doubling) and never leaves more than one unused chunk
@@ -190,21 +196,12 @@ struct Heap {
   void move_to_segment(std::uint32_t index, int segment) noexcept;
   void destroy(Object* o) noexcept;
   // A pass that destroys many objects opens one trashcan frame around all of them
-  // (begin_destroy_pass), destroys each with destruct_in_pass, and closes it (end_destroy_pass,
-  // which runs what nested destructions queued once the outermost frame closes). The same
-  // bound on nesting as destroy() per object, without its bookkeeping per object.
+  // (begin_destroy_pass), destroys each itself (Access::destruct, or, when the pass runs inside
+  // deeply nested destructions, deferred_destroy: destroy_depth > kTrashcanDepth inside the
+  // frame, one level deep as destroy() would be), and closes it (end_destroy_pass, which runs
+  // what nested destructions queued once the outermost frame closes). The same bound on
+  // nesting as destroy() per object, without its bookkeeping per object.
   void begin_destroy_pass() noexcept { ++destroy_depth; }
-  // Runs o's destructor and returns its block, still allocated, for the caller to free
-  // (tm_free_batch); or queues o and returns null when the pass itself runs inside deeply
-  // nested destructions.
-  void* destruct_in_pass(Object* o) noexcept {
-    // Inside the pass's frame: one level deep, as destroy() would be.
-    if (destroy_depth > kTrashcanDepth) [[unlikely]] {
-      deferred_destroy.push_back(o);
-      return nullptr;
-    }
-    return Access::destruct(o);
-  }
   void end_destroy_pass() noexcept;
 };
 
@@ -231,13 +228,14 @@ void print_validation() noexcept;
 
 struct TracerAccess {
   using Mode = Tracer::Mode;
-  // Calls `visit` for every Ref and `weak_visit` (if any) for every reported WeakRef.
-  static Tracer visitor(Tracer::VisitFn visit, Tracer::WeakVisitFn weak_visit,
-                        void* context) noexcept {
-    return Tracer(Mode::kVisit, visit, weak_visit, context);
+  // Reports every Ref's target into a Targets buffer (see Targets::visit), and calls
+  // `weak_visit` (if any) for every reported WeakRef.
+  static Tracer visitor(Tracer::WeakVisitFn weak_visit = nullptr,
+                        void* context = nullptr) noexcept {
+    return Tracer(Mode::kVisit, weak_visit, context);
   }
   // refs[slot - base] -= 1 for every edge into [base, base + n); the edge's index is appended
-  // to [out, end) while there is room (see edge_out, edges_lost).
+  // to [out, end) while there is room (see edge_out, lost).
   static Tracer subtracter(std::int32_t* refs, std::uint32_t base, std::uint32_t n,
                            std::uint32_t* out, std::uint32_t* end) noexcept {
     return Tracer(refs, base, n, out, end);
@@ -245,18 +243,83 @@ struct TracerAccess {
   static void set_edge_buffer(Tracer& t, std::uint32_t* out, std::uint32_t* end) noexcept {
     t.edge_out_ = out;
     t.edge_end_ = end;
-    t.edges_lost_ = 0;
+    t.lost_ = 0;
   }
   static std::uint32_t* edge_out(const Tracer& t) noexcept { return t.edge_out_; }
-  static std::size_t edges_lost(const Tracer& t) noexcept { return t.edges_lost_; }
-  // Nulls every reported Ref and hands its reference to `take` (see Tracer::operator()).
-  // References to detached objects, and to objects of the scan [base, base + n), are dropped
-  // without `take` (see Tracer::operator()).
-  static Tracer clearer(Tracer::VisitFn take, void* context, std::uint32_t base = 0,
-                        std::uint32_t n = 0) noexcept {
-    return Tracer(Mode::kClear, take, nullptr, context, base, n);
+  // Edges (kSubtract) or targets (kVisit, kClear) that found the buffer full.
+  static std::size_t lost(const Tracer& t) noexcept { return t.lost_; }
+  // Nulls every reported Ref. References to detached objects, and to objects of the scan
+  // [base, base + n), are dropped at once; the others are taken into a Targets buffer (see
+  // Targets::clear and Tracer::operator()).
+  static Tracer clearer(std::uint32_t base = 0, std::uint32_t n = 0) noexcept {
+    return Tracer(Mode::kClear, nullptr, nullptr, base, n);
   }
+  static void set_target_buffer(Tracer& t, Object** out, Object** end) noexcept {
+    t.target_out_ = out;
+    t.target_end_ = end;
+    t.lost_ = 0;
+  }
+  static Object** target_out(const Tracer& t) noexcept { return t.target_out_; }
   static void* context(Tracer& t) noexcept { return t.context_; }
+};
+
+// The targets a kVisit or kClear Tracer hands on. Tracer::operator() appends them to this
+// buffer rather than calling out, so that a trace() such as `t(next); t(prev);` makes no call
+// and needs no stack frame. A trace() that reports more than the room left is called again
+// with more room: a visitor's starts over; a clearer's goes on, since the Refs it took are
+// null by then and it reports only those still set.
+class Targets {
+ public:
+  Object** begin() noexcept { return buffer_.data(); }
+  Object** end() noexcept { return buffer_.data() + used_; }
+  bool empty() const noexcept { return used_ == 0; }
+  void drop() noexcept { used_ = 0; }
+
+  // Calls o's trace() with `t` (kVisit) and returns the targets it reported, in order, until
+  // the next call.
+  std::pair<Object**, Object**> visit(Object* o, Tracer& t) {
+    used_ = 0;
+    arm(t, 0);
+    Access::trace(o, t);
+    while (TracerAccess::lost(t) != 0) {  // starts over with room for all of them
+      arm(t, TracerAccess::target_out(t) - buffer_.data() + TracerAccess::lost(t));
+      Access::trace(o, t);
+    }
+    used_ = TracerAccess::target_out(t) - buffer_.data();
+    return {begin(), end()};
+  }
+  // Points `t` at the room after the targets already held, at least `room` entries.
+  void arm(Tracer& t, std::size_t room) {
+    if (buffer_.size() - used_ < std::max<std::size_t>(room, kMinRoom)) {
+      buffer_.resize(std::max(2 * buffer_.size(), used_ + std::max(room, kMinRoom)));
+    }
+    TracerAccess::set_target_buffer(t, buffer_.data() + used_, buffer_.data() + buffer_.size());
+  }
+  // After calls of trace() with `t` armed here: holds what they took, calling trace() on `o`
+  // again until it has taken all of its references (the last call lost some).
+  void settle(Object* o, Tracer& t) {
+    for (;;) {
+      hold(t);
+      const std::size_t lost = TracerAccess::lost(t);
+      if (lost == 0) return;
+      arm(t, lost);
+      Access::trace(o, t);
+    }
+  }
+  // Holds what the calls of trace() with `t` armed here took (none lost any).
+  void hold(const Tracer& t) noexcept { used_ = TracerAccess::target_out(t) - buffer_.data(); }
+  // Calls o's trace() with `t` (kClear) and holds the references it took after those already
+  // held.
+  void clear(Object* o, Tracer& t) {
+    arm(t, 0);
+    Access::trace(o, t);
+    settle(o, t);
+  }
+
+ private:
+  static constexpr std::size_t kMinRoom = 64;
+  std::vector<Object*> buffer_;  // its size is the room
+  std::size_t used_ = 0;
 };
 
 [[noreturn]] void fatal(const char* message, const Object* o) noexcept;

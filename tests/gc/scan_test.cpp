@@ -168,6 +168,52 @@ TEST_P(ScanTest, YoungGarbageReleasesTheOldObjectsItHeldLast) {
   EXPECT_EQ(gc::refcount(old_kept), 1u);
 }
 
+// Garbage holding more references to objects outside the scan than the clearing's buffer of
+// taken references has room for (Targets, 64 to start with): trace() is called again for the
+// rest, and each reference is handed back exactly once, whether the garbage is cleared while
+// it is detached (no finalizer) or after finalizers ran (one in the cycle).
+// Counts the Refs still set when a destructor runs: the collector must have cleared them all.
+int refs_left_at_destruction = 0;
+struct CheckedVertex : Vertex {
+  using Vertex::Vertex;
+  ~CheckedVertex() override {
+    for (auto& ref : out) refs_left_at_destruction += ref != nullptr;
+  }
+};
+struct FinalizedVertex : CheckedVertex {
+  using CheckedVertex::CheckedVertex;
+  void finalize() override {}
+};
+template <class Second>
+void collect_garbage_holding_many_old_objects(std::set<int>& destroyed_ids) {
+  std::vector<gc::Ref<Vertex>> old;
+  for (int i = 0; i < 500; ++i) old.push_back(gc::make<Vertex>(1000 + i));
+  gc::collect();  // all in generation 2
+  {
+    gc::Ref<Vertex> a = gc::make<CheckedVertex>(1);
+    gc::Ref<Vertex> b = gc::make<Second>(2);
+    a->out.push_back(b);
+    b->out.push_back(a);
+    for (int i = 0; i < 500; ++i) a->out.push_back(old[i]);
+    for (int i = 0; i < 300; ++i) b->out.push_back(old[i]);
+    EXPECT_EQ(gc::get_referents(*a).size(), 501u);  // the visitor's buffer grows as well
+  }
+  for (int i = 0; i < 500; i += 2) old[i] = nullptr;  // now held only by the garbage
+  refs_left_at_destruction = 0;
+  EXPECT_EQ(gc::collect(0), 2u);
+  EXPECT_EQ(refs_left_at_destruction, 0);
+  std::set<int> expected{1, 2};
+  for (int i = 0; i < 500; i += 2) expected.insert(1000 + i);
+  EXPECT_EQ(destroyed_ids, expected);
+  for (int i = 1; i < 500; i += 2) EXPECT_EQ(gc::refcount(old[i]), 1u);
+}
+TEST_P(ScanTest, GarbageHoldingManyOldObjectsHandsEachReferenceBackOnce) {
+  collect_garbage_holding_many_old_objects<CheckedVertex>(destroyed_);
+}
+TEST_P(ScanTest, GarbageWithAFinalizerHoldingManyOldObjectsHandsEachReferenceBackOnce) {
+  collect_garbage_holding_many_old_objects<FinalizedVertex>(destroyed_);
+}
+
 // Survivors interleaved with garbage: the survivors move down the table while the garbage
 // before them is detached and cleared, and garbage made after them still refers to them.
 TEST_P(ScanTest, SurvivorsMovedWhileGarbageIsClearedKeepTheirCounts) {

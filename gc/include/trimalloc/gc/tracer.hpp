@@ -36,8 +36,9 @@ class Tracer {
     T* pointer = ref.get();
     if (!pointer) return;
     Object* target = detail::as_object(pointer);
-    // The pass that runs over every object of a collection is inline and small, so that an
-    // edge costs a compare, a decrement and a store rather than a call.
+    // Every pass is inline and makes no call: an edge costs a few compares and stores, and a
+    // trace() like `t(next); t(prev);` needs no stack frame. The passes that hand targets on
+    // append them to a buffer the collector reads once trace() has returned.
     if (mode_ == Mode::kSubtract) {
       std::uint32_t i = detail::Access::slot(target) - base_;
       if (i < n_) {  // else: outside the objects being collected
@@ -47,7 +48,7 @@ class Tracer {
         if (edge_out_ != edge_end_) {
           *edge_out_++ = i;
         } else {
-          ++edges_lost_;
+          ++lost_;
         }
       }
     } else if (mode_ == Mode::kClear) {
@@ -56,17 +57,27 @@ class Tracer {
       // So is, while the collector detaches and clears in one pass, an edge into the scan
       // [base_, base_ + n_): garbage not detached yet, or a survivor, whose count cannot reach
       // zero here (what keeps it alive holds a count the garbage's references do not include).
-      // Any other reference passes to the visitor, which releases it only after trace()
-      // returns, so that no destructor runs inside the user's trace().
-      detail::Access::pointer(ref) = nullptr;
-      std::uint32_t slot = detail::Access::slot(target);
-      if ((slot & detail::kDetached) ? slot != detail::kUntracked : slot - base_ < n_) {
+      // Any other reference is taken into the buffer, and released by the collector only
+      // after trace() returns, so that no destructor runs inside the user's trace(). With the
+      // buffer full, the Ref is left as it is and counted: the collector makes room and calls
+      // trace() again, which reports only the Refs still set.
+      // A detached slot (kDetached set, not kUntracked) is never inside the scan: tables stay
+      // below 2^31 slots. So two unsigned range tests, without a branch between them.
+      const std::uint32_t slot = detail::Access::slot(target);
+      if ((slot - base_ < n_) |
+          (slot - detail::kDetached < detail::kUntracked - detail::kDetached)) {
+        detail::Access::pointer(ref) = nullptr;
         --detail::Access::refcount(target);
+      } else if (target_out_ != target_end_) {
+        detail::Access::pointer(ref) = nullptr;
+        *target_out_++ = target;
       } else {
-        visit_(*this, target);
+        ++lost_;
       }
+    } else if (target_out_ != target_end_) {  // kVisit; a full buffer: called again with room
+      *target_out_++ = target;
     } else {
-      visit_(*this, target);
+      ++lost_;
     }
   }
 
@@ -84,18 +95,12 @@ class Tracer {
 
  private:
   friend struct detail::TracerAccess;
-  enum class Mode : std::uint8_t { kVisit, kSubtract, kClear };
-  using VisitFn = void (*)(Tracer&, Object*);
+  enum class Mode : std::uint8_t { kSubtract, kClear, kVisit };
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
-  Tracer(Mode mode, VisitFn visit, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
+  Tracer(Mode mode, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
          std::uint32_t n = 0) noexcept
-      : mode_(mode),
-        base_(base),
-        n_(n),
-        visit_(visit),
-        weak_visit_(weak_visit),
-        context_(context) {}
+      : mode_(mode), base_(base), n_(n), weak_visit_(weak_visit), context_(context) {}
   Tracer(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::uint32_t* edge_out,
          std::uint32_t* edge_end) noexcept
       : mode_(Mode::kSubtract),
@@ -108,14 +113,17 @@ class Tracer {
   Mode mode_;
   // kSubtract: each edge into slots [base_, base_ + n_) decrements refs_[slot - base_] and
   // its index is appended at edge_out_ while edge_out_ != edge_end_; past that it is only
-  // counted in edges_lost_. kClear: edges into [base_, base_ + n_) are dropped at once.
+  // counted in lost_. kClear: edges into [base_, base_ + n_) are dropped at once. kClear and
+  // kVisit: the targets handed on are appended at target_out_ while it is not target_end_,
+  // and counted in lost_ past that.
   std::uint32_t base_ = 0;
   std::uint32_t n_ = 0;
   std::int32_t* refs_ = nullptr;
   std::uint32_t* edge_out_ = nullptr;
   std::uint32_t* edge_end_ = nullptr;
-  std::size_t edges_lost_ = 0;
-  VisitFn visit_ = nullptr;  // kVisit and kClear
+  Object** target_out_ = nullptr;
+  Object** target_end_ = nullptr;
+  std::size_t lost_ = 0;
   WeakVisitFn weak_visit_ = nullptr;
   void* context_ = nullptr;
 };
