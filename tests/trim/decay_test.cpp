@@ -549,7 +549,7 @@ TEST(Decay, ABigBlockFreedAndAskedForAgainIsKeptForReuse) {
   // (sanitizer) build.
   DecayFor decay(2000);
   std::vector<std::uintptr_t> pages, previous;
-  const long pages_per_block = static_cast<long>(kBig / 4096);
+  [[maybe_unused]] const long pages_per_block = static_cast<long>(kBig / 4096);
   // Rounds 0-2 map afresh: the first free is purged at once, the second round is the evidence,
   // and the raise takes effect at the third round's allocation. From then on each block is
   // still resident after its free, and the next round gets the same pages, without faults.
