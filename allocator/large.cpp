@@ -569,6 +569,11 @@ void purge_postfork_parent() {
 }
 void purge_postfork_child() {
   g_purge_lock.reset_after_fork();
+  // The child has no decay thread (it starts one lazily, if its heap grows), so nothing would
+  // give back a big block the parent's raised threshold let it keep: back to purging at once.
+  // jemalloc's own child handler, registered before this one, has run.
+  g_oversize_wanted.store(0, std::memory_order_relaxed);
+  if (g_oversize.load(std::memory_order_relaxed) != kPurgeAtOnce) set_oversize(kPurgeAtOnce);
 }
 
 void arena_decay(bool all) noexcept {

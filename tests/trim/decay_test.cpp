@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <trimalloc/trimalloc.h>
 #include <unistd.h>
 
@@ -598,4 +599,24 @@ TEST(Decay, WithoutAThreadBigBlocksArePurgedAtOnceAtEveryRound) {
     EXPECT_EQ(resident_pages(pages), 0u) << "round " << round << ": kept with no thread";
   }
   ASSERT_EQ(tm_option_set("background_thread", 1), 0);
+}
+
+// A fork child has no decay thread: a threshold the parent raised must not let the child keep a
+// big freed block that nothing would give back.
+TEST(Decay, AForkChildPurgesBigBlocksAtOnceWhateverTheParentRaised) {
+  DecayFor decay(2000);
+  std::vector<std::uintptr_t> pages;
+  for (int round = 0; round < 6; ++round) big_round(pages);
+  ASSERT_EQ(resident_pages(pages), pages.size()) << "the parent's threshold was never raised";
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::vector<std::uintptr_t> child_pages;
+    big_round(child_pages);
+    _exit(resident_pages(child_pages) == 0 ? 0 : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child kept a freed 16 MiB block resident";
 }
