@@ -849,10 +849,6 @@ bool large_oversize_expire(bool at_once) noexcept {
   return !set_oversize(kPurgeAtOnce);
 }
 
-std::size_t large_oversize_threshold() noexcept {
-  return g_oversize.load(std::memory_order_relaxed);
-}
-
 void large_decay_step() noexcept {
   if (ready()) arena_decay(false);
 }

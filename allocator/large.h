@@ -38,11 +38,10 @@ void large_decay_step() noexcept;
 // the extent hooks asked for a raise; apply: makes it if `keep` (a decay thread runs to give
 // kept blocks back) and forgets it otherwise (from allocation slow paths). expire: puts the
 // starting 8 MiB back once no raise was asked for in a while, or at once (decay turned off or
-// to 0). threshold: its value now, for statistics and tests.
+// to 0).
 bool large_oversize_wanted() noexcept;
 void large_oversize_apply(bool keep) noexcept;
 bool large_oversize_expire(bool at_once) noexcept;  // true: still raised
-std::size_t large_oversize_threshold() noexcept;
 // After a failed mapping: flushes this thread's jemalloc cache and purges the arena, which
 // unmaps every region left wholly free. True (try once more) once the arena exists.
 bool large_release_address_space() noexcept;
