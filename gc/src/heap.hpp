@@ -230,9 +230,8 @@ struct TracerAccess {
   using Mode = Tracer::Mode;
   // Reports every Ref's target into a Targets buffer (see Targets::visit), and calls
   // `weak_visit` (if any) for every reported WeakRef.
-  static Tracer visitor(Tracer::WeakVisitFn weak_visit = nullptr,
-                        void* context = nullptr) noexcept {
-    return Tracer(Mode::kVisit, weak_visit, context);
+  static Tracer visitor(Tracer::WeakVisitFn weak_visit = nullptr) noexcept {
+    return Tracer(Mode::kVisit, weak_visit);
   }
   // refs[slot - base] -= 1 for every edge into [base, base + n); the edge's index is appended
   // to [out, end) while there is room (see edge_out, lost).
@@ -252,7 +251,7 @@ struct TracerAccess {
   // [base, base + n), are dropped at once; the others are taken into a Targets buffer (see
   // Targets::clear and Tracer::operator()).
   static Tracer clearer(std::uint32_t base = 0, std::uint32_t n = 0) noexcept {
-    return Tracer(Mode::kClear, nullptr, nullptr, base, n);
+    return Tracer(Mode::kClear, nullptr, base, n);
   }
   static void set_target_buffer(Tracer& t, Object** out, Object** end) noexcept {
     t.target_out_ = out;
@@ -260,7 +259,6 @@ struct TracerAccess {
     t.lost_ = 0;
   }
   static Object** target_out(const Tracer& t) noexcept { return t.target_out_; }
-  static void* context(Tracer& t) noexcept { return t.context_; }
 };
 
 // The targets a kVisit or kClear Tracer hands on. Tracer::operator() appends them to this

@@ -98,9 +98,8 @@ class Tracer {
   enum class Mode : std::uint8_t { kSubtract, kClear, kVisit };
   using WeakVisitFn = void (*)(Tracer&, detail::WeakRecord*);
 
-  Tracer(Mode mode, WeakVisitFn weak_visit, void* context, std::uint32_t base = 0,
-         std::uint32_t n = 0) noexcept
-      : mode_(mode), base_(base), n_(n), weak_visit_(weak_visit), context_(context) {}
+  Tracer(Mode mode, WeakVisitFn weak_visit, std::uint32_t base = 0, std::uint32_t n = 0) noexcept
+      : mode_(mode), base_(base), n_(n), weak_visit_(weak_visit) {}
   Tracer(std::int32_t* refs, std::uint32_t base, std::uint32_t n, std::uint32_t* edge_out,
          std::uint32_t* edge_end) noexcept
       : mode_(Mode::kSubtract),
@@ -125,7 +124,6 @@ class Tracer {
   Object** target_end_ = nullptr;
   std::size_t lost_ = 0;
   WeakVisitFn weak_visit_ = nullptr;
-  void* context_ = nullptr;
 };
 
 }  // namespace trimalloc::gc
