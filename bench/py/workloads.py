@@ -6,6 +6,8 @@
                                                           the theoretical maximum releasable bytes
     python3 workloads.py json    [--rounds R]             json/dict/str heavy work (timed)
     python3 workloads.py classes [--rounds R]             class-instance heavy work (timed)
+    python3 workloads.py bigbuf  [--rounds R]             a 16 MiB bytearray made, written and
+                                                          dropped, 30 times a round (timed)
 
 Run with PYTHONMALLOC=malloc and LD_PRELOAD=<allocator> to measure that allocator, or with neither to
 measure CPython's own pymalloc. Output: one JSON object per line, like the C++ programs (common.h):
@@ -246,17 +248,38 @@ def run_classes(args, result, who):
     release_phases(result, args.idle, who)
 
 
+def run_bigbuf(args, result, who):
+    """A big buffer per request, as a server or a data pipeline makes one: bytearray(16 MiB)
+    (calloc), one byte written per page, dropped; 30 times a round."""
+    emit_event("start")
+    result["rss_baseline"] = rss_bytes()
+    size = 16 << 20
+    ones = b"\1" * (size // PAGE)
+    t0 = time.monotonic()
+    total = 0
+    for r in range(args.rounds * 30):
+        buf = bytearray(size)
+        buf[::PAGE] = ones
+        total += buf[PAGE * (r % (size // PAGE))]
+        del buf
+    result["work_s"] = time.monotonic() - t0
+    result["checksum"] = total
+    emit_event("worked")
+    result["rss_peak"] = peak_rss_bytes()
+    release_phases(result, args.idle, who)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["docs", "frag99", "json", "classes"])
+    p.add_argument("mode", choices=["docs", "frag99", "json", "classes", "bigbuf"])
     p.add_argument("--count", type=int, default=500000, help="records (docs, frag99)")
-    p.add_argument("--rounds", type=int, default=10, help="rounds (json, classes)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds (json, classes, bigbuf)")
     p.add_argument("--idle", type=float, default=2.0, help="seconds idle after the free")
     args = p.parse_args()
     who = allocator_name()
     result = {"workload": "py-" + args.mode, "allocator": who, "python": sys.version.split()[0]}
-    {"docs": run_docs, "frag99": run_frag99, "json": run_json, "classes": run_classes}[args.mode](
-        args, result, who)
+    {"docs": run_docs, "frag99": run_frag99, "json": run_json, "classes": run_classes,
+     "bigbuf": run_bigbuf}[args.mode](args, result, who)
     result.setdefault("rss_hwm", peak_rss_bytes())
     print(json.dumps({"result": result}), flush=True)
 
