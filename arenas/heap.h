@@ -136,8 +136,13 @@ class ThreadHeap {
     b->link = encode_link(pool, pool->free);
     pool->free = b;
     if (__builtin_expect(!used_decrement_is_empty_or_parked(pool), 1)) return false;
-    return !(pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
-             avail_[pool->size_class].head == pool);
+    return !is_sole_empty_pool(pool);
+  }
+  // After a free left `pool` empty or parked: true if it is empty, not parked, and its class's
+  // only available pool, which stays as it is (free_slow has nothing to do for it).
+  [[gnu::always_inline]] bool is_sole_empty_pool(const Pool* pool) const noexcept {
+    return pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
+           avail_[pool->size_class].head == pool;
   }
 
   // Free of a block this heap owns, inside enter_fast()/visitor check; leaves. The caller has
@@ -155,11 +160,7 @@ class ThreadHeap {
   void free_run_in_batch(Pool* pool, Block* head, std::uint32_t count) noexcept {
     pool->free = head;
     if (__builtin_expect(!used_subtract_is_empty_or_parked(pool, count), 1)) return;
-    if (pool->used.load(std::memory_order_relaxed) == 0 && pool->next == nullptr &&
-        avail_[pool->size_class].head == pool) {
-      return;
-    }
-    free_slow(pool);
+    if (!is_sole_empty_pool(pool)) free_slow(pool);
   }
 
   // Called by a remote freer that owns a pool's notification (pool.cpp).

@@ -205,32 +205,23 @@ inline void used_increment(Pool* pool) noexcept {
   pool->used.store(pool->used.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 #endif
 }
-// True if the pool is now empty or is parked full: free's slow path decides which.
-inline bool used_decrement_is_empty_or_parked(Pool* pool) noexcept {
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-  bool slow;
-  asm volatile("decl %0" : "+m"(used_word(pool)), "=@ccle"(slow));
-  return slow;
-#else
-  std::uint32_t used = pool->used.load(std::memory_order_relaxed) - 1;
-  pool->used.store(used, std::memory_order_relaxed);
-  return used == 0 || (used & kParkedFull) != 0;
-#endif
-}
-
-// The same for `count` blocks freed at once (tm_free_batch's run of one pool): the count was
-// at least `count` before, so the subtraction, like the decrement, never borrows from
-// kParkedFull, and "zero or negative" still means empty or parked.
+// Counts `count` blocks freed (one for free(), a run of one pool for tm_free_batch) and returns
+// true if the pool is now empty or is parked full: free's slow path decides which. The count was
+// at least `count` before, so the subtraction never borrows from kParkedFull, and "zero or
+// negative" means empty or parked. (A constant 1 assembles to one `subl $1`, as short as decl.)
 inline bool used_subtract_is_empty_or_parked(Pool* pool, std::uint32_t count) noexcept {
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
   bool slow;
-  asm volatile("subl %2, %0" : "+m"(used_word(pool)), "=@ccle"(slow) : "r"(count));
+  asm volatile("subl %2, %0" : "+m"(used_word(pool)), "=@ccle"(slow) : "ir"(count));
   return slow;
 #else
   std::uint32_t used = pool->used.load(std::memory_order_relaxed) - count;
   pool->used.store(used, std::memory_order_relaxed);
   return used == 0 || (used & kParkedFull) != 0;
 #endif
+}
+inline bool used_decrement_is_empty_or_parked(Pool* pool) noexcept {
+  return used_subtract_is_empty_or_parked(pool, 1);
 }
 
 // Decodes a popped link; a value that leaves the pool means the free block was overwritten.
