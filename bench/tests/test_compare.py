@@ -92,5 +92,23 @@ class CompareTest(unittest.TestCase):
             self.assertIn("ran under 'jemalloc', not trimalloc", r.stderr)
 
 
+@unittest.skipUnless(BUILD and LIB, "set TRIMALLOC_BUILD and TRIMALLOC_LIB (ctest does)")
+class AbPairsTest(unittest.TestCase):
+    def test_every_allocator_gets_a_time_and_a_ratio_per_size(self):
+        r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
+                            "--min-time", "0.01", "--sizes", "16,512", "--allocators", "glibc,trimalloc,floor"],
+                           capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and " B |" in line]
+        self.assertEqual([row.split("|")[1].strip() for row in rows], ["16 B", "512 B"])
+        for row in rows:
+            cells = [c.strip() for c in row.strip("|").split("|")][1:]
+            self.assertEqual(len(cells), 5, row)  # three times, two ratios
+            for c in cells[:3]:
+                self.assertGreater(float(c), 0.0, row)  # the floor stand-in ran the loop too
+            for c in cells[3:]:
+                self.assertRegex(c, r"^\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)$")
+
+
 if __name__ == "__main__":
     unittest.main()
