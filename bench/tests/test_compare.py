@@ -109,6 +109,18 @@ class AbPairsTest(unittest.TestCase):
             for c in cells[3:]:
                 self.assertRegex(c, r"^\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)$")
 
+    def test_producer_consumer_in_alternating_runs(self):
+        r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
+                            "--min-time", "0.01", "--benchmark", "BM_prodcons", "--sizes", "64",
+                            "--allocators", "glibc,trimalloc"], capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertRegex(r.stdout, r"\| 64 B \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d{3} \(")
+        r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
+                            "--min-time", "0.01", "--benchmark", "BM_prodcons", "--sizes", "16",
+                            "--allocators", "glibc,trimalloc"], capture_output=True, text=True, timeout=240)
+        self.assertNotEqual(r.returncode, 0)  # BM_prodcons has no 16-byte run: said, not hidden
+        self.assertIn("BM_prodcons has no size 16", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
