@@ -405,49 +405,66 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
 // per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
 // a destructor can see: the object is gone either way. The batch and its count are locals the
 // destructors cannot see, so the count stays in a register across their calls.
+// What free_garbage does with the detached entry `word`: true if the object is to be destroyed
+// (its slot is marked untracked already), false if it was skipped, released or put back.
+inline bool take_for_destruction(Heap& heap, std::uintptr_t word, int survivor_segment) {
+  Object* o = object_of(word);
+  if (word & kFlagMask) [[unlikely]] {
+    if (word == kGoneEntry) return false;
+    // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
+    // one, it is freed below like the others).
+    if (Access::refcount(o) == 0 &&
+        ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
+      release(o);
+      return false;
+    }
+  }
+  if (Access::refcount(o) != 0) [[unlikely]] {
+    heap.reattach(o, word, survivor_segment);
+    return false;
+  }
+  // Heap::untrack() for a detached object, less marking its entry, which nothing reads
+  // again: this pass has passed it, and find_word() stops at the untracked slot. The
+  // allocation count goes down once for all of them, in free_garbage.
+  Access::slot(o) = kUntracked;
+  return true;
+}
+
 void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
   const std::uint32_t n = heap.unreachable.size();
   const std::uintptr_t* const words = heap.unreachable.data();
-  // A destructor that destroys more objects opens and closes its own frames, so the depth is
-  // the same before each object of the pass: one test decides for all of them whether they
-  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
-  const bool deferred = heap.destroy_depth > Heap::kTrashcanDepth;
   constexpr std::size_t kBatch = 256;
   void* blocks[kBatch];
   std::size_t in_batch = 0;
   std::size_t freed = 0;
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
-    Object* o = object_of(word);
-    if (word & kFlagMask) [[unlikely]] {
-      if (word == kGoneEntry) continue;
-      // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
-      // one, it is freed below like the others).
-      if (Access::refcount(o) == 0 &&
-          ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
-        release(o);
-        continue;
-      }
-    }
-    if (Access::refcount(o) != 0) [[unlikely]] {
-      heap.reattach(o, word, survivor_segment);
-      continue;
-    }
-    // Heap::untrack() for a detached object, less marking its entry, which nothing reads
-    // again: this pass has passed it, and find_word() stops at the untracked slot. The
-    // allocation count goes down once for all of them, below.
-    Access::slot(o) = kUntracked;
-    if (deferred) [[unlikely]] {
-      heap.deferred_destroy.push_back(o);
+  // A destructor that destroys more objects opens and closes its own frames, so the depth is
+  // the same before each object of the pass: one test decides for all of them whether they
+  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
+  if (heap.destroy_depth > Heap::kTrashcanDepth) [[unlikely]] {
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+      if (!take_for_destruction(heap, word, survivor_segment)) continue;
+      heap.deferred_destroy.push_back(object_of(word));
       ++freed;
-      continue;
     }
-    blocks[in_batch++] = Access::destruct(o);
-    if (in_batch == kBatch) [[unlikely]] {
-      tm_free_batch(blocks, kBatch);
-      freed += kBatch;
-      in_batch = 0;
+  } else {
+    std::size_t i = 0;
+    while (i < n) {
+      // At most as many objects as the batch has room for: the loop's one test per object
+      // also stops it at a full batch.
+      const std::size_t stop = i + std::min(n - i, kBatch - in_batch);
+      for (; i < stop; ++i) {
+        const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+        if (!take_for_destruction(heap, word, survivor_segment)) [[unlikely]]
+          continue;
+        blocks[in_batch++] = Access::destruct(object_of(word));
+      }
+      if (in_batch == kBatch) {
+        tm_free_batch(blocks, kBatch);
+        freed += kBatch;
+        in_batch = 0;
+      }
     }
   }
   tm_free_batch(blocks, in_batch);
@@ -512,6 +529,7 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
     const std::uintptr_t* words = heap.table.run(scan.base + i, len);
     if (len > scan.n - i) len = scan.n - i;
     const std::int32_t* r = refs + i;
+    const std::uint32_t run_detached = n_detached;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r) {
       const std::uintptr_t word = *words;
@@ -521,10 +539,6 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
         detached[n_detached++] = word;
         if constexpr (kClear) {
           Access::trace(o, clearer);
-          // o read again: see subtract_internal_refs.
-          if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
-            outside.settle(object_of(*words), clearer);
-          }
         } else {
           flags |= word;
         }
@@ -535,6 +549,17 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
         Access::slot(object_of(word)) = kept;
       }
       ++kept;
+    }
+    if constexpr (kClear) {
+      // Once the buffer is full, every trace() leaves its Refs out of the scan as they are
+      // (and counts them), until it gets room: the objects of this run are cleared again,
+      // which takes only those. Tested once per run, not once per object.
+      if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
+        outside.hold(clearer);
+        for (std::uint32_t k = run_detached; k < n_detached; ++k) {
+          outside.clear(object_of(detached[k]), clearer);
+        }
+      }
     }
   }
   if constexpr (kClear) outside.hold(clearer);
