@@ -690,7 +690,7 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   Targets outside;  // references the clearing took to objects outside the scan
-  Tracer clearer = TracerAccess::clearer(base, scan.n);
+  Tracer clearer = TracerAccess::clearer(base);  // the scan runs to the end of the table
   heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();

@@ -247,11 +247,12 @@ struct TracerAccess {
   static std::uint32_t* edge_out(const Tracer& t) noexcept { return t.edge_out_; }
   // Edges (kSubtract) or targets (kVisit, kClear) that found the buffer full.
   static std::size_t lost(const Tracer& t) noexcept { return t.lost_; }
-  // Nulls every reported Ref. References to detached objects, and to objects of the scan
-  // [base, base + n), are dropped at once; the others are taken into a Targets buffer (see
-  // Targets::clear and Tracer::operator()).
-  static Tracer clearer(std::uint32_t base = 0, std::uint32_t n = 0) noexcept {
-    return Tracer(Mode::kClear, nullptr, base, n);
+  // Nulls every reported Ref. References to detached objects, and with a scan's `base`, to the
+  // objects of the scan [base, end of the table), are dropped at once; the others are taken
+  // into a Targets buffer (see Targets::clear and Tracer::operator()). Nothing tracked has a
+  // slot between the end of the table and kDetached, so that is one range of slots.
+  static Tracer clearer(std::uint32_t base = kDetached) noexcept {
+    return Tracer(Mode::kClear, nullptr, base, kUntracked - base);
   }
   static void set_target_buffer(Tracer& t, Object** out, Object** end) noexcept {
     t.target_out_ = out;
