@@ -135,33 +135,46 @@ struct Scan {
   }
 };
 
-// The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
-// it and record o's edges again (its subtractions are done and stay). Returns false, and the
-// scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
-// or memory.
-bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
+// The edge buffer filled up during the run of objects [run_first, run_end) (the subtract pass
+// checks once per run): grow it and record again the edges of the object that filled it and of
+// every later one of the run (their subtractions are done and stay). Returns false, and the scan
+// goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit) or
+// memory.
+bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t run_first,
+                std::uint32_t run_end) {
   Heap& heap = *scan.heap;
-  const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
-                           TracerAccess::lost(subtracter);
-  const std::size_t needed = first + mine;
+  std::uint32_t* const start = heap.edge_start.data();
+  const auto full =
+      static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+  // The objects that started at the end of the full buffer lost all their edges; the one
+  // before them (or the run's first) filled it and may have lost some.
+  std::uint32_t j = run_first;
+  while (j + 1 < run_end && start[j + 1] != full) ++j;
+  // Every edge of the scan so far: those recorded, and those the full buffer only counted
+  // (since it last had room, which was within this run).
+  const std::size_t needed = std::size_t{full} + TracerAccess::lost(subtracter);
   if (needed >= heap.edge_limit) return false;
   const std::size_t size =
       std::min(std::max(2 * heap.edges.size(), needed + needed / 2), heap.edge_limit);
   try {
-    heap.edges.grow(size, first);
+    heap.edges.grow(size, start[j]);
   } catch (const std::bad_alloc&) {
     return false;
   }
-  std::uint32_t* out = heap.edges.data() + first;
+  std::uint32_t* const edges = heap.edges.data();
+  std::uint32_t* out = edges + start[j];
   Targets targets;
   Tracer recorder = TracerAccess::visitor();
-  auto [target, last] = targets.visit(o, recorder);
-  for (; target != last; ++target) {
-    std::uint32_t i = Access::slot(*target) - scan.base;
-    if (i < scan.n) *out++ = i;
+  for (std::uint32_t k = j; k < run_end; ++k) {
+    start[k] = static_cast<std::uint32_t>(out - edges);
+    auto [target, last] = targets.visit(scan.at(k), recorder);
+    for (; target != last; ++target) {
+      std::uint32_t i = Access::slot(*target) - scan.base;
+      if (i < scan.n) *out++ = i;
+    }
   }
   TracerAccess::set_edge_buffer(subtracter, out,
-                                heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
+                                edges + std::min(heap.edges.size(), heap.edge_limit));
   return true;
 }
 
@@ -202,6 +215,7 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
     if (scan.base == kDetached || len > n - i) len = n - i;
     std::int32_t* r = refs + i;
     std::uint32_t* st = start + i;
+    const std::uint32_t run_first = i;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r, ++st) {
       const std::uintptr_t word = *words;
@@ -209,16 +223,15 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       Object* o = object_of(word);
       std::uint32_t count = Access::refcount(o) - kDiscount;
       *r += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
-      const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
-      *st = first;
+      *st = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
       Access::trace(o, subtracter);
-      if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
-        // `first` and `o` read again from memory: kept in registers across every trace() for
-        // this rare case, they would push the loop's cursors out to the stack.
-        recording = grow_edges(scan, subtracter, *st, object_of(*words));
-        edge_base = heap.edges.data();
-        if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
-      }
+    }
+    // A full buffer only counts the edges it has no room for (the subtractions are all made):
+    // tested once per run, not once per object.
+    if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
+      recording = grow_edges(scan, subtracter, run_first, i);
+      edge_base = heap.edges.data();
+      if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
     }
   }
   flags = all_flags;
