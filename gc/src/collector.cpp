@@ -206,6 +206,7 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
   std::uintptr_t all_flags = 0;
+  std::uint32_t all_counts = 0;  // the union of the counts added, to find one above kMaxCount
   std::uint32_t i = 0;
   while (i < n) {
     // The table in contiguous runs (its chunks), or the whole detached list.
@@ -221,8 +222,10 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       const std::uintptr_t word = *words;
       all_flags |= word;
       Object* o = object_of(word);
-      std::uint32_t count = Access::refcount(o) - kDiscount;
-      *r += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
+      const std::uint32_t count = Access::refcount(o) - kDiscount;
+      all_counts |= count;
+      // Modulo 2^32: a count above kMaxCount is set right after the pass.
+      *r = static_cast<std::int32_t>(static_cast<std::uint32_t>(*r) + count);
       *st = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
       Access::trace(o, subtracter);
     }
@@ -232,6 +235,15 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       recording = grow_edges(scan, subtracter, run_first, i);
       edge_base = heap.edges.data();
       if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
+    }
+  }
+  if (all_counts > kMaxCount) [[unlikely]] {
+    // Such a count is taken as kMaxCount, which no number of edges in a scan can use up: the
+    // object is a root. The pass added it modulo 2^32, and the edges into it subtracted.
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const std::uint32_t count = Access::refcount(scan.at(k)) - kDiscount;
+      if (count <= kMaxCount) continue;
+      refs[k] = static_cast<std::int32_t>(static_cast<std::uint32_t>(refs[k]) - count + kMaxCount);
     }
   }
   flags = all_flags;
