@@ -496,6 +496,7 @@ void free_garbage(Heap& heap, int survivor_segment) {
   freed += in_batch;
   heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
+  if (heap.unreachable.borrowed()) heap.unreachable.end_borrow();
   heap.unreachable.truncate(0);
   if (heap.unreachable.capacity() > kKeepScratch &&
       heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
@@ -721,8 +722,14 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   std::uint32_t kept = heap.table.size();
   if (n_unreachable != 0) {
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
-    // once at the end.
-    std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
+    // once at the end. When nothing but the free pass follows, the list goes into the edge
+    // buffer, whose edges were read for the last time by the mark (and the legacy search): no
+    // list of its own to allocate, and to fault in when the previous one went back to the
+    // system. The buffer holds at least two edges, one list entry, per object (unless the
+    // edge limit is small).
+    std::uintptr_t* detached = clear_now && heap.edges.size() >= 2 * std::size_t{n_unreachable}
+                                   ? heap.unreachable.borrow(heap.edges.data(), n_unreachable)
+                                   : heap.unreachable.reserve_fresh(n_unreachable);
     if (clear_now) outside.arm(clearer, 0);
     Partition done = clear_now ? partition<true>(scan, detached, clearer, outside)
                                : partition<false>(scan, detached, clearer, outside);
@@ -737,15 +744,6 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   if (generation == 2) {
     heap.long_lived_pending = 0;
     heap.long_lived_total = kept - base;
-  }
-  // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
-  // paid in page faults each time) while the heap is as large; not once it has shrunk.
-  if (heap.gc_refs.size() > kKeepScratch && heap.gc_refs.size() > 2 * std::size_t{kept}) {
-    heap.gc_refs.release();
-    std::vector<Object*>().swap(heap.worklist);
-    heap.edge_start.release();
-    heap.edges.release();
-    heap.index_stack.release();
   }
 
   phases.mark();
@@ -795,6 +793,18 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     free_garbage(heap, survivor_segment);
   } else {
     delete_garbage(heap, survivor_segment);
+  }
+
+  // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
+  // paid in page faults each time) while the heap is as large; not once it has shrunk. Not
+  // before the free pass: the detached list may be in the edge buffer.
+  if (heap.gc_refs.size() > kKeepScratch &&
+      heap.gc_refs.size() > 2 * std::size_t{heap.table.size()}) {
+    heap.gc_refs.release();
+    std::vector<Object*>().swap(heap.worklist);
+    heap.edge_start.release();
+    heap.edges.release();
+    heap.index_stack.release();
   }
 
   phases.mark();
