@@ -418,18 +418,6 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.truncate(kept);
 }
 
-// The second half of step 10: free every garbage object whose count is now zero (its Refs
-// are cleared), so destructors run with those members already null. Whatever is still
-// referenced (by a Ref that trace() does not report) survives like any live object.
-// Destructors may free garbage early through such unreported Refs: untrack() then replaces its
-// entry with kGoneEntry, which this pass skips. Nothing adds entries or moves the list meanwhile
-// (no collection starts inside this one), so its address and size are read once.
-//
-// The blocks of destroyed garbage are freed together with tm_free_batch: the allocator then
-// enters the thread's heap once per batch and checks ownership once per pool instead of once
-// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
-// a destructor can see: the object is gone either way. The batch and its count are locals the
-// destructors cannot see, so the count stays in a register across their calls.
 // What free_garbage does with the detached entry `word`: true if the object is to be destroyed
 // (its slot is marked untracked already), false if it was skipped, released or put back.
 inline bool take_for_destruction(Heap& heap, std::uintptr_t word, int survivor_segment) {
@@ -455,6 +443,18 @@ inline bool take_for_destruction(Heap& heap, std::uintptr_t word, int survivor_s
   return true;
 }
 
+// The second half of step 10: free every garbage object whose count is now zero (its Refs
+// are cleared), so destructors run with those members already null. Whatever is still
+// referenced (by a Ref that trace() does not report) survives like any live object.
+// Destructors may free garbage early through such unreported Refs: untrack() then replaces its
+// entry with kGoneEntry, which this pass skips. Nothing adds entries or moves the list meanwhile
+// (no collection starts inside this one), so its address and size are read once.
+//
+// The blocks of destroyed garbage are freed together with tm_free_batch: the allocator then
+// enters the thread's heap once per batch and checks ownership once per pool instead of once
+// per block (docs/gc.md, "Where the time goes"). Freeing a block a little later changes nothing
+// a destructor can see: the object is gone either way. The batch and its count are locals the
+// destructors cannot see, so the count stays in a register across their calls.
 void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
   const std::uint32_t n = heap.unreachable.size();

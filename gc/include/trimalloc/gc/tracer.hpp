@@ -112,9 +112,9 @@ class Tracer {
   Mode mode_;
   // kSubtract: each edge into slots [base_, base_ + n_) decrements refs_[slot - base_] and
   // its index is appended at edge_out_ while edge_out_ != edge_end_; past that it is only
-  // counted in lost_. kClear: edges into slots [base_, base_ + n_) are dropped at once. kClear and
-  // kVisit: the targets handed on are appended at target_out_ while it is not target_end_,
-  // and counted in lost_ past that.
+  // counted in lost_. kClear: edges into slots [base_, base_ + n_) are dropped at once. kClear
+  // and kVisit: the targets handed on are appended at target_out_ while it is not
+  // target_end_, and counted in lost_ past that.
   std::uint32_t base_ = 0;
   std::uint32_t n_ = 0;
   std::int32_t* refs_ = nullptr;
