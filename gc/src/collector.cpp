@@ -135,33 +135,46 @@ struct Scan {
   }
 };
 
-// The edge buffer filled up inside the trace() of object o, whose edges start at `first`: grow
-// it and record o's edges again (its subtractions are done and stay). Returns false, and the
-// scan goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit)
-// or memory.
-bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t first, Object* o) {
+// The edge buffer filled up during the run of objects [run_first, run_end) (the subtract pass
+// checks once per run): grow it and record again the edges of the object that filled it and of
+// every later one of the run (their subtractions are done and stay). Returns false, and the scan
+// goes on without recording, if the edges would not fit in 32-bit offsets (edge_limit) or
+// memory.
+bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t run_first,
+                std::uint32_t run_end) {
   Heap& heap = *scan.heap;
-  const std::size_t mine = (TracerAccess::edge_out(subtracter) - (heap.edges.data() + first)) +
-                           TracerAccess::lost(subtracter);
-  const std::size_t needed = first + mine;
+  std::uint32_t* const start = heap.edge_start.data();
+  const auto full =
+      static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - heap.edges.data());
+  // The objects that started at the end of the full buffer lost all their edges; the one
+  // before them (or the run's first) filled it and may have lost some.
+  std::uint32_t j = run_first;
+  while (j + 1 < run_end && start[j + 1] != full) ++j;
+  // Every edge of the scan so far: those recorded, and those the full buffer only counted
+  // (since it last had room, which was within this run).
+  const std::size_t needed = std::size_t{full} + TracerAccess::lost(subtracter);
   if (needed >= heap.edge_limit) return false;
   const std::size_t size =
       std::min(std::max(2 * heap.edges.size(), needed + needed / 2), heap.edge_limit);
   try {
-    heap.edges.grow(size, first);
+    heap.edges.grow(size, start[j]);
   } catch (const std::bad_alloc&) {
     return false;
   }
-  std::uint32_t* out = heap.edges.data() + first;
+  std::uint32_t* const edges = heap.edges.data();
+  std::uint32_t* out = edges + start[j];
   Targets targets;
   Tracer recorder = TracerAccess::visitor();
-  auto [target, last] = targets.visit(o, recorder);
-  for (; target != last; ++target) {
-    std::uint32_t i = Access::slot(*target) - scan.base;
-    if (i < scan.n) *out++ = i;
+  for (std::uint32_t k = j; k < run_end; ++k) {
+    start[k] = static_cast<std::uint32_t>(out - edges);
+    auto [target, last] = targets.visit(scan.at(k), recorder);
+    for (; target != last; ++target) {
+      std::uint32_t i = Access::slot(*target) - scan.base;
+      if (i < scan.n) *out++ = i;
+    }
   }
   TracerAccess::set_edge_buffer(subtracter, out,
-                                heap.edges.data() + std::min(heap.edges.size(), heap.edge_limit));
+                                edges + std::min(heap.edges.size(), heap.edge_limit));
   return true;
 }
 
@@ -193,6 +206,7 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
       refs, scan.base, n, edge_base, edge_base + std::min(heap.edges.size(), heap.edge_limit));
   bool recording = heap.edge_limit != 0;
   std::uintptr_t all_flags = 0;
+  std::uint32_t all_counts = 0;  // the union of the counts added, to find one above kMaxCount
   std::uint32_t i = 0;
   while (i < n) {
     // The table in contiguous runs (its chunks), or the whole detached list.
@@ -202,23 +216,34 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
     if (scan.base == kDetached || len > n - i) len = n - i;
     std::int32_t* r = refs + i;
     std::uint32_t* st = start + i;
+    const std::uint32_t run_first = i;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r, ++st) {
       const std::uintptr_t word = *words;
       all_flags |= word;
       Object* o = object_of(word);
-      std::uint32_t count = Access::refcount(o) - kDiscount;
-      *r += static_cast<std::int32_t>(count < kMaxCount ? count : kMaxCount);
-      const auto first = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
-      *st = first;
+      const std::uint32_t count = Access::refcount(o) - kDiscount;
+      all_counts |= count;
+      // Modulo 2^32: a count above kMaxCount is set right after the pass.
+      *r = static_cast<std::int32_t>(static_cast<std::uint32_t>(*r) + count);
+      *st = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
       Access::trace(o, subtracter);
-      if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
-        // `first` and `o` read again from memory: kept in registers across every trace() for
-        // this rare case, they would push the loop's cursors out to the stack.
-        recording = grow_edges(scan, subtracter, *st, object_of(*words));
-        edge_base = heap.edges.data();
-        if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
-      }
+    }
+    // A full buffer only counts the edges it has no room for (the subtractions are all made):
+    // tested once per run, not once per object.
+    if (TracerAccess::lost(subtracter) != 0 && recording) [[unlikely]] {
+      recording = grow_edges(scan, subtracter, run_first, i);
+      edge_base = heap.edges.data();
+      if (!recording) TracerAccess::set_edge_buffer(subtracter, edge_base, edge_base);
+    }
+  }
+  if (all_counts > kMaxCount) [[unlikely]] {
+    // Such a count is taken as kMaxCount, which no number of edges in a scan can use up: the
+    // object is a root. The pass added it modulo 2^32, and the edges into it subtracted.
+    for (std::uint32_t k = 0; k < n; ++k) {
+      const std::uint32_t count = Access::refcount(scan.at(k)) - kDiscount;
+      if (count <= kMaxCount) continue;
+      refs[k] = static_cast<std::int32_t>(static_cast<std::uint32_t>(refs[k]) - count + kMaxCount);
     }
   }
   flags = all_flags;
@@ -393,6 +418,31 @@ void handle_resurrected(Heap& heap, int survivor_segment) {
   heap.unreachable.truncate(kept);
 }
 
+// What free_garbage does with the detached entry `word`: true if the object is to be destroyed
+// (its slot is marked untracked already), false if it was skipped, released or put back.
+inline bool take_for_destruction(Heap& heap, std::uintptr_t word, int survivor_segment) {
+  Object* o = object_of(word);
+  if (word & kFlagMask) [[unlikely]] {
+    if (word == kGoneEntry) return false;
+    // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
+    // one, it is freed below like the others).
+    if (Access::refcount(o) == 0 &&
+        ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
+      release(o);
+      return false;
+    }
+  }
+  if (Access::refcount(o) != 0) [[unlikely]] {
+    heap.reattach(o, word, survivor_segment);
+    return false;
+  }
+  // Heap::untrack() for a detached object, less marking its entry, which nothing reads
+  // again: this pass has passed it, and find_word() stops at the untracked slot. The
+  // allocation count goes down once for all of them, in free_garbage.
+  Access::slot(o) = kUntracked;
+  return true;
+}
+
 // The second half of step 10: free every garbage object whose count is now zero (its Refs
 // are cleared), so destructors run with those members already null. Whatever is still
 // referenced (by a Ref that trace() does not report) survives like any live object.
@@ -409,51 +459,44 @@ void free_garbage(Heap& heap, int survivor_segment) {
   heap.begin_destroy_pass();
   const std::uint32_t n = heap.unreachable.size();
   const std::uintptr_t* const words = heap.unreachable.data();
-  // A destructor that destroys more objects opens and closes its own frames, so the depth is
-  // the same before each object of the pass: one test decides for all of them whether they
-  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
-  const bool deferred = heap.destroy_depth > Heap::kTrashcanDepth;
   constexpr std::size_t kBatch = 256;
   void* blocks[kBatch];
   std::size_t in_batch = 0;
   std::size_t freed = 0;
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
-    Object* o = object_of(word);
-    if (word & kFlagMask) [[unlikely]] {
-      if (word == kGoneEntry) continue;
-      // A destructor made a weak reference to it, or it has a finalizer to run (if it ran
-      // one, it is freed below like the others).
-      if (Access::refcount(o) == 0 &&
-          ((word & kHasWeakRefs) || (word & (kHasFinalizer | kFinalized)) == kHasFinalizer)) {
-        release(o);
-        continue;
-      }
-    }
-    if (Access::refcount(o) != 0) [[unlikely]] {
-      heap.reattach(o, word, survivor_segment);
-      continue;
-    }
-    // Heap::untrack() for a detached object, less marking its entry, which nothing reads
-    // again: this pass has passed it, and find_word() stops at the untracked slot. The
-    // allocation count goes down once for all of them, below.
-    Access::slot(o) = kUntracked;
-    if (deferred) [[unlikely]] {
-      heap.deferred_destroy.push_back(o);
+  // A destructor that destroys more objects opens and closes its own frames, so the depth is
+  // the same before each object of the pass: one test decides for all of them whether they
+  // are queued (see Heap::begin_destroy_pass) instead of destroyed here.
+  if (heap.destroy_depth > Heap::kTrashcanDepth) [[unlikely]] {
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+      if (!take_for_destruction(heap, word, survivor_segment)) continue;
+      heap.deferred_destroy.push_back(object_of(word));
       ++freed;
-      continue;
     }
-    blocks[in_batch++] = Access::destruct(o);
-    if (in_batch == kBatch) [[unlikely]] {
-      tm_free_batch(blocks, kBatch);
-      freed += kBatch;
-      in_batch = 0;
+  } else {
+    std::size_t i = 0;
+    while (i < n) {
+      // At most as many objects as the batch has room for: the loop's one test per object
+      // also stops it at a full batch.
+      const std::size_t stop = i + std::min(n - i, kBatch - in_batch);
+      for (; i < stop; ++i) {
+        const std::uintptr_t word = words[i];  // re-read: destructors may free or flag it
+        if (!take_for_destruction(heap, word, survivor_segment)) [[unlikely]]
+          continue;
+        blocks[in_batch++] = Access::destruct(object_of(word));
+      }
+      if (in_batch == kBatch) {
+        tm_free_batch(blocks, kBatch);
+        freed += kBatch;
+        in_batch = 0;
+      }
     }
   }
   tm_free_batch(blocks, in_batch);
   freed += in_batch;
   heap.count[0] -= std::min(heap.count[0], freed);
   heap.end_destroy_pass();
+  if (heap.unreachable.borrowed()) heap.unreachable.end_borrow();
   heap.unreachable.truncate(0);
   if (heap.unreachable.capacity() > kKeepScratch &&
       heap.unreachable.capacity() > 2 * std::size_t{heap.table.size()}) {
@@ -512,6 +555,7 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
     const std::uintptr_t* words = heap.table.run(scan.base + i, len);
     if (len > scan.n - i) len = scan.n - i;
     const std::int32_t* r = refs + i;
+    const std::uint32_t run_detached = n_detached;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r) {
       const std::uintptr_t word = *words;
@@ -521,10 +565,6 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
         detached[n_detached++] = word;
         if constexpr (kClear) {
           Access::trace(o, clearer);
-          // o read again: see subtract_internal_refs.
-          if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
-            outside.settle(object_of(*words), clearer);
-          }
         } else {
           flags |= word;
         }
@@ -535,6 +575,17 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
         Access::slot(object_of(word)) = kept;
       }
       ++kept;
+    }
+    if constexpr (kClear) {
+      // Once the buffer is full, every trace() leaves its Refs out of the scan as they are
+      // (and counts them), until it gets room: the objects of this run are cleared again,
+      // which takes only those. Tested once per run, not once per object.
+      if (TracerAccess::lost(clearer) != 0) [[unlikely]] {
+        outside.hold(clearer);
+        for (std::uint32_t k = run_detached; k < n_detached; ++k) {
+          outside.clear(object_of(detached[k]), clearer);
+        }
+      }
     }
   }
   if constexpr (kClear) outside.hold(clearer);
@@ -665,14 +716,20 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   const bool clear_now = n_unreachable != 0 && !(candidate_flags & kNeedsCare) &&
                          !(heap.debug & (DEBUG_SAVEALL | DEBUG_COLLECTABLE));
   Targets outside;  // references the clearing took to objects outside the scan
-  Tracer clearer = TracerAccess::clearer(base, scan.n);
+  Tracer clearer = TracerAccess::clearer(base);  // the scan runs to the end of the table
   heap.unreachable.truncate(0);
   std::uintptr_t unreachable_flags = 0;  // union of the flags of the unreachable
   std::uint32_t kept = heap.table.size();
   if (n_unreachable != 0) {
     // trace() (the clearer) cannot reach the list: it is written through a pointer and counted
-    // once at the end.
-    std::uintptr_t* detached = heap.unreachable.reserve_fresh(n_unreachable);
+    // once at the end. When nothing but the free pass follows, the list goes into the edge
+    // buffer, whose edges were read for the last time by the mark (and the legacy search): no
+    // list of its own to allocate, and to fault in when the previous one went back to the
+    // system. The buffer holds at least two edges, one list entry, per object (unless the
+    // edge limit is small).
+    std::uintptr_t* detached = clear_now && heap.edges.size() >= 2 * std::size_t{n_unreachable}
+                                   ? heap.unreachable.borrow(heap.edges.data(), n_unreachable)
+                                   : heap.unreachable.reserve_fresh(n_unreachable);
     if (clear_now) outside.arm(clearer, 0);
     Partition done = clear_now ? partition<true>(scan, detached, clearer, outside)
                                : partition<false>(scan, detached, clearer, outside);
@@ -687,15 +744,6 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
   if (generation == 2) {
     heap.long_lived_pending = 0;
     heap.long_lived_total = kept - base;
-  }
-  // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
-  // paid in page faults each time) while the heap is as large; not once it has shrunk.
-  if (heap.gc_refs.size() > kKeepScratch && heap.gc_refs.size() > 2 * std::size_t{kept}) {
-    heap.gc_refs.release();
-    std::vector<Object*>().swap(heap.worklist);
-    heap.edge_start.release();
-    heap.edges.release();
-    heap.index_stack.release();
   }
 
   phases.mark();
@@ -745,6 +793,18 @@ std::pair<std::size_t, std::size_t> collect_generation(Heap& heap, int generatio
     free_garbage(heap, survivor_segment);
   } else {
     delete_garbage(heap, survivor_segment);
+  }
+
+  // Scratch is kept for the next collection (a fresh 4 MB buffer per million objects would be
+  // paid in page faults each time) while the heap is as large; not once it has shrunk. Not
+  // before the free pass: the detached list may be in the edge buffer.
+  if (heap.gc_refs.size() > kKeepScratch &&
+      heap.gc_refs.size() > 2 * std::size_t{heap.table.size()}) {
+    heap.gc_refs.release();
+    std::vector<Object*>().swap(heap.worklist);
+    heap.edge_start.release();
+    heap.edges.release();
+    heap.index_stack.release();
   }
 
   phases.mark();

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <new>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -94,31 +95,56 @@ class ScratchArray {
 };
 
 // The detached list (Heap::unreachable): slot words, like a std::vector whose growth does not
-// zero-fill, so that the partition pass writes each entry once, through a pointer.
+// zero-fill, so that the partition pass writes each entry once, through a pointer. It can also
+// borrow storage (see borrow), so that a collection need not allocate, and fault in, a list of
+// its own.
 class WordList {
  public:
   std::uint32_t size() const noexcept { return size_; }
+  // Of its own storage.
   std::size_t capacity() const noexcept { return words_.size(); }
-  std::uintptr_t* data() noexcept { return words_.data(); }
-  std::uintptr_t& operator[](std::uint32_t i) noexcept { return words_.data()[i]; }
+  std::uintptr_t* data() noexcept { return data_; }
+  std::uintptr_t& operator[](std::uint32_t i) noexcept { return data_[i]; }
   std::uintptr_t* begin() noexcept { return data(); }
   std::uintptr_t* end() noexcept { return data() + size_; }
   // Room for n entries, to be written through data(), then counted with set_size().
   std::uintptr_t* reserve_fresh(std::size_t n) {
     size_ = 0;
     words_.reserve_fresh(n);
-    return data();
+    data_ = words_.data();
+    return data_;
+  }
+  // The same in `storage`, room for n words that stays allocated and otherwise unused until
+  // end_borrow().
+  std::uintptr_t* borrow(void* storage, std::size_t n) noexcept {
+    size_ = 0;
+    borrowed_ = true;
+    data_ = ::new (storage) std::uintptr_t[n];
+    return data_;
+  }
+  bool borrowed() const noexcept { return borrowed_; }
+  // Empty, on its own storage again.
+  void end_borrow() noexcept {
+    size_ = 0;
+    borrowed_ = false;
+    data_ = words_.data();
   }
   void set_size(std::uint32_t n) noexcept { size_ = n; }
   void truncate(std::uint32_t n) noexcept { size_ = n; }
+  // Its own storage.
   void release() noexcept {
     words_.release();
-    size_ = 0;
+    if (!borrowed_) {
+      data_ = nullptr;
+      size_ = 0;
+    }
   }
 
  private:
   ScratchArray<std::uintptr_t> words_;
+  std::uintptr_t* data_ = nullptr;
   std::uint32_t size_ = 0;
+  bool borrowed_ = false;
 };
 
 // The table is cut into four segments, oldest first, so that "generation k and every younger
@@ -247,11 +273,12 @@ struct TracerAccess {
   static std::uint32_t* edge_out(const Tracer& t) noexcept { return t.edge_out_; }
   // Edges (kSubtract) or targets (kVisit, kClear) that found the buffer full.
   static std::size_t lost(const Tracer& t) noexcept { return t.lost_; }
-  // Nulls every reported Ref. References to detached objects, and to objects of the scan
-  // [base, base + n), are dropped at once; the others are taken into a Targets buffer (see
-  // Targets::clear and Tracer::operator()).
-  static Tracer clearer(std::uint32_t base = 0, std::uint32_t n = 0) noexcept {
-    return Tracer(Mode::kClear, nullptr, base, n);
+  // Nulls every reported Ref. References to detached objects, and with a scan's `base`, to the
+  // objects of the scan [base, end of the table), are dropped at once; the others are taken
+  // into a Targets buffer (see Targets::clear and Tracer::operator()). Nothing tracked has a
+  // slot between the end of the table and kDetached, so that is one range of slots.
+  static Tracer clearer(std::uint32_t base = kDetached) noexcept {
+    return Tracer(Mode::kClear, nullptr, base, kUntracked - base);
   }
   static void set_target_buffer(Tracer& t, Object** out, Object** end) noexcept {
     t.target_out_ = out;

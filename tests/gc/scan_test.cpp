@@ -144,6 +144,42 @@ TEST_P(ScanTest, ChainReachedOnlyThroughBackEdgesSurvives) {
   EXPECT_EQ(destroyed_.size(), static_cast<std::size_t>(kNodes));
 }
 
+// The edge buffer filling in the middle of a run of the subtract pass (one table chunk): the
+// pass notices at the end of the run, grows the buffer and records again the edges of the
+// object that filled it and of every later object of the run. Here the edges of those later
+// objects are all that keeps the chain alive.
+TEST_P(ScanTest, EdgeBufferFillingInsideARunRecordsTheRestOfTheRunAgain) {
+  {
+    // Garbage of more objects than collector scratch is kept for: the next scan starts with a
+    // fresh edge buffer, room for two edges per object.
+    std::vector<gc::Ref<Vertex>> many;
+    for (int i = 0; i < 70000; ++i) {
+      many.push_back(gc::make<Vertex>(-1));
+      many.back()->out.push_back(many.back());
+    }
+  }
+  EXPECT_EQ(gc::collect(), 70000u);
+  destroyed_.clear();
+  constexpr int kNodes = 1000;  // one run: a table chunk holds 4096 slots
+  gc::Ref<Vertex> head = gc::make<Vertex>(0);
+  Vertex* tail = head.get();
+  for (int i = 1; i < kNodes; ++i) {
+    tail->out.push_back(gc::make<Vertex>(i));
+    tail = tail->out.back().get();
+  }
+  // Three more edges per object, to itself: 4,000 edges, and the buffer fills about halfway.
+  for (Vertex* v = head.get();; v = v->out[0].get()) {
+    const bool last = v->out.empty();
+    for (int k = 0; k < 3; ++k) v->out.push_back(gc::Ref<Vertex>(v));
+    if (last) break;
+  }
+  EXPECT_EQ(gc::collect(), 0u);
+  EXPECT_TRUE(destroyed_.empty());
+  head = nullptr;
+  EXPECT_EQ(gc::collect(), static_cast<std::size_t>(kNodes));
+  EXPECT_EQ(destroyed_.size(), static_cast<std::size_t>(kNodes));
+}
+
 // Young garbage holding the last reference to an older object: the pass that clears the
 // garbage hands that reference back, and counting frees the old object.
 TEST_P(ScanTest, YoungGarbageReleasesTheOldObjectsItHeldLast) {

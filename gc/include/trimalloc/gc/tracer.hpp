@@ -54,18 +54,18 @@ class Tracer {
     } else if (mode_ == Mode::kClear) {
       // Breaking a cycle. An edge to another object of the garbage (detached) is dropped at
       // once; that object is freed later, when its count is zero and its own Refs are cleared.
-      // So is, while the collector detaches and clears in one pass, an edge into the scan
-      // [base_, base_ + n_): garbage not detached yet, or a survivor, whose count cannot reach
-      // zero here (what keeps it alive holds a count the garbage's references do not include).
+      // So is, while the collector detaches and clears in one pass, an edge into the scan:
+      // garbage not detached yet, or a survivor, whose count cannot reach zero here (what
+      // keeps it alive holds a count the garbage's references do not include).
       // Any other reference is taken into the buffer, and released by the collector only
       // after trace() returns, so that no destructor runs inside the user's trace(). With the
       // buffer full, the Ref is left as it is and counted: the collector makes room and calls
       // trace() again, which reports only the Refs still set.
-      // A detached slot (kDetached set, not kUntracked) is never inside the scan: tables stay
-      // below 2^31 slots. So two unsigned range tests, without a branch between them.
+      // The slots dropped are one range, [base_, base_ + n_), as for kSubtract: the detached
+      // slots [kDetached, kUntracked) alone, or those and the scan's, which runs to the end
+      // of the table, below 2^31 = kDetached (see TracerAccess::clearer).
       const std::uint32_t slot = detail::Access::slot(target);
-      if ((slot - base_ < n_) |
-          (slot - detail::kDetached < detail::kUntracked - detail::kDetached)) {
+      if (slot - base_ < n_) {
         detail::Access::pointer(ref) = nullptr;
         --detail::Access::refcount(target);
       } else if (target_out_ != target_end_) {
@@ -112,9 +112,9 @@ class Tracer {
   Mode mode_;
   // kSubtract: each edge into slots [base_, base_ + n_) decrements refs_[slot - base_] and
   // its index is appended at edge_out_ while edge_out_ != edge_end_; past that it is only
-  // counted in lost_. kClear: edges into [base_, base_ + n_) are dropped at once. kClear and
-  // kVisit: the targets handed on are appended at target_out_ while it is not target_end_,
-  // and counted in lost_ past that.
+  // counted in lost_. kClear: edges into slots [base_, base_ + n_) are dropped at once. kClear
+  // and kVisit: the targets handed on are appended at target_out_ while it is not
+  // target_end_, and counted in lost_ past that.
   std::uint32_t base_ = 0;
   std::uint32_t n_ = 0;
   std::int32_t* refs_ = nullptr;
