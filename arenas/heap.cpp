@@ -118,6 +118,12 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
   // paths, another pool's run, the caller's free) comes after a publish.
   Block* head = nullptr;
   std::uint32_t pending = 0;  // blocks on `head` not yet counted in pool->used
+  // The run's pool's constants, read once per run: stores through a Block* could alias the
+  // header, so the compiler would otherwise read them again for every block. None changes
+  // while the run lasts: the owner (this thread, entered, so no visitor acts for it) is the
+  // only writer, and every path that could change one (a slow path) ends the run.
+  std::uint32_t start_magic = 0, live_bound = 0;
+  std::uintptr_t mark = 0, list_key = 0;
   auto publish = [&]() noexcept {
     if (pending == 0) return;
     heap->free_run_in_batch(pool, head, pending);  // may hand the pool on
@@ -135,11 +141,15 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
       if (!relaxed_equals(pool->owner, heap)) break;  // a remote free
       run_pool = address >> kPoolShift;
       head = pool->free;
+      start_magic = pool->start_magic;
+      live_bound = pool->live_bound.load(std::memory_order_relaxed);
+      mark = free_mark(pool);
+      list_key = kChecks ? pool->list_key : 0;
     }
     Block* b = static_cast<Block*>(p);
     const std::uintptr_t offset = address & (kPoolSize - 1);
     if constexpr (kChecks) {
-      if (__builtin_expect(!is_block_start_below_dormant(pool, offset), 0)) {
+      if (__builtin_expect(!block_start_below(offset, start_magic, live_bound), 0)) {
         // Aborts, or frees a live block above a released page; nested inside our entry (as
         // for small_free_suspect below). Its slow path may have handed the pool on.
         publish();
@@ -147,7 +157,6 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
         run_pool = 1;
         continue;
       }
-      const std::uintptr_t mark = free_mark(pool);
       if (__builtin_expect(b->mark == mark, 0)) {
         // Confirms the double free (walking the published list: a block this run freed
         // already is on it) and aborts, or frees a block that merely held this word. Nested
@@ -162,7 +171,7 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
       // from two general registers with three more instructions than the two stores.
       asm("" : "+r"(b));
     }
-    b->link = encode_link(pool, head);
+    b->link = reinterpret_cast<std::uintptr_t>(head) ^ list_key;  // encode_link()
     head = b;
     ++pending;
   }

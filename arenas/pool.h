@@ -267,6 +267,12 @@ inline bool is_block_start_below_dormant(const Pool* pool, std::uintptr_t offset
   // free of a live block never depends on a bound change it could race with).
   return relaxed_below(static_cast<std::uint32_t>(offset) * pool->start_magic, pool->live_bound);
 }
+// The same test with the pool's two fields already read (small_free_run reads them once per
+// run of blocks).
+inline bool block_start_below(std::uintptr_t offset, std::uint32_t start_magic,
+                              std::uint32_t live_bound) noexcept {
+  return static_cast<std::uint32_t>(offset) * start_magic < live_bound;
+}
 // Is any page the block at `offset` overlaps dormant? (A block is at most 512 bytes, so it
 // overlaps its first page and maybe the next.)
 inline bool block_is_dormant(const Pool* pool, std::uintptr_t offset) noexcept {
