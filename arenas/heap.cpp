@@ -281,7 +281,7 @@ void ThreadHeap::drain_notified() noexcept {
 bool ThreadHeap::park_full(Pool* pool) noexcept {
   unsigned cls = pool->size_class;
   std::uintptr_t old = pool->remote.fetch_or(kWantNotify, std::memory_order_acq_rel);
-  if (old & ~kRemoteFlags) {
+  if (remote_head(old) != nullptr) {
     // Remote frees arrived meanwhile: take them instead of parking (this also drops the flag).
     pool_collect_remote(pool);
     return false;
@@ -353,7 +353,7 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   unsigned looked = 0;
   for (Pool* q = avail_[cls].head; q != nullptr && looked < kPlacementScan;) {
     Pool* next = q->next;
-    if (q->free || (q->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) != 0) {
+    if (q->free || remote_head(q->remote.load(std::memory_order_relaxed)) != nullptr) {
       ++looked;
       if (best == nullptr || pool_used(q) > pool_used(best)) best = q;
       if (!fullest) break;  // first fit in list order (TRIMALLOC_PLACEMENT=0, for comparison)

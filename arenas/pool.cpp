@@ -147,19 +147,23 @@ void secure_check_untouched(const Pool* pool, const Block* b, const char* call) 
 }
 
 std::size_t pool_collect_remote(Pool* pool) noexcept {
-  if ((pool->remote.load(std::memory_order_relaxed) & ~kRemoteFlags) == 0) return 0;
+  if (remote_head(pool->remote.load(std::memory_order_relaxed)) == nullptr) return 0;
   // Keep kNotifying (a notification may be in flight); drop the list and kWantNotify.
-  std::uintptr_t head =
-      pool->remote.fetch_and(kNotifying, std::memory_order_acquire) & ~kRemoteFlags;
-  if (head == 0) return 0;
-  Block* first = reinterpret_cast<Block*>(head);
-  Block* tail = first;
-  std::size_t n = 1;
-  for (Block* next; (next = decode_link(pool, tail)) != nullptr; tail = next) ++n;
-  tail->link = encode_link(pool, pool->free);
-  pool->free = first;
-  pool->used.store(pool->used.load(std::memory_order_relaxed) - static_cast<std::uint32_t>(n),
-                   std::memory_order_relaxed);
+  const std::uintptr_t taken = pool->remote.fetch_and(kNotifying, std::memory_order_acquire);
+  Block* first = remote_head(taken);
+  if (first == nullptr) return 0;
+  const std::uint32_t n = remote_count(taken);
+  if (pool->free == nullptr) {
+    // The usual case (a refill found the free list empty): the list becomes the free list as it
+    // is. Its links use the free list's encoding, and each is checked when popped.
+    pool->free = first;
+  } else {
+    Block* tail = first;
+    for (Block* next; (next = decode_link(pool, tail)) != nullptr;) tail = next;
+    tail->link = encode_link(pool, pool->free);
+    pool->free = first;
+  }
+  pool->used.store(pool->used.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
   return n;
 }
 
@@ -167,13 +171,11 @@ void pool_push_remote(Pool* pool, Block* block) noexcept {
   std::uintptr_t head = pool->remote.load(std::memory_order_relaxed);
   std::uintptr_t desired;
   do {
-    block->link = encode_remote_link(pool, reinterpret_cast<Block*>(head & ~kRemoteFlags));
-    desired = reinterpret_cast<std::uintptr_t>(block) | (head & kNotifying);
-    // Take the notification only if nobody else is delivering one for this pool.
-    if ((head & kRemoteFlags) == kWantNotify)
-      desired |= kNotifying;
-    else
-      desired |= head & kWantNotify;
+    block->link = encode_remote_link(pool, remote_head(head));
+    // One more block, the flags as they were ...
+    desired = reinterpret_cast<std::uintptr_t>(block) | ((head & ~kRemoteHeadMask) + kRemoteOne);
+    // ... except that the notification is taken if it is wanted and nobody else delivers one.
+    if ((head & kRemoteFlags) == kWantNotify) desired ^= kWantNotify | kNotifying;
   } while (!pool->remote.compare_exchange_weak(head, desired, std::memory_order_release,
                                                std::memory_order_relaxed));
   if ((head & kRemoteFlags) != kWantNotify) return;
@@ -227,8 +229,7 @@ std::size_t pool_carved_blocks(std::size_t size, std::size_t capacity, PageMask 
 bool pool_block_is_free(const Pool* pool, const Block* block) noexcept {
   for (const Block* b = pool->free; b != nullptr; b = decode_link(pool, b))
     if (b == block) return true;
-  std::uintptr_t head = pool->remote.load(std::memory_order_acquire) & ~kRemoteFlags;
-  for (const Block* b = reinterpret_cast<const Block*>(head); b != nullptr;
+  for (const Block* b = remote_head(pool->remote.load(std::memory_order_acquire)); b != nullptr;
        b = decode_link(pool, b))
     if (b == block) return true;
   return false;
