@@ -121,6 +121,27 @@ class AbPairsTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)  # BM_prodcons has no 16-byte run: said, not hidden
         self.assertIn("BM_prodcons has no size 16", r.stderr)
 
+    def test_a_run_that_dies_is_named_with_its_signal_and_last_words(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            source, lib = os.path.join(tmp, "dies.c"), os.path.join(tmp, "libdies.so")
+            with open(source, "w") as f:
+                f.write('#include <stdio.h>\n#include <stdlib.h>\n'
+                        '__attribute__((constructor)) static void die(void) {\n'
+                        '  fputs("dies: refusing to start\\n", stderr);\n  abort();\n}\n')
+            subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, source], check=True)
+            r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
+                                "--min-time", "0.01", "--sizes", "16", "--allocators", "trimalloc",
+                                "dies=" + lib], capture_output=True, text=True, timeout=240)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("BM_pair under %s failed (killed by signal 6): dies: refusing to start" % lib, r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+
+    def test_one_round_is_refused(self):
+        r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "1"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--rounds 1: at least 2 rounds", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
