@@ -19,10 +19,13 @@ constexpr std::size_t kClass = 3;  // 64-byte blocks
 
 // Blocks of one pool: allocates until `count` of them share the first block's pool, and frees
 // the others (another test may have left this thread's current pool of the class in any state).
+// Gives up after a few pools' worth of blocks, so that a count no pool can hold fails the test
+// instead of allocating forever.
 std::vector<void*> blocks_of_one_pool(std::size_t count, Pool** pool_out) {
   std::vector<void*> same, other;
   Pool* pool = nullptr;
-  while (same.size() < count) {
+  const std::size_t attempts = 4 * (kPoolSize / class_block_size(kClass));
+  for (std::size_t i = 0; i < attempts && same.size() < count; ++i) {
     void* p = small_alloc(kClass);
     if (p == nullptr) break;
     if (pool == nullptr) pool = pool_of(p);
@@ -50,7 +53,9 @@ void free_from_another_thread(const std::vector<void*>& blocks, std::size_t from
 TEST(RemoteList, TheOwnerTakesEveryBlockAndTheCountWithAndWithoutAFreeList) {
   // In a thread of its own, so that the pool and its lists are this test's alone.
   std::thread([] {
-    constexpr std::size_t kBlocks = 300, kFirst = 120;
+    // Within one pool of the smallest geometry (16 KiB pools hold 256 blocks of 64 bytes).
+    constexpr std::size_t kBlocks = 200, kFirst = 80;
+    static_assert(kBlocks <= (std::size_t{16} << 10) / 64, "fits a 16 KiB pool");
     Pool* pool = nullptr;
     std::vector<void*> blocks = blocks_of_one_pool(kBlocks, &pool);
     ASSERT_EQ(blocks.size(), kBlocks);
