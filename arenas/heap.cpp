@@ -144,7 +144,7 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
       start_magic = pool->start_magic;
       live_bound = pool->live_bound.load(std::memory_order_relaxed);
       mark = free_mark(pool);
-      list_key = kChecks ? pool->list_key : 0;
+      list_key = link_key(pool);
     }
     Block* b = static_cast<Block*>(p);
     const std::uintptr_t offset = address & (kPoolSize - 1);
@@ -171,7 +171,7 @@ std::size_t small_free_run(void* const* blocks, std::size_t i, std::size_t n,
       // from two general registers with three more instructions than the two stores.
       asm("" : "+r"(b));
     }
-    b->link = reinterpret_cast<std::uintptr_t>(head) ^ list_key;  // encode_link()
+    b->link = encode_link_with(list_key, head);
     head = b;
     ++pending;
   }

@@ -96,13 +96,12 @@ void revive(Pool* pool, unsigned page) noexcept {
   }
   // Only the first and the last block can reach into a neighbouring page, so only they are
   // checked against `dormant` (invariant D); the blocks between are pushed in a plain loop.
-  // The key and the mark are read once: stores through a Block* could alias the header, so
-  // the compiler would otherwise reload them for every block.
-  const std::uintptr_t key = kChecks ? pool->list_key : 0;
+  // The key and the mark are read once (see link_key()).
+  const std::uintptr_t key = link_key(pool);
   const std::uintptr_t mark = free_mark(pool);
   auto push = [&](std::uintptr_t start) {
     Block* b = reinterpret_cast<Block*>(base + start);
-    b->link = reinterpret_cast<std::uintptr_t>(head) ^ key;
+    b->link = encode_link_with(key, head);
     b->mark = mark;
     head = b;
   };

@@ -180,9 +180,17 @@ inline std::uintptr_t free_mark_of_key(std::uintptr_t key) noexcept {
 inline std::uintptr_t free_mark(const Pool* pool) noexcept {
   return pool->mark;
 }
+// The key links are stored under (0 in the unchecked build: links stored plain), for loops
+// that read it once: stores through a Block* could alias the header, so the compiler would
+// otherwise reload pool->list_key for every block.
+inline std::uintptr_t link_key(const Pool* pool) noexcept {
+  return kChecks ? pool->list_key : 0;
+}
+inline std::uintptr_t encode_link_with(std::uintptr_t key, const Block* next) noexcept {
+  return reinterpret_cast<std::uintptr_t>(next) ^ key;
+}
 inline std::uintptr_t encode_link(const Pool* pool, const Block* next) noexcept {
-  if constexpr (!kChecks) return reinterpret_cast<std::uintptr_t>(next);
-  return reinterpret_cast<std::uintptr_t>(next) ^ pool->list_key;
+  return encode_link_with(link_key(pool), next);
 }
 // The same encoding from a thread that is not the owner (reads line 1 only).
 inline std::uintptr_t encode_remote_link(const Pool* pool, const Block* next) noexcept {
