@@ -59,20 +59,6 @@ void wake() {
 }
 
 // jemalloc's side: let its decay curve purge our arena, report what it still holds dirty.
-std::size_t large_dirty_bytes() {
-  std::uint64_t epoch = 1;
-  std::size_t len = sizeof epoch;
-  large_mallctl("epoch", &epoch, &len, &epoch, len);
-  std::size_t total = 0;
-  for (unsigned index : large_arena_indices()) {
-    char name[64];
-    std::snprintf(name, sizeof name, "stats.arenas.%u.pdirty", index);
-    std::size_t pages = 0;
-    len = sizeof pages;
-    if (large_mallctl(name, &pages, &len, nullptr, 0) == 0) total += pages * 4096;
-  }
-  return total;
-}
 std::size_t large_decay() {
   std::size_t before = large_dirty_bytes();
   if (before == 0) return 0;

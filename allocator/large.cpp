@@ -51,8 +51,10 @@
 //   region mapped after the big blocks were freed.
 // - jemalloc purges an arena in one thread at a time and a second caller returns at once,
 //   before anything is unmapped; trimalloc's own purges take turns on a lock so that a purge
-//   that returns has finished. A small arena or a large block that cannot be mapped purges
-//   the arena (unmapping free regions) and tries once more (g_on_out_of_memory), which is what
+//   that returns has finished. jemalloc's own decay, run on allocation ticks in any thread,
+//   does not take that lock, so a purge that must not be skipped checks what is left dirty
+//   and goes again. A small arena or a large block that cannot be mapped purges the arena
+//   (unmapping free regions) and tries once more (g_on_out_of_memory), which is what
 //   lets a program under a low RLIMIT_AS go on after freeing large blocks. The same retry
 //   unmaps the empty small arenas kept for reuse, so freed small blocks count too.
 // Failure paths are unchanged: when mmap fails the alloc hook returns NULL, jemalloc returns
@@ -60,6 +62,7 @@
 #include "large.h"
 
 #include <pthread.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -153,6 +156,11 @@ constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
 // "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
 // come back" below for when it rises.
 constexpr std::size_t kPurgeAtOnce = std::size_t{8} << 20;
+// purge_until_clean: at most this many purges, this far apart (about 10 ms in all, on paths
+// that either return ENOMEM otherwise or were asked to give everything back), for another
+// thread's decay to finish.
+constexpr int kReleaseTurns = 100;
+constexpr long kReleasePauseNs = 100 * 1000;
 std::atomic<std::size_t> g_mapped{0};
 // What the hooks had mapped once both arenas existed: jemalloc's metadata for them (a 2 MiB
 // base block each), which no purge can give back.
@@ -818,13 +826,53 @@ std::size_t large_mapped_since_init() noexcept {
   return now > at_init ? now - at_init : 0;
 }
 
+namespace {
+// A statistic of both our arenas, summed, after jemalloc refreshed its figures ("epoch").
+std::size_t arenas_stat(const char* stat) noexcept {
+  std::uint64_t epoch = 1;
+  std::size_t len = sizeof epoch;
+  tm_je_mallctl("epoch", &epoch, &len, &epoch, len);
+  std::size_t total = 0;
+  for (unsigned index : {g_arena_index, g_growth_index}) {
+    char name[64];
+    std::snprintf(name, sizeof name, "stats.arenas.%u.%s", index, stat);
+    std::size_t value = 0;
+    len = sizeof value;
+    if (tm_je_mallctl(name, &value, &len, nullptr, 0) == 0) total += value;
+  }
+  return total;
+}
+
+// Purges both arenas until nothing is left dirty, or kReleaseTurns purges have run.
+// jemalloc lets one thread purge an arena at a time, and a purge asked for while another runs
+// returns at once having done nothing. Our own purges take turns on g_purge_lock, but jemalloc
+// also decays on its allocation ticks, in any thread, outside that lock, and such a decay
+// purges only what its curve says is due: a purge-all that met one left the rest dirty, and
+// the regions holding it mapped (Hostile.OutOfAddressSpaceWhileOtherThreadsDecay failed 6 runs
+// in 10 with one purge on the out-of-memory path). Bounded: other threads may dirty pages as
+// fast as this purges them.
+void purge_until_clean() noexcept {
+  for (int turn = 0; turn < kReleaseTurns; ++turn) {
+    arena_decay(true);
+    if (large_dirty_bytes() == 0) return;
+    const timespec pause{0, kReleasePauseNs};
+    nanosleep(&pause, nullptr);
+  }
+}
+}  // namespace
+
+std::size_t large_dirty_bytes() noexcept {
+  if (g_state.load(std::memory_order_acquire) != 2) return 0;
+  return arenas_stat("pdirty") * 4096;  // jemalloc counts pages, of 4 KiB on this build
+}
+
 bool large_release_address_space() noexcept {
   // Empty small arenas cached for reuse hold address space too: under a tight RLIMIT_AS it is
   // needed now, not after the decay time.
   g_arenas.purge(UINT64_MAX, 0);
   if (g_state.load(std::memory_order_acquire) != 2) return false;
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
-  arena_decay(true);
+  purge_until_clean();
   // Always worth the retry: when several threads run out together, the purge that unmaps the
   // regions may be another thread's, done between our failure and this call.
   return true;
@@ -855,24 +903,10 @@ void large_decay_step() noexcept {
 
 std::size_t large_purge() noexcept {
   if (!ready()) return 0;
-  auto resident = [] {
-    std::uint64_t epoch = 1;
-    std::size_t len = sizeof(epoch);
-    tm_je_mallctl("epoch", &epoch, &len, &epoch, len);
-    std::size_t total = 0;
-    for (unsigned index : {g_arena_index, g_growth_index}) {
-      char name[64];
-      std::snprintf(name, sizeof name, "stats.arenas.%u.resident", index);
-      std::size_t value = 0;
-      len = sizeof(value);
-      if (tm_je_mallctl(name, &value, &len, nullptr, 0) == 0) total += value;
-    }
-    return total;
-  };
-  std::size_t before = resident();
+  std::size_t before = arenas_stat("resident");
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
-  arena_decay(true);
-  std::size_t after = resident();
+  purge_until_clean();
+  std::size_t after = arenas_stat("resident");
   return before > after ? before - after : 0;
 }
 

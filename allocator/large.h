@@ -42,9 +42,12 @@ void large_decay_step() noexcept;
 bool large_oversize_wanted() noexcept;
 void large_oversize_apply(bool keep) noexcept;
 bool large_oversize_expire(bool at_once) noexcept;  // true: still raised
-// After a failed mapping: flushes this thread's jemalloc cache and purges the arena, which
-// unmaps every region left wholly free. True (try once more) once the arena exists.
+// After a failed mapping: flushes this thread's jemalloc cache and purges the arena until
+// nothing dirty is left (or a bounded number of turns), which unmaps every region left wholly
+// free. True (try once more) once the arena exists.
 bool large_release_address_space() noexcept;
+// Freed pages both arenas keep (jemalloc's pdirty, refreshed through its "epoch"); 0 before init.
+std::size_t large_dirty_bytes() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
                   std::size_t newlen) noexcept;

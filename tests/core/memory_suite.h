@@ -92,13 +92,6 @@ inline void** pointer_table() {
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
   return t == MAP_FAILED ? nullptr : static_cast<void**>(t);
 }
-// RLIMIT_AS = what the process has mapped now + headroom.
-inline bool limit_address_space(std::size_t headroom) {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_AS, &rl) != 0) return false;
-  rl.rlim_cur = vm_bytes() + headroom;
-  return setrlimit(RLIMIT_AS, &rl) == 0;
-}
 
 template <class A>
 int limit_child() {

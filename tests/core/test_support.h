@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -125,6 +126,15 @@ inline std::size_t vm_bytes() {
     std::fclose(f);
   }
   return size * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// RLIMIT_AS = what the process has mapped now + headroom (for a forked child: the limit is per
+// process).
+inline bool limit_address_space(std::size_t headroom) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_AS, &rl) != 0) return false;
+  rl.rlim_cur = vm_bytes() + headroom;
+  return setrlimit(RLIMIT_AS, &rl) == 0;
 }
 
 // Waits for `pid` for at most `seconds`; a child still running then is killed (a deadlock in the

@@ -668,10 +668,7 @@ int rlimit_child() {
       }
     });
   }
-  rlimit rl{};
-  if (getrlimit(RLIMIT_AS, &rl) != 0) return 10;
-  rl.rlim_cur = vm_bytes() + (std::size_t{128} << 20);
-  if (setrlimit(RLIMIT_AS, &rl) != 0) return 10;
+  if (!tmtest::limit_address_space(std::size_t{128} << 20)) return 10;
   phase = 1;
   while (done.load() < kThreads) std::this_thread::yield();
   // The main thread, on an exhausted address space: the rest of the family.
@@ -725,6 +722,79 @@ TEST(Hostile, ThreadsRaceIntoALowAddressSpaceLimit) {
   int st = wait_with_deadline(pid, 120);
   ASSERT_TRUE(st >= 0 && WIFEXITED(st)) << describe(st);
   EXPECT_EQ(WEXITSTATUS(st), 0) << "step code (see rlimit_child)";
+}
+
+// --- out of address space while jemalloc's own decay runs in other threads -------------------
+
+// Child: each cycle leaves about 75 MiB of freed large blocks dirty in jemalloc (below the
+// purge-at-once size, so they wait for decay), then asks for 64 MiB of small blocks under a
+// limit that only fits them once that dirty memory is unmapped: every new small arena goes
+// through the out-of-memory retry, which must purge it all. Meanwhile another thread mallocs
+// and frees blocks of 40-200 KiB, above jemalloc's thread cache, so each call ticks its decay and
+// jemalloc, every few milliseconds, purges a little of the dirty memory in that thread. A
+// purge-all asked for while one of those runs returns at once having done nothing: the retry
+// must not stop at that.
+int decay_race_child() {
+  constexpr std::size_t kBig = std::size_t{256} << 10, kBigs = 300;
+  constexpr std::size_t kSmall = 512, kSmalls = (std::size_t{64} << 20) / kSmall;
+  static void* bigs[kBigs];
+  std::vector<void*> smalls;
+  smalls.reserve(kSmalls);
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    std::uint64_t x = 0x9e3779b97f4a7c15ull;
+    while (!stop.load(std::memory_order_relaxed)) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      std::size_t n = (std::size_t{40} << 10) + x % (std::size_t{160} << 10);
+      void* p = LibcApi::malloc(n);  // may fail under the limit: only the main thread must not
+      if (p) static_cast<char*>(p)[n - 1] = 1;
+      LibcApi::free(p);
+    }
+  });
+  // The limit: what the process maps with the large blocks allocated, and 24 MiB: room for the
+  // layout to differ from cycle to cycle (small arenas some live block keeps, how jemalloc's
+  // regions fall), not for the 64 MiB of small blocks.
+  for (auto& b : bigs)
+    if (!(b = LibcApi::malloc(kBig))) return 13;
+  const std::size_t peak = vm_bytes();
+  for (auto& b : bigs) LibcApi::free(b), b = nullptr;
+  tm_trim(0);
+  if (!tmtest::limit_address_space(peak + (std::size_t{24} << 20) - vm_bytes())) return 10;
+  int rc = 0;
+  for (int cycle = 0; cycle < 20 && rc == 0; ++cycle) {
+    for (auto& b : bigs) {
+      b = LibcApi::malloc(kBig);
+      if (!b) {
+        rc = 11;  // the small blocks of the last cycle were freed: this must fit
+        break;
+      }
+      std::memset(b, 1, kBig);  // resident, so a purge has real work and takes its time
+    }
+    for (auto& b : bigs) LibcApi::free(b), b = nullptr;
+    for (std::size_t i = 0; i < kSmalls && rc == 0; ++i) {
+      void* p = LibcApi::malloc(kSmall);
+      if (!p)
+        rc = 12;  // the dirty memory was not all given back
+      else
+        smalls.push_back(p);
+    }
+    for (void* p : smalls) LibcApi::free(p);
+    smalls.clear();
+  }
+  stop = true;
+  churn.join();
+  return rc;
+}
+
+TEST(Hostile, OutOfAddressSpaceWhileOtherThreadsDecay) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(decay_race_child());
+  int st = wait_with_deadline(pid, 120);
+  ASSERT_TRUE(st >= 0 && WIFEXITED(st)) << describe(st);
+  EXPECT_EQ(WEXITSTATUS(st), 0) << "10, 13: set-up failed; 11: large blocks did not fit after the "
+                                   "small ones were freed; 12: small blocks did not fit after "
+                                   "the large ones were freed (dirty memory left mapped)";
 }
 
 }  // namespace
