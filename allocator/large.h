@@ -28,8 +28,9 @@ std::size_t large_usable_size(const void* p) noexcept;
 inline bool large_owns(const void* p) noexcept {
   return g_arena_map.contains(SlotKind::kLarge, p);
 }
-// Purges both arenas' dirty pages and this thread's jemalloc cache; bytes purged
-// (estimated from jemalloc's resident counter before and after).
+// Purges both arenas' dirty pages, again while some are left (bounded: see purge_until_clean in
+// large.cpp), and this thread's jemalloc cache; bytes purged (estimated from jemalloc's resident
+// counter before and after).
 std::size_t large_purge() noexcept;
 // jemalloc's decay step on both arenas (what their decay curves say is due), taking turns with the
 // other purges.
