@@ -58,7 +58,7 @@ void wake() {
           nullptr, 0);
 }
 
-// jemalloc's side: let its decay curve purge our arena, report what it still holds dirty.
+// jemalloc's side: let its decay curve purge our arenas; bytes it purged.
 std::size_t large_decay() {
   std::size_t before = large_dirty_bytes();
   if (before == 0) return 0;
