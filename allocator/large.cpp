@@ -156,11 +156,11 @@ constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
 // "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
 // come back" below for when it rises.
 constexpr std::size_t kPurgeAtOnce = std::size_t{8} << 20;
-// purge_until_clean: at most this many purges, this far apart (about 10 ms in all, on paths
-// that either return ENOMEM otherwise or were asked to give everything back), for another
-// thread's decay to finish.
-constexpr int kReleaseTurns = 100;
+// purge_until_clean: purges this far apart, for another thread's decay to finish, for at most
+// this long (on paths that either return ENOMEM otherwise or were asked to give everything
+// back; other threads that keep freeing large blocks could keep it busy for good).
 constexpr long kReleasePauseNs = 100 * 1000;
+constexpr long kReleaseBudgetNs = 10 * 1000 * 1000;
 std::atomic<std::size_t> g_mapped{0};
 // What the hooks had mapped once both arenas existed: jemalloc's metadata for them (a 2 MiB
 // base block each), which no purge can give back.
@@ -843,7 +843,7 @@ std::size_t arenas_stat(const char* stat) noexcept {
   return total;
 }
 
-// Purges both arenas until nothing is left dirty, or kReleaseTurns purges have run.
+// Purges both arenas until nothing is left dirty, or for kReleaseBudgetNs.
 // jemalloc lets one thread purge an arena at a time, and a purge asked for while another runs
 // returns at once having done nothing. Our own purges take turns on g_purge_lock, but jemalloc
 // also decays on its allocation ticks, in any thread, outside that lock, and such a decay
@@ -852,9 +852,15 @@ std::size_t arenas_stat(const char* stat) noexcept {
 // in 10 with one purge on the out-of-memory path). Bounded: other threads may dirty pages as
 // fast as this purges them.
 void purge_until_clean() noexcept {
-  for (int turn = 0; turn < kReleaseTurns; ++turn) {
+  auto now_ns = [] {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<long long>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  const long long deadline = now_ns() + kReleaseBudgetNs;
+  for (;;) {
     arena_decay(true);
-    if (large_dirty_bytes() == 0) return;
+    if (large_dirty_bytes() == 0 || now_ns() >= deadline) return;
     const timespec pause{0, kReleasePauseNs};
     nanosleep(&pause, nullptr);
   }

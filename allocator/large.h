@@ -44,8 +44,8 @@ bool large_oversize_wanted() noexcept;
 void large_oversize_apply(bool keep) noexcept;
 bool large_oversize_expire(bool at_once) noexcept;  // true: still raised
 // After a failed mapping: flushes this thread's jemalloc cache and purges the arena until
-// nothing dirty is left (or a bounded number of turns), which unmaps every region left wholly
-// free. True (try once more) once the arena exists.
+// nothing dirty is left (for at most 10 ms), which unmaps every region left wholly free. True
+// (try once more) once the arena exists.
 bool large_release_address_space() noexcept;
 // Freed pages both arenas keep (jemalloc's pdirty, refreshed through its "epoch"); 0 before init.
 std::size_t large_dirty_bytes() noexcept;
