@@ -62,8 +62,8 @@ TEST(LargeRegions, FreedBlocksGiveTheirAddressSpaceBackAtTrim) {
   for (auto& [p, n] : blocks) tm_free(p);
   tm_trim(TM_TRIM_FULL);
   // What the hooks still have mapped is exact. VmSize must say the same in the plain build; the
-  // sanitizers' runtimes map memory of their own meanwhile (TSan: an 8 MiB stack for its
-  // background thread when the decay thread starts, and, in about half the runs, 6 MiB more).
+  // sanitizers' runtimes map memory of their own meanwhile (TSan: a thread stack's 8 MiB when
+  // the decay thread starts, its own background thread's, and in about half the runs 6 MiB more).
   std::size_t hooks_kept = trimalloc::large_mapped_bytes() - hooks_before;
   EXPECT_LE(hooks_kept, hooks_grown / 20)
       << "of " << hooks_grown / kMiB << " MiB the hooks mapped for the blocks, "
