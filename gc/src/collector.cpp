@@ -188,8 +188,20 @@ bool grow_edges(const Scan& scan, Tracer& subtracter, std::uint32_t run_first,
 // The loop over one run walks four cursors (slot words, gc_refs, edge_start, and the end) and
 // keeps them, the flags and the edge buffer's base in the six registers a call preserves, so
 // that nothing but the Tracer's own fields is read from memory around each trace().
-template <std::uint32_t kDiscount>
-bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
+//
+// Each object is read here for the first time in the collection, in table order: allocation
+// order, so mostly forward in memory, but jumping from pool to pool and page to page where the
+// hardware's prefetchers stop. In a big scan the pass asks for the object kPrefetchAhead entries
+// ahead (kPrefetch). bench/gc/ab, 10^6 objects (48 MB, beyond the 32 MiB L3 of the AMD machine
+// measured): 7-15% less time, best of 11 runs, for live heaps and garbage; 16 ahead no better
+// than none, 64 as good as 32. A small scan, the young collections above all, has its objects
+// in cache: there the prefetch's 7 instructions per object could only cost, so it starts at
+// kPrefetchFromObjects. (At 10^5 both builds, prefetching or not, timed 4-6% apart from the
+// build without the change: code layout, which moves these loops' times by as much.)
+constexpr std::ptrdiff_t kPrefetchAhead = 32;
+constexpr std::uint32_t kPrefetchFromObjects = std::uint32_t{1} << 18;
+template <std::uint32_t kDiscount, bool kPrefetch>
+bool subtract_pass(const Scan& scan, std::uintptr_t& flags) {
   Heap& heap = *scan.heap;
   const std::uint32_t n = scan.n;
   heap.gc_refs.reserve_fresh(n);
@@ -219,6 +231,9 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
     const std::uint32_t run_first = i;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r, ++st) {
+      // Not past the run: the table's chunks are separate arrays.
+      if (kPrefetch && end - words > kPrefetchAhead)
+        __builtin_prefetch(object_of(words[kPrefetchAhead]));
       const std::uintptr_t word = *words;
       all_flags |= word;
       Object* o = object_of(word);
@@ -250,6 +265,11 @@ bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
   if (!recording) return false;
   start[n] = static_cast<std::uint32_t>(TracerAccess::edge_out(subtracter) - edge_base);
   return true;
+}
+template <std::uint32_t kDiscount>
+bool subtract_internal_refs(const Scan& scan, std::uintptr_t& flags) {
+  return scan.n >= kPrefetchFromObjects ? subtract_pass<kDiscount, true>(scan, flags)
+                                        : subtract_pass<kDiscount, false>(scan, flags);
 }
 
 // Marking by calling trace(), for when the edges were not recorded (see grow_edges).
@@ -548,6 +568,9 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
   std::uint32_t kept = scan.base;
   std::uint32_t n_detached = 0;
   std::uintptr_t flags = 0;
+  // As in the subtract pass: a big scan's objects are long out of the cache when this pass
+  // writes the slot of garbage (and of survivors that move) and clears its Refs.
+  const bool prefetch = scan.n >= kPrefetchFromObjects;
   std::uint32_t i = 0;
   while (i < scan.n) {
     // The table in contiguous runs (its chunks).
@@ -558,6 +581,8 @@ Partition partition(const Scan& scan, std::uintptr_t* detached, Tracer& clearer,
     const std::uint32_t run_detached = n_detached;
     i += len;
     for (const std::uintptr_t* end = words + len; words != end; ++words, ++r) {
+      if (prefetch && end - words > kPrefetchAhead)
+        __builtin_prefetch(object_of(words[kPrefetchAhead]), 1);
       const std::uintptr_t word = *words;
       if (!marked(*r)) {
         Object* o = object_of(word);
