@@ -873,9 +873,14 @@ std::size_t large_dirty_bytes() noexcept {
 }
 
 bool large_release_address_space() noexcept {
-  // Empty small arenas cached for reuse hold address space too: under a tight RLIMIT_AS it is
-  // needed now, not after the decay time.
-  g_arenas.purge(UINT64_MAX, 0);
+  // Small-block memory holds address space too: empty arenas cached for reuse, and arenas that
+  // only empty pools keep mapped (the one pool per class a heap keeps for its next malloc, and
+  // those of exited threads). Under a tight RLIMIT_AS that space is needed now, not after the
+  // decay time: an 8 MiB arena pinned by one empty pool made a 256 KiB malloc fail.
+  // trim_small(kFast) hands those pools back and unmaps the arenas that empties. From the small
+  // path (g_on_out_of_memory) this runs inside the heap's slow path, at a point that holds no
+  // pool, so the heap's lists may change under it.
+  trim_small(TrimLevel::kFast);
   if (g_state.load(std::memory_order_acquire) != 2) return false;
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
   purge_until_clean();

@@ -377,6 +377,7 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   PageMask resident = 0;
   Pool* fresh = adopt_abandoned(cls, this);
   if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this, &resident);
+  // The hook may hand this heap's empty pools back (trim_small): nothing here holds one.
   if (fresh == nullptr && g_on_out_of_memory && g_on_out_of_memory())
     fresh = g_arenas.acquire_pool(cls, this, &resident);
   if (fresh == nullptr) {

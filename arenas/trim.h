@@ -45,8 +45,9 @@ std::size_t dirty_small_bytes() noexcept;
 // g_on_heap_growth runs, under the arena lock, each time the pools in use reach a multiple of
 // kGrowthStepPools (2 MiB): it may only set flags.
 // g_on_out_of_memory runs, outside any allocator lock, when a new arena could not be mapped:
-// it gives back address space held elsewhere (free large blocks) and returns true if the arena
-// is worth trying once more.
+// it gives back address space held elsewhere (free large blocks, and the empty pools of this
+// thread's heap: the caller must hold no pool) and returns true if the arena is worth trying
+// once more.
 // g_keep_empty_arenas runs, under the arena lock, when an arena with resident pages empties:
 // true if something will give it back later (the decay thread runs, or decay is off, so the
 // program asked to keep memory), so it may stay mapped for reuse. Otherwise (no hook, or no
