@@ -76,10 +76,10 @@ struct tm_stats {
 
   struct tm_class_stats classes[TM_STATS_CLASSES];
 
-  /* small arenas (1 MiB) */
+  /* small arenas (8 MiB; 1 MiB with -DTRIMALLOC_POOL_KIB=16) */
   size_t arenas;          /* mapped now */
   size_t arenas_released; /* unmapped so far */
-  size_t arena_mapped;    /* arenas * 1 MiB */
+  size_t arena_mapped;    /* arenas * the arena size */
   size_t arena_resident;  /* resident bytes of the arenas (mincore) */
   size_t pools_in_use;
   size_t pools_free_dirty;     /* free pools whose pages may be resident */
