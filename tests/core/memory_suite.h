@@ -220,7 +220,8 @@ TYPED_TEST_P(ProcessMemory, FreedSmallBlocksAddressSpaceGoesToLargeBlocks) {
 // A heap keeps one empty pool per class for its next malloc. When that pool is all that is
 // left in its arena, it keeps the whole arena mapped; under a tight RLIMIT_AS a large block that
 // needs the space must get it: the out-of-memory retry hands kept pools back and unmaps the arena
-// that empties. (Seen in CI: 8 MiB pinned this way made a 256 KiB malloc fail, 1 run in 20.)
+// that empties. (Seen in the hardened decay-race test, 1 run in 20-85: an 8 MiB arena pinned
+// this way made a 256 KiB malloc fail; docs/reliability.md, failure 6.)
 template <class A>
 int kept_pool_child() {
   constexpr std::size_t kArena = trimalloc::kArenaSize, kMiB = std::size_t{1} << 20;
