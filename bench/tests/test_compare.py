@@ -109,6 +109,27 @@ class AbPairsTest(unittest.TestCase):
             for c in cells[3:]:
                 self.assertRegex(c, r"^\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)$")
 
+    def test_the_embedded_jemalloc_peer_serves_the_large_pairs(self):
+        r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
+                            "--min-time", "0.01", "--sizes", "1024", "--allocators", "trimalloc,embedded"],
+                           capture_output=True, text=True, timeout=240)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        rows = [line for line in r.stdout.splitlines() if line.startswith("| 1024 B |")]
+        self.assertEqual(len(rows), 1, r.stdout)
+        cells = [c.strip() for c in rows[0].strip("|").split("|")][1:]
+        self.assertGreater(float(cells[1]), 0.0, rows[0])
+        # The peer is the renamed copy: its malloc is the library's own, and the blocks it hands
+        # out are jemalloc's (malloc_usable_size of 1000 bytes is jemalloc's 1024-byte class).
+        lib = os.path.join(BUILD, "bench", "libtrimalloc_bench_embedded_jemalloc.so")
+        probe = subprocess.run(["/usr/bin/python3", "-c",
+                                "import ctypes; c = ctypes.CDLL(None); c.malloc.restype = ctypes.c_void_p; "
+                                "p = c.malloc(1000); c.malloc_usable_size.argtypes = [ctypes.c_void_p]; "
+                                "print(c.malloc_usable_size(p))"],
+                               env=dict(os.environ, LD_PRELOAD=lib, PYTHONMALLOC="malloc"),
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(probe.returncode, 0, probe.stderr[-2000:])
+        self.assertEqual(probe.stdout.strip(), "1024")
+
     def test_producer_consumer_in_alternating_runs(self):
         r = subprocess.run([os.path.join(os.path.dirname(HERE), "ab-pairs"), "--build", BUILD, "--rounds", "2",
                             "--min-time", "0.01", "--benchmark", "BM_prodcons", "--sizes", "64",
