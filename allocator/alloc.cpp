@@ -17,6 +17,7 @@
 #include "options.h"
 #include "quarantine.h"
 #include "sampling.h"
+#include "trim.h"
 #include "trimalloc/trimalloc.h"
 #include "visit.h"
 
@@ -150,7 +151,8 @@ using namespace trimalloc;
 namespace {
 __attribute__((constructor(200))) void allocator_start() {
   if constexpr (kSecure) {
-    g_before_thread_exit = quarantine_flush;
+    g_before_thread_exit = quarantine_flush_at_thread_exit;
+    g_on_visited_heap = quarantine_empty_visited;
     // Fork: hold the registry shards too (lock order: visit -> registry -> engine locks).
     pthread_atfork(registry_lock_all, registry_unlock_all, registry_reset_after_fork);
   }

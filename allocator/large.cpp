@@ -874,13 +874,15 @@ std::size_t large_dirty_bytes() noexcept {
 
 bool large_release_address_space() noexcept {
   // Small-block memory holds address space too: empty arenas cached for reuse, and arenas that
-  // only empty pools keep mapped (the one pool per class a heap keeps for its next malloc, and
-  // those of exited threads). Under a tight RLIMIT_AS that space is needed now, not after the
-  // decay time: an 8 MiB arena pinned by one empty pool made a 256 KiB malloc fail.
-  // trim_small(kFast) hands those pools back and unmaps the arenas that empties. From the small
-  // path (g_on_out_of_memory) this runs inside the heap's slow path, at a point that holds no
-  // pool, so the heap's lists may change under it.
-  trim_small(TrimLevel::kFast);
+  // only empty pools keep mapped (the one pool per class each heap keeps for its next malloc,
+  // this thread's or another's, and those of exited threads). Under a tight RLIMIT_AS that space is
+  // needed now, not after the decay time: an 8 MiB arena pinned by one empty pool made a 256 KiB
+  // malloc fail. trim_small_for_address_space() hands those pools back, this thread's and, by
+  // visits, other live threads', and unmaps the arenas that empties. From the small path
+  // (g_on_out_of_memory) this runs inside the heap's slow path, at a point that holds no pool and
+  // no lock, so the heap's lists may change under it, and visiting other heaps cannot deadlock (a
+  // heap that is in the allocator is skipped, and the visit lock is only tried).
+  trim_small_for_address_space();
   if (g_state.load(std::memory_order_acquire) != 2) return false;
   tm_je_mallctl("thread.tcache.flush", nullptr, nullptr, nullptr, 0);
   purge_until_clean();

@@ -60,8 +60,13 @@ void quarantine_free(void* p, const char* call) noexcept {
   // that is exiting already (glibc frees its TLS blocks after our exit hook) must not get one.
   if (tl_thread_exiting || (tl_thread.heap == &g_empty_heap && heap_for_this_thread() == nullptr))
     return release(p, call);
-  Quarantine& q = tl_quarantine;
   if (size > kMaxBytes / 4) return release(p, call);  // would push out everything else
+  // The ring is changed inside the heap's enter()/leave(), where no visitor can be emptying it
+  // (see quarantine_empty_visited); what leaves it is freed after, the ordinary way.
+  ThreadHeap* heap = tl_thread.heap;
+  Quarantine& q = tl_quarantine;
+  heap->enter();
+  heap->quarantine = &q;
   void* out = q.slot[q.next];
   if (out != nullptr) q.bytes -= q.size[q.next];
   q.slot[q.next] = p;
@@ -76,6 +81,7 @@ void quarantine_free(void* p, const char* call) noexcept {
     q.bytes -= q.size[i];
     q.slot[i] = nullptr;
   }
+  heap->leave();
   if (out != nullptr) release(out, call);
 }
 
@@ -86,15 +92,50 @@ void* malloc_after_quarantine(std::size_t size) noexcept {
   return p;
 }
 
-void quarantine_flush() noexcept {
-  Quarantine& q = tl_quarantine;
+namespace {
+// Takes every block out of `q` into `out`; how many.
+unsigned take_all(Quarantine& q, void** out) noexcept {
+  unsigned n = 0;
   for (unsigned i = 0; i < kSlots; ++i) {
     if (q.slot[i] == nullptr) continue;
-    void* p = q.slot[i];
+    out[n++] = q.slot[i];
     q.slot[i] = nullptr;
-    release(p, "free");
   }
   q.bytes = 0;
+  return n;
+}
+
+// Emptied inside enter()/leave() when the thread has a heap, as quarantine_free changes it; the
+// blocks are freed after. At thread exit the heap also forgets the quarantine, whose TLS block
+// is about to go, before a visitor could reach it (the thread's later frees bypass it).
+void flush(bool thread_exit) noexcept {
+  void* blocks[kSlots];
+  ThreadHeap* heap = tl_thread.heap;
+  const bool entered = heap != &g_empty_heap;
+  if (entered) heap->enter();
+  const unsigned n = take_all(tl_quarantine, blocks);
+  if (entered && thread_exit) heap->quarantine = nullptr;
+  if (entered) heap->leave();
+  for (unsigned i = 0; i < n; ++i) release(blocks[i], "free");
+}
+}  // namespace
+
+void quarantine_flush() noexcept {
+  flush(false);
+}
+
+void quarantine_flush_at_thread_exit() noexcept {
+  flush(true);
+}
+
+void quarantine_empty_visited(ThreadHeap* heap) noexcept {
+  auto* q = static_cast<Quarantine*>(heap->quarantine);
+  if (q == nullptr) return;
+  void* blocks[kSlots];
+  const unsigned n = take_all(*q, blocks);
+  // This thread, the visitor, frees them: a small block of the visited heap's pools arrives
+  // there as a remote free, which the trim that follows collects.
+  for (unsigned i = 0; i < n; ++i) release(blocks[i], "free");
 }
 
 }  // namespace trimalloc

@@ -236,6 +236,7 @@ void ThreadHeap::reset() noexcept {
     full_[c] = ClassList{};
   }
   notified_.store(nullptr, std::memory_order_relaxed);
+  quarantine = nullptr;
 }
 
 // --- full pools and notifications ---
@@ -377,7 +378,8 @@ void* ThreadHeap::alloc_slow(unsigned cls) noexcept {
   PageMask resident = 0;
   Pool* fresh = adopt_abandoned(cls, this);
   if (fresh == nullptr) fresh = g_arenas.acquire_pool(cls, this, &resident);
-  // The hook may hand this heap's empty pools back (trim_small): nothing here holds one.
+  // The hook may hand this heap's empty pools back (trim_small_for_address_space), and visit
+  // other heaps: nothing here holds a pool or a lock.
   if (fresh == nullptr && g_on_out_of_memory && g_on_out_of_memory())
     fresh = g_arenas.acquire_pool(cls, this, &resident);
   if (fresh == nullptr) {

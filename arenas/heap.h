@@ -209,6 +209,10 @@ class ThreadHeap {
   ThreadHeap* registry_next = nullptr;
   ThreadHeap* free_next = nullptr;  // on the recycled-heaps list
   std::atomic<bool> live{false};
+  // The hardened build's quarantine of this heap's thread (allocator/quarantine.cpp; opaque
+  // here), set and cleared by its owner inside enter()/leave(), so that a visitor may empty it
+  // (g_on_visited_heap, trim.h). Null in the default build and before the thread's first free.
+  void* quarantine = nullptr;
 
  private:
   void drain_notified() noexcept;

@@ -1,5 +1,7 @@
 #include "trim.h"
 
+#include <sched.h>
+
 #include "arena.h"
 #include "heap.h"
 #include "visit.h"
@@ -11,10 +13,13 @@ void (*g_on_maintenance)() noexcept = nullptr;
 void (*g_on_heap_growth)() noexcept = nullptr;
 bool (*g_on_out_of_memory)() noexcept = nullptr;
 bool (*g_keep_empty_arenas)() noexcept = nullptr;
+void (*g_on_visited_heap)(ThreadHeap*) noexcept = nullptr;
 std::atomic<bool> g_maintenance_requested{false};
 
 namespace {
 constexpr std::size_t kVisitWorthBytes = 64 * 1024;
+// How long the out-of-memory retry waits for the visit lock (a decay pass holds it briefly).
+constexpr std::uint64_t kOutOfMemoryVisitWaitMs = 5;
 
 std::size_t trim_own_heap(bool release_pages) noexcept {
   ThreadHeap* heap = tl_thread.heap;
@@ -31,12 +36,44 @@ std::size_t trim_other_heaps() noexcept {
   visit_lock();
   for_each_heap([&](ThreadHeap* h) {
     if (h == self) return;
-    visit_heap(h, [&](ThreadHeap* v) { released += v->trim_own(true); });
+    visit_heap(h, [&](ThreadHeap* v) {
+      if (g_on_visited_heap) g_on_visited_heap(v);
+      released += v->trim_own(true);
+    });
   });
   visit_unlock();
   return released;
 }
+
+// Level 3 of the other live heaps, for trim_small_for_address_space().
+std::size_t give_back_kept_pools_of_other_heaps() noexcept {
+  if (!visits_supported()) return 0;
+  // A try-lock with a deadline instead of visit_lock(): see trim.h.
+  const std::uint64_t deadline = now_ms() + kOutOfMemoryVisitWaitMs;
+  while (!visit_try_lock()) {
+    if (now_ms() > deadline) return 0;
+    sched_yield();
+  }
+  ThreadHeap* self = tl_thread.heap;
+  for_each_heap([&](ThreadHeap* h) {
+    if (h == self) return;
+    visit_heap(h, [](ThreadHeap* v) {
+      if (g_on_visited_heap) g_on_visited_heap(v);
+      v->trim_own(false);
+    });
+  });
+  visit_unlock();
+  return 0;  // what the pools held is released by the caller's purge of empty arenas
+}
 }  // namespace
+
+std::size_t trim_small_for_address_space() noexcept {
+  std::size_t released = trim_own_heap(false);
+  released += trim_abandoned(false);
+  released += give_back_kept_pools_of_other_heaps();
+  released += g_arenas.purge(UINT64_MAX, 0);
+  return released;
+}
 
 std::size_t trim_small(TrimLevel level) noexcept {
   bool pages = level != TrimLevel::kFast;

@@ -20,10 +20,20 @@
 
 namespace trimalloc {
 
+class ThreadHeap;
+
 enum class TrimLevel { kFast = 0, kFull = 1, kAll = 2 };
 
 // Bytes given back to the OS by this call.
 std::size_t trim_small(TrimLevel level) noexcept;
+
+// The out-of-memory retry's trim (g_on_out_of_memory, and large blocks' retry): kFast, plus
+// level 3 of every other live heap (the empty pools it keeps, one per class, by visiting it; no
+// page scans), so that an arena only another thread's kept pools hold is unmapped too. A heap
+// busy in the allocator is skipped. The visits wait for the visit lock for at most a few
+// milliseconds: its holder may be this very thread (an allocating fork prepare handler runs
+// while it is held), and an out-of-memory path must not hang. Bytes given back.
+std::size_t trim_small_for_address_space() noexcept;
 
 struct DecayResult {
   std::size_t released = 0;    // bytes given back
@@ -46,14 +56,18 @@ std::size_t dirty_small_bytes() noexcept;
 // kGrowthStepPools (2 MiB): it may only set flags.
 // g_on_out_of_memory runs, outside any allocator lock, when a new arena could not be mapped:
 // it gives back address space held elsewhere (free large blocks, and the empty pools of this
-// thread's heap: the caller must hold no pool) and returns true if the arena is worth trying
-// once more.
+// thread's heap and of other live heaps: the caller must hold no pool and no allocator lock)
+// and returns true if the arena is worth trying once more.
 // g_keep_empty_arenas runs, under the arena lock, when an arena with resident pages empties:
 // true if something will give it back later (the decay thread runs, or decay is off, so the
 // program asked to keep memory), so it may stay mapped for reuse. Otherwise (no hook, or no
 // thread: a heap too small to be worth one) it is unmapped at once, as before there was a
 // cache. It may only read flags.
+// g_on_visited_heap runs as the owner of each heap the out-of-memory trim and TM_TRIM_ALL visit,
+// before its pools are trimmed: the hardened build empties the heap's quarantine there. Blocks
+// it frees into that heap's pools arrive as remote frees, which trim_own() collects.
 extern void (*g_on_dirty_pool)() noexcept;
+extern void (*g_on_visited_heap)(ThreadHeap* heap) noexcept;
 extern bool (*g_on_out_of_memory)() noexcept;
 extern bool (*g_keep_empty_arenas)() noexcept;
 extern TM_INTERNAL void (*g_on_maintenance)() noexcept;

@@ -59,6 +59,9 @@ bool ThreadHeap::begin_visit() noexcept {
 void visit_lock() noexcept {
   g_visit_lock.lock();
 }
+bool visit_try_lock() noexcept {
+  return g_visit_lock.try_lock();
+}
 void visit_unlock() noexcept {
   g_visit_lock.unlock();
 }

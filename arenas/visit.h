@@ -24,6 +24,7 @@ template <typename Fn>
 bool visit_heap(ThreadHeap* heap, Fn&& fn) noexcept;
 
 void visit_lock() noexcept;
+bool visit_try_lock() noexcept;
 void visit_unlock() noexcept;
 void visit_reset_after_fork() noexcept;
 

@@ -11,7 +11,9 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -267,9 +269,88 @@ TYPED_TEST_P(ProcessMemory, AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock) {
   expect_child_succeeds(kept_pool_child<TypeParam>);
 }
 
+// The same when the heap that keeps the pool is another thread's, alive but idle (blocked
+// outside the allocator): the retry visits other heaps and takes their kept pools back too.
+// Without that, a thread that freed everything it had could still make another thread's large
+// malloc fail under RLIMIT_AS, however long it sleeps, since a kept pool goes back only at that
+// heap's next slow path or when the decay thread visits it after the decay time.
+template <class A>
+int other_thread_kept_pool_child() {
+  constexpr std::size_t kArena = trimalloc::kArenaSize, kMiB = std::size_t{1} << 20;
+  constexpr std::size_t kSize = 448, kCount = 3 * kArena / kSize;
+  static_assert(kCount <= kMaxBlocks);
+  void** ptrs = pointer_table();
+  if (!ptrs) return 10;
+  void* warm = A::malloc(4096);  // jemalloc set up before the limit, and kept
+  if (!warm) return 19;
+  std::mutex m;
+  std::condition_variable cv;
+  int stage = 0;  // 1: the thread has freed its last arena's blocks; 2: it may exit
+  std::size_t kept = 0;
+  int thread_result = 0;
+  std::thread owner([&] {
+    auto arena_of = [](void* p) { return reinterpret_cast<std::uintptr_t>(p) & ~(kArena - 1); };
+    std::size_t arenas = 0;
+    for (std::size_t i = 0; i < kCount; ++i) {
+      if (!(ptrs[i] = A::malloc(kSize))) {
+        thread_result = 19;
+        break;
+      }
+      if (i == 0 || arena_of(ptrs[i]) != arena_of(ptrs[i - 1])) ++arenas;
+    }
+    if (thread_result == 0 && arenas < 3) thread_result = 21;
+    if (thread_result == 0) {
+      const std::uintptr_t last = arena_of(ptrs[kCount - 1]);
+      for (std::size_t i = 0; i < kCount; ++i) {
+        if (arena_of(ptrs[i]) == last)
+          A::free(ptrs[i]);  // the last of these empties the pool this heap keeps
+        else
+          ptrs[kept++] = ptrs[i];
+      }
+    }
+    std::unique_lock<std::mutex> lock(m);
+    stage = 1;
+    cv.notify_all();
+    cv.wait(lock, [&] { return stage == 2; });  // idle, outside the allocator, heap alive
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return stage == 1; });
+  }
+  int result = thread_result;
+  void* p = nullptr;
+  const std::size_t block = kArena / 2;
+  if (result == 0) {
+    const std::size_t region = (block + 4096 + kMiB - 1) / kMiB * kMiB;
+    if (!limit_address_space(region + kMiB / 2)) result = 10;
+  }
+  if (result == 0) {
+    p = A::malloc(block);
+    if (!p) result = 22;
+  }
+  {
+    std::lock_guard<std::mutex> lock(m);
+    stage = 2;
+  }
+  cv.notify_all();
+  owner.join();
+  if (p) {
+    std::memset(p, 5, block);
+    A::free(p);
+  }
+  for (std::size_t i = 0; i < kept; ++i) A::free(ptrs[i]);  // remote frees to the exited heap
+  A::free(warm);
+  return result;
+}
+
+TYPED_TEST_P(ProcessMemory, AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock) {
+  expect_child_succeeds(other_thread_kept_pool_child<TypeParam>);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
                             OutOfAddressSpaceGivesEnomemAndRecovers,
                             FreedSmallBlocksAddressSpaceGoesToLargeBlocks,
-                            AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock);
+                            AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,
+                            AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock);
 
 }  // namespace tmtest

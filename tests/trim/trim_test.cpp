@@ -273,6 +273,48 @@ TEST(Trim, AllReachesAnIdleThreadFullDoesNot) {
   }
 }
 
+// The hardened build holds each thread's last freed blocks in a per-thread quarantine, which only
+// that thread used to empty: an idle thread kept up to 1 MiB of freed memory for good.
+// TM_TRIM_ALL (and the out-of-memory retry) empties it while visiting the idle thread. In the
+// default build the blocks are free at once and the counts must agree just the same.
+TEST(Trim, AllGivesBackAnIdleThreadsQuarantinedBlocks) {
+  constexpr std::size_t kBlocks = 100;  // well inside the quarantine (256 blocks, 1 MiB)
+  tm_trim(TM_TRIM_FAST);                // this thread's own quarantine out of the counts
+  const std::size_t live_before = live_blocks_of_448();
+  std::mutex m;
+  std::condition_variable cv;
+  bool freed = false, done = false;
+  std::thread owner([&] {
+    std::vector<void*> blocks(kBlocks);
+    for (auto& p : blocks) p = tm_malloc(448);
+    for (void* p : blocks) tm_free(p);
+    blocks = std::vector<void*>();  // its buffer is not a 448-byte block; freed before the wait
+    {
+      std::lock_guard<std::mutex> g(m);
+      freed = true;
+    }
+    cv.notify_all();
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return done; });  // idle, holding its heap and its quarantine
+  });
+  {
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return freed; });
+  }
+  if constexpr (trimalloc::kSecure) {
+    EXPECT_GE(live_blocks_of_448(), live_before + kBlocks) << "the blocks were not quarantined";
+  }
+  tm_trim(TM_TRIM_ALL);
+  EXPECT_EQ(live_blocks_of_448(), live_before)
+      << "the idle thread's freed blocks still count as live";
+  {
+    std::lock_guard<std::mutex> g(m);
+    done = true;
+  }
+  cv.notify_all();
+  owner.join();
+}
+
 // TRIMALLOC_MAX_CACHED ("max_cached"): free pools kept resident for reuse never exceed the cap,
 // even with automatic decay off. Pools emptied inside arenas that stay in use (one live block
 // each) are the cache; with a large cap they stay resident, which shows the cap is what limits.
