@@ -30,17 +30,25 @@ std::size_t trim_own_heap(bool release_pages) noexcept {
   return released;
 }
 
-std::size_t trim_other_heaps() noexcept {
+// Visits every other live heap (the caller holds the visit lock) and trims it as its owner:
+// the hardened build's hook first (its quarantine), then its kept empty pools and, if
+// release_pages, the free pages of its other pools. Bytes released.
+std::size_t trim_other_heaps_locked(bool release_pages) noexcept {
   std::size_t released = 0;
   ThreadHeap* self = tl_thread.heap;
-  visit_lock();
   for_each_heap([&](ThreadHeap* h) {
     if (h == self) return;
     visit_heap(h, [&](ThreadHeap* v) {
       if (g_on_visited_heap) g_on_visited_heap(v);
-      released += v->trim_own(true);
+      released += v->trim_own(release_pages);
     });
   });
+  return released;
+}
+
+std::size_t trim_other_heaps() noexcept {
+  visit_lock();
+  std::size_t released = trim_other_heaps_locked(true);
   visit_unlock();
   return released;
 }
@@ -54,16 +62,10 @@ std::size_t give_back_kept_pools_of_other_heaps() noexcept {
     if (now_ms() > deadline) return 0;
     sched_yield();
   }
-  ThreadHeap* self = tl_thread.heap;
-  for_each_heap([&](ThreadHeap* h) {
-    if (h == self) return;
-    visit_heap(h, [](ThreadHeap* v) {
-      if (g_on_visited_heap) g_on_visited_heap(v);
-      v->trim_own(false);
-    });
-  });
+  // No page scans: what the pools held is released by the caller's purge of empty arenas.
+  std::size_t released = trim_other_heaps_locked(false);
   visit_unlock();
-  return 0;  // what the pools held is released by the caller's purge of empty arenas
+  return released;
 }
 }  // namespace
 

@@ -224,16 +224,14 @@ TYPED_TEST_P(ProcessMemory, FreedSmallBlocksAddressSpaceGoesToLargeBlocks) {
 // needs the space must get it: the out-of-memory retry hands kept pools back and unmaps the arena
 // that empties. (Seen in the hardened decay-race test, 1 run in 20-85: an 8 MiB arena pinned
 // this way made a 256 KiB malloc fail; docs/reliability.md, failure 6.)
+// The calling thread allocates three arenas' worth of 448-byte blocks into `ptrs` and frees
+// those of the newest arena, whose last pool its heap then keeps, empty. The survivors are
+// moved to the front of `ptrs` and counted in `kept`. 0, or the child's exit code.
 template <class A>
-int kept_pool_child() {
-  constexpr std::size_t kArena = trimalloc::kArenaSize, kMiB = std::size_t{1} << 20;
-  constexpr std::size_t kSize = 448, kCount = 3 * kArena / kSize;  // three arenas' worth
+int fill_three_arenas_free_the_newest(void** ptrs, std::size_t& kept) {
+  constexpr std::size_t kArena = trimalloc::kArenaSize;
+  constexpr std::size_t kSize = 448, kCount = 3 * kArena / kSize;
   static_assert(kCount <= kMaxBlocks);
-  void** ptrs = pointer_table();
-  if (!ptrs) return 10;
-  // jemalloc set up before the limit; kept, so that its region is not what the retry frees.
-  void* warm = A::malloc(4096);
-  if (!warm) return 19;
   auto arena_of = [](void* p) { return reinterpret_cast<std::uintptr_t>(p) & ~(kArena - 1); };
   std::size_t arenas = 0;
   for (std::size_t i = 0; i < kCount; ++i) {
@@ -244,13 +242,26 @@ int kept_pool_child() {
   // and holds these blocks only (the loop crossed into at least two arenas it mapped).
   if (arenas < 3) return 21;
   const std::uintptr_t last = arena_of(ptrs[kCount - 1]);
-  std::size_t kept = 0;
+  kept = 0;
   for (std::size_t i = 0; i < kCount; ++i) {
     if (arena_of(ptrs[i]) == last)
       A::free(ptrs[i]);  // the last of these empties the pool the heap keeps
     else
       ptrs[kept++] = ptrs[i];
   }
+  return 0;
+}
+
+template <class A>
+int kept_pool_child() {
+  constexpr std::size_t kArena = trimalloc::kArenaSize, kMiB = std::size_t{1} << 20;
+  void** ptrs = pointer_table();
+  if (!ptrs) return 10;
+  // jemalloc set up before the limit; kept, so that its region is not what the retry frees.
+  void* warm = A::malloc(4096);
+  if (!warm) return 19;
+  std::size_t kept = 0;
+  if (int rc = fill_three_arenas_free_the_newest<A>(ptrs, kept)) return rc;
   // A block whose region (whole MiB, mapped 1 MiB-aligned: its size and 1 MiB more for a
   // moment) needs more than the headroom, and less than the headroom and the arena.
   const std::size_t block = kArena / 2;
@@ -277,8 +288,6 @@ TYPED_TEST_P(ProcessMemory, AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock) {
 template <class A>
 int other_thread_kept_pool_child() {
   constexpr std::size_t kArena = trimalloc::kArenaSize, kMiB = std::size_t{1} << 20;
-  constexpr std::size_t kSize = 448, kCount = 3 * kArena / kSize;
-  static_assert(kCount <= kMaxBlocks);
   void** ptrs = pointer_table();
   if (!ptrs) return 10;
   void* warm = A::malloc(4096);  // jemalloc set up before the limit, and kept
@@ -289,25 +298,7 @@ int other_thread_kept_pool_child() {
   std::size_t kept = 0;
   int thread_result = 0;
   std::thread owner([&] {
-    auto arena_of = [](void* p) { return reinterpret_cast<std::uintptr_t>(p) & ~(kArena - 1); };
-    std::size_t arenas = 0;
-    for (std::size_t i = 0; i < kCount; ++i) {
-      if (!(ptrs[i] = A::malloc(kSize))) {
-        thread_result = 19;
-        break;
-      }
-      if (i == 0 || arena_of(ptrs[i]) != arena_of(ptrs[i - 1])) ++arenas;
-    }
-    if (thread_result == 0 && arenas < 3) thread_result = 21;
-    if (thread_result == 0) {
-      const std::uintptr_t last = arena_of(ptrs[kCount - 1]);
-      for (std::size_t i = 0; i < kCount; ++i) {
-        if (arena_of(ptrs[i]) == last)
-          A::free(ptrs[i]);  // the last of these empties the pool this heap keeps
-        else
-          ptrs[kept++] = ptrs[i];
-      }
-    }
+    thread_result = fill_three_arenas_free_the_newest<A>(ptrs, kept);
     std::unique_lock<std::mutex> lock(m);
     stage = 1;
     cv.notify_all();
