@@ -24,6 +24,7 @@
 #include "heap.h"
 #include "large.h"
 #include "options.h"
+#include "quarantine.h"
 #include "trim.h"
 #include "visit.h"
 
@@ -129,7 +130,12 @@ void* decay_main(void*) {
     // A thread exited lately: it still counts until its last destructor has run, so look again
     // shortly for a while.
     bool exits_pending = now_ms() - g_last_thread_exit_ms.load(std::memory_order_relaxed) < 2000;
-    if (exits_pending) exit_if_last_thread();
+    if (exits_pending) {
+      exit_if_last_thread();
+      // Hardened: what opendir() took and gave back waits in this thread's quarantine. No pass
+      // empties the decay thread's own, and it never exits: let the blocks go now.
+      if constexpr (kSecure) quarantine_flush();
+    }
     if (exits_pending && !more) {
       futex_wait(&g_wake_seq, seq, 50);
     } else if (more) {
@@ -149,7 +155,8 @@ void* decay_main(void*) {
       // a few nanoseconds, can go unseen until the next free.)
       asymmetric_fence_heavy();
       // Only while decay is on: with decay_ms = -1 dirty memory stays, and the look would spin.
-      bool freed_meanwhile = decay >= 0 && (dirty_small_bytes() != 0 || large_dirty_bytes() != 0);
+      bool freed_meanwhile = decay >= 0 && (dirty_small_bytes() != 0 || large_dirty_bytes() != 0 ||
+                                            quarantine_worth_a_visit());
       if (!freed_meanwhile && g_wake_seq.load(std::memory_order_seq_cst) == seq)
         futex_wait(&g_wake_seq, seq, -1);
       g_decay_sleeping.store(false, std::memory_order_relaxed);

@@ -17,7 +17,7 @@
 
 namespace trimalloc {
 
-// The thread's state, read by every large free (decay_note_large_free).
+// The thread's state, read by every large free (decay_note_freed).
 extern TM_INTERNAL std::atomic<bool> g_decay_started;
 extern TM_INTERNAL std::atomic<bool> g_decay_sleeping;  // asleep with no timeout: wake it
 void decay_request() noexcept;
@@ -25,10 +25,11 @@ void decay_request() noexcept;
 void decay_init() noexcept;  // from the library constructor: hooks, atfork
 // Gives jemalloc's arenas the decay_ms option (at start-up, and when tm_option_set changes it).
 void decay_apply_to_large() noexcept;
-// After a large free: jemalloc now holds dirty pages that decay must return. Wakes the thread
-// if it sleeps without a timeout, or asks the allocation slow paths to decay when there is no
-// thread. Inline, because every large free() calls it and it usually has nothing to do.
-inline void decay_note_large_free() noexcept {
+// After a free that left memory for decay to return: a large free (jemalloc now holds dirty
+// pages), or, in the hardened build, a quarantine grown worth a visit (trim.h). Wakes the
+// thread if it sleeps without a timeout, or asks the allocation slow paths to decay when there
+// is no thread. Inline, because every large free() calls it and it usually has nothing to do.
+inline void decay_note_freed() noexcept {
   if (__builtin_expect(g_decay_sleeping.load(std::memory_order_relaxed), 0) ||
       (!g_decay_started.load(std::memory_order_relaxed) &&
        !g_options.background_thread.load(std::memory_order_relaxed)))

@@ -768,7 +768,7 @@ void* large_realloc(void* p, std::size_t size) noexcept {
   // The moved or grown block is a new allocation for the sampler (its site: realloc's caller);
   // without this, memory grown by realloc (a Python list, a vector-like buffer) is never seen.
   sample_large(q, size);
-  if (q != p) decay_note_large_free();  // the old extent is jemalloc's dirty memory now
+  if (q != p) decay_note_freed();  // the old extent is jemalloc's dirty memory now
   return q;
 }
 
@@ -780,7 +780,7 @@ namespace {
 }  // namespace
 
 // Every way a large block is freed (free, the sized frees, the quarantine letting one go, a
-// realloc that moved it) ends with decay_note_large_free(): the pages jemalloc now holds dirty
+// realloc that moved it) ends with decay_note_freed(): the pages jemalloc now holds dirty
 // are decay's work, and a decay thread asleep with nothing to do would otherwise not hear of
 // them until some other free woke it.
 void large_free(void* p) noexcept {
@@ -789,11 +789,11 @@ void large_free(void* p) noexcept {
   if constexpr (kSamplingHooks) {
     if (__builtin_expect(g_sampled_live.load(std::memory_order_relaxed) != 0, 0)) {
       large_free_with_samples_live(p);
-      return decay_note_large_free();
+      return decay_note_freed();
     }
   }
   tm_je_free(p);
-  decay_note_large_free();
+  decay_note_freed();
 }
 
 void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept {
@@ -801,7 +801,7 @@ void large_free_sized(void* p, std::size_t size, std::size_t alignment) noexcept
   // Size 0 was allocated as 1 (jemalloc has no size-0 class; see alloc_aligned): free it as
   // such, or jemalloc would file the block under the wrong size class.
   tm_je_sdallocx(p, size == 0 ? 1 : size, alignment > 16 ? lg_align(alignment) : 0);
-  decay_note_large_free();
+  decay_note_freed();
 }
 
 std::size_t large_usable_size(const void* p) noexcept {

@@ -4,7 +4,9 @@
 #include <cstddef>
 
 #include "alloc.h"
+#include "decay.h"
 #include "large_registry.h"
+#include "trim.h"
 
 namespace trimalloc {
 namespace {
@@ -81,7 +83,10 @@ void quarantine_free(void* p, const char* call) noexcept {
     q.bytes -= q.size[i];
     q.slot[i] = nullptr;
   }
+  heap->quarantined_bytes.store(q.bytes, std::memory_order_relaxed);
   heap->leave();
+  // Worth a visit if this thread now goes idle: the decay thread must be awake to see that.
+  if (q.bytes >= kVisitWorthBytes) decay_note_freed();
   if (out != nullptr) release(out, call);
 }
 
@@ -114,6 +119,7 @@ void flush(bool thread_exit) noexcept {
   const bool entered = heap != &g_empty_heap;
   if (entered) heap->enter();
   const unsigned n = take_all(tl_quarantine, blocks);
+  if (entered) heap->quarantined_bytes.store(0, std::memory_order_relaxed);
   if (entered && thread_exit) heap->quarantine = nullptr;
   if (entered) heap->leave();
   for (unsigned i = 0; i < n; ++i) release(blocks[i], "free");
@@ -133,6 +139,7 @@ void quarantine_empty_visited(ThreadHeap* heap) noexcept {
   if (q == nullptr) return;
   void* blocks[kSlots];
   const unsigned n = take_all(*q, blocks);
+  heap->quarantined_bytes.store(0, std::memory_order_relaxed);
   // This thread, the visitor, frees them: a small block of the visited heap's pools arrives
   // there as a remote free, which the trim that follows collects.
   for (unsigned i = 0; i < n; ++i) release(blocks[i], "free");

@@ -237,6 +237,7 @@ void ThreadHeap::reset() noexcept {
   }
   notified_.store(nullptr, std::memory_order_relaxed);
   quarantine = nullptr;
+  quarantined_bytes.store(0, std::memory_order_relaxed);
 }
 
 // --- full pools and notifications ---

@@ -213,6 +213,10 @@ class ThreadHeap {
   // here), set and cleared by its owner inside enter()/leave(), so that a visitor may empty it
   // (g_on_visited_heap, trim.h). Null in the default build and before the thread's first free.
   void* quarantine = nullptr;
+  // The bytes that quarantine holds, published by the owner (inside enter()/leave()) so that the
+  // decay pass can tell an idle heap whose quarantine is worth emptying (trim.cpp); a visitor
+  // that empties it stores 0.
+  std::atomic<std::size_t> quarantined_bytes{0};
 
  private:
   void drain_notified() noexcept;

@@ -17,7 +17,6 @@ void (*g_on_visited_heap)(ThreadHeap*) noexcept = nullptr;
 std::atomic<bool> g_maintenance_requested{false};
 
 namespace {
-constexpr std::size_t kVisitWorthBytes = 64 * 1024;
 // How long the out-of-memory retry waits for the visit lock (a decay pass holds it briefly).
 constexpr std::uint64_t kOutOfMemoryVisitWaitMs = 5;
 
@@ -90,6 +89,16 @@ std::size_t dirty_small_bytes() noexcept {
   return g_arenas.dirty_pools() * kPoolSize;
 }
 
+bool quarantine_worth_a_visit() noexcept {
+  bool worth = false;
+  ThreadHeap* const self = tl_thread.heap;  // not emptied by a pass of ours (decay_small)
+  for_each_heap([&](ThreadHeap* h) {
+    worth = worth || (h != self && h->live.load(std::memory_order_acquire) &&
+                      h->quarantined_bytes.load(std::memory_order_relaxed) >= kVisitWorthBytes);
+  });
+  return worth;
+}
+
 DecayResult decay_small(std::uint64_t decay_ms) noexcept {
   DecayResult r;
   std::uint64_t now = now_ms();
@@ -112,9 +121,16 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
     if (carved > used) owner->scan_free_bytes += (carved - used) * p->block_size;
   });
   if (visits_supported()) {
+    ThreadHeap* const self = tl_thread.heap;
     visit_lock();
     for_each_heap([&](ThreadHeap* h) {
       if (!h->live.load(std::memory_order_acquire)) return;
+      // Hardened build: blocks the quarantine holds come back too once it is emptied. A busy
+      // heap's quarantine turns over by itself; an idle one's would stay until a trim or the
+      // thread's exit (up to 1 MiB of zeroed, resident blocks per thread). Not this thread's
+      // own: the hook cannot empty it (below), so counting it would only keep us ticking.
+      const std::size_t quarantined =
+          h == self ? 0 : h->quarantined_bytes.load(std::memory_order_relaxed);
       if (h->last_slow_ms.load(std::memory_order_relaxed) > cutoff) {
         // Busy recently, so not visited. If it has held many free bytes for a whole decay
         // time, it gives their pages back itself, on its next slow paths.
@@ -127,16 +143,24 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
           h->shrink_requested.store(true, std::memory_order_relaxed);
           h->busy_free_since_ms.store(0, std::memory_order_relaxed);
         }
-        if (h->scan_free_bytes >= kVisitWorthBytes) r.work_left = true;  // look again
+        if (h->scan_free_bytes + quarantined >= kVisitWorthBytes) r.work_left = true;  // look again
         return;
       }
       h->busy_free_since_ms.store(0, std::memory_order_relaxed);
-      if (h->scan_free_bytes < kVisitWorthBytes) return;
-      // Nothing new since the last visit found what it could: do not visit again.
-      if (h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
+      if (h->scan_free_bytes + quarantined < kVisitWorthBytes) return;
+      // Nothing new since the last visit found what it could: do not visit again. (A quarantine
+      // worth a visit is new: the last visit emptied it.)
+      if (quarantined < kVisitWorthBytes &&
+          h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
           h->free_bytes_at_visit != 0)
         return;
-      if (!visit_heap(h, [&](ThreadHeap* v) { r.released += v->trim_own(true); })) {
+      if (!visit_heap(h, [&](ThreadHeap* v) {
+            // Never this thread's own (quarantined is 0 for it): the hook frees through the
+            // heap, which would wait for its own visit to end (an inline pass,
+            // TRIMALLOC_BACKGROUND_THREAD=0, visits its own heap).
+            if (quarantined != 0 && g_on_visited_heap) g_on_visited_heap(v);
+            r.released += v->trim_own(true);
+          })) {
         r.work_left = true;
         return;
       }

@@ -35,6 +35,10 @@ std::size_t trim_small(TrimLevel level) noexcept;
 // while it is held), and an out-of-memory path must not hang. Bytes given back.
 std::size_t trim_small_for_address_space() noexcept;
 
+// The decay pass visits an idle heap only if at least this much could come back from it: free
+// blocks in its pools, plus (hardened build) the blocks its quarantine holds.
+inline constexpr std::size_t kVisitWorthBytes = 64 * 1024;
+
 struct DecayResult {
   std::size_t released = 0;    // bytes given back
   std::size_t dirty_left = 0;  // free pool bytes still resident in arenas
@@ -45,6 +49,10 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept;
 
 // Resident bytes of free pools in arenas (the "cache" TRIMALLOC_MAX_CACHED bounds).
 std::size_t dirty_small_bytes() noexcept;
+
+// True if some other live heap's quarantine holds kVisitWorthBytes or more: work for the decay
+// pass once that heap is idle (always false in the default build, which has no quarantine).
+bool quarantine_worth_a_visit() noexcept;
 
 // Hooks the allocator layer installs (the engine does not depend on it):
 // g_on_dirty_pool runs, outside any allocator lock, when a pool goes back to its arena dirty
@@ -64,7 +72,8 @@ std::size_t dirty_small_bytes() noexcept;
 // thread: a heap too small to be worth one) it is unmapped at once, as before there was a
 // cache. It may only read flags.
 // g_on_visited_heap runs as the owner of each heap the out-of-memory trim and TM_TRIM_ALL visit,
-// before its pools are trimmed: the hardened build empties the heap's quarantine there. Blocks
+// and each idle heap the decay pass visits with a quarantine worth it (quarantined_bytes), before
+// its pools are trimmed: the hardened build empties the heap's quarantine there. Blocks
 // it frees into that heap's pools arrive as remote frees, which trim_own() collects.
 extern void (*g_on_dirty_pool)() noexcept;
 extern void (*g_on_visited_heap)(ThreadHeap* heap) noexcept;

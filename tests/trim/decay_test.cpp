@@ -8,16 +8,20 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <trimalloc/stats.h>
 #include <trimalloc/trimalloc.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -619,4 +623,80 @@ TEST(Decay, AForkChildPurgesBigBlocksAtOnceWhateverTheParentRaised) {
   ASSERT_EQ(waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << "the child kept a freed 16 MiB block resident";
+}
+
+// A thread that frees its blocks and then sits idle must not keep them: with no call, its
+// freed small blocks stop counting as live and the pages of its freed large blocks go back to
+// the OS. In the hardened build every one of those blocks waits in the thread's quarantine
+// (256 blocks, 1 MiB), where nothing but a trim or the thread's exit reached them before: the
+// decay pass now empties an idle heap's quarantine when it holds kVisitWorthBytes or more.
+// In the default build the blocks are free at once and the same checks hold by ordinary decay.
+TEST(Decay, GivesBackTheBlocksAnIdleThreadFreed) {
+  DecayFor decay(200);
+  std::vector<void*> base;  // a heap worth a decay thread, live throughout
+  base.reserve(200000);
+  for (int i = 0; i < 200000; ++i) base.push_back(tm_malloc(64));
+  ASSERT_TRUE(decay_thread_exists());
+  // Asleep with no timeout (no wake-up in 400 ms, with ticks every 50 ms when awake): the idle
+  // thread's frees below are what must wake it.
+  long wakeups = decay_thread_wakeups();
+  for (int tries = 0; tries < 12; ++tries) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    const long now = decay_thread_wakeups();
+    if (now == wakeups) break;
+    wakeups = now;
+  }
+  ASSERT_EQ(decay_thread_wakeups(), wakeups) << "the decay thread never went to sleep";
+  auto live_of_448 = [] {
+    tm_stats st;
+    EXPECT_EQ(tm_stats_get(&st), 0);
+    return st.classes[448 / 16 - 1].blocks_live;
+  };
+  const std::size_t live_before = live_of_448();
+  // 200 small blocks (87.5 KiB) and 4 large ones of 200 KiB: 888 KiB, all held by a quarantine.
+  constexpr std::size_t kSmall = 200, kLarge = 4, kLargeSize = 200 * 1024;
+  std::array<void*, kSmall> small{};
+  std::array<void*, kLarge> large{};
+  std::mutex m;
+  std::condition_variable cv;
+  bool freed = false, done = false;
+  std::thread owner([&] {
+    for (auto& p : small) p = tm_malloc(448);
+    for (auto& p : large) {
+      p = tm_malloc(kLargeSize);
+      std::memset(p, 3, kLargeSize);
+    }
+    for (void* p : small) tm_free(p);
+    for (void* p : large) tm_free(p);
+    {
+      std::lock_guard<std::mutex> g(m);
+      freed = true;
+    }
+    cv.notify_all();
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return done; });  // idle from here on
+  });
+  {
+    std::unique_lock<std::mutex> lk(m);
+    cv.wait(lk, [&] { return freed; });
+  }
+  std::set<std::uintptr_t> large_pages;
+  for (void* p : large) insert_pages(large_pages, p, kLargeSize);
+  if constexpr (trimalloc::kSecure) {
+    EXPECT_GE(live_of_448(), live_before + kSmall) << "the blocks were not quarantined";
+    EXPECT_EQ(resident_pages(large_pages), large_pages.size()) << "the large blocks are not held";
+  }
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (live_of_448() != live_before && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(live_of_448(), live_before) << "the idle thread's freed blocks still count as live";
+  EXPECT_LE(wait_resident_below(large_pages, large_pages.size() / 20, 5.0), large_pages.size() / 20)
+      << "of " << large_pages.size() << " pages of freed large blocks";
+  {
+    std::lock_guard<std::mutex> g(m);
+    done = true;
+  }
+  cv.notify_all();
+  owner.join();
+  for (void* p : base) tm_free(p);
 }
