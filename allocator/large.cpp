@@ -660,13 +660,22 @@ bool bind_thread_to_arena() noexcept {
 }  // namespace
 
 namespace {
+// After a failed allocation of `size`: gives address space back and says whether to try once
+// more, unless no mapping could ever serve the request (more than RLIMIT_AS, or than RAM plus
+// swap under heuristic overcommit). Such a request fails at once: giving back would only take
+// every other thread's kept pools and, hardened, empty their quarantines, for nothing, and an
+// attacker who controls a size could flush the quarantines at will.
+bool large_retry_worthwhile(std::size_t size) noexcept {
+  return os::could_ever_map(size) && large_release_address_space();
+}
+
 // The allocation after large_alloc's checks, with its retry and error reporting.
 [[gnu::always_inline]] inline void* large_alloc_checked(std::size_t size, std::size_t alignment,
                                                         bool zero) noexcept {
   void* p = large_alloc_once(size, alignment, zero);
   // Free blocks jemalloc has not purged yet hold address space; with a low RLIMIT_AS that can
   // be what stands between this request and a new region.
-  if (p == nullptr && large_release_address_space()) p = large_alloc_once(size, alignment, zero);
+  if (p == nullptr && large_retry_worthwhile(size)) p = large_alloc_once(size, alignment, zero);
   if (p == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -707,7 +716,7 @@ void* large_alloc(std::size_t size, std::size_t alignment, bool zero) noexcept {
 namespace {
 // large_malloc's failure path: what large_alloc_checked does after a first attempt failed.
 [[gnu::noinline]] void* large_malloc_retry(std::size_t size) noexcept {
-  void* p = large_release_address_space() ? large_alloc_once(size, 0, false) : nullptr;
+  void* p = large_retry_worthwhile(size) ? large_alloc_once(size, 0, false) : nullptr;
   if (p == nullptr) errno = ENOMEM;
   return p;
 }
@@ -729,7 +738,7 @@ namespace {
 // The hardened realloc's new block in the growth arena, registered like large_alloc's.
 void* growth_alloc_registered(std::size_t size) noexcept {
   void* p = tm_je_mallocx(size, g_growth_flags);
-  if (p == nullptr && large_release_address_space()) p = tm_je_mallocx(size, g_growth_flags);
+  if (p == nullptr && large_retry_worthwhile(size)) p = tm_je_mallocx(size, g_growth_flags);
   if (p != nullptr && !registry_add(p)) {
     tm_je_dallocx(p, 0);
     p = nullptr;

@@ -1,7 +1,10 @@
 #include "os.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -48,8 +51,12 @@ void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
     return nullptr;
   }
   int saved = errno;
-  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  // No MAP_NORESERVE: under the default heuristic overcommit it would skip the kernel's one
+  // check, that a single mapping is not larger than RAM plus swap, and a request no machine
+  // here could back (Python's bytearray(2**46)) would succeed, then kill the process by the
+  // OOM killer as it is filled, where glibc's malloc returns NULL (MemoryError). Without it the
+  // kernel's policy decides, as for glibc, in all three overcommit modes.
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (raw == MAP_FAILED) {
     errno = ENOMEM;
     return nullptr;
@@ -62,6 +69,35 @@ void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
   if (base + span > end) munmap(reinterpret_cast<void*>(end), base + span - end);
   g_reserved.fetch_add(size, std::memory_order_relaxed);
   return reinterpret_cast<void*>(aligned);
+}
+
+namespace {
+// vm.overcommit_memory: 0 (heuristic), 1 (always), 2 (never); -1 if unknown (no /proc).
+int overcommit_mode() noexcept {
+  int fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char c = 0;
+  const ssize_t n = read(fd, &c, 1);
+  close(fd);
+  return n == 1 && c >= '0' && c <= '2' ? c - '0' : -1;
+}
+}  // namespace
+
+bool could_ever_map(std::size_t bytes) noexcept {
+  const int saved = errno;
+  bool possible = true;
+  rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+      bytes > limit.rlim_cur)
+    possible = false;
+  struct sysinfo info;
+  if (possible && overcommit_mode() == 0 && sysinfo(&info) == 0) {
+    const unsigned __int128 total =
+        (static_cast<unsigned __int128>(info.totalram) + info.totalswap) * info.mem_unit;
+    if (bytes > total) possible = false;
+  }
+  errno = saved;
+  return possible;
 }
 
 void release(void* p, std::size_t size) noexcept {

@@ -14,6 +14,12 @@ namespace trimalloc::os {
 // with errno = ENOMEM. The memory reads as zero. Never calls malloc.
 void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept;
 
+// Whether a mapping of `bytes` could ever succeed in this process, whatever it first gave back:
+// false if it is more than the address-space limit (RLIMIT_AS), or, under the kernel's default
+// heuristic overcommit (vm.overcommit_memory = 0), more than the machine's RAM plus swap, which
+// the kernel refuses for any single mapping. System calls and a /proc read: failure paths only.
+bool could_ever_map(std::size_t bytes) noexcept;
+
 // Unmaps a region returned by reserve_aligned (or a page-aligned part of one).
 void release(void* p, std::size_t size) noexcept;
 

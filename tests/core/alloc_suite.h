@@ -9,8 +9,10 @@
 #include "test_support.h"
 
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -326,6 +328,62 @@ TYPED_TEST_P(Alloc, HugeMallocFailsWithEnomem) {
   A::free(p);
 }
 
+// vm.overcommit_memory: 0 (heuristic), 1 (always), 2 (never); -1 if unreadable.
+inline int overcommit_mode() {
+  FILE* f = std::fopen("/proc/sys/vm/overcommit_memory", "r");
+  if (f == nullptr) return -1;
+  int mode = -1;
+  if (std::fscanf(f, "%d", &mode) != 1) mode = -1;
+  std::fclose(f);
+  return mode;
+}
+
+// A request larger than the machine's RAM plus swap follows the kernel's policy, as glibc's
+// malloc does: under the default heuristic overcommit (0) and strict accounting (2) no mapping
+// can hold it, so every entry point returns NULL with ENOMEM (before, mappings made with
+// MAP_NORESERVE skipped the kernel's check: Python's bytearray(2**46) got its block and was
+// killed by the OOM killer while filling it). With overcommit always on (1) the kernel grants
+// it, to glibc as well: the block comes back, untouched, and is freed.
+TYPED_TEST_P(Alloc, MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy) {
+  using A = TypeParam;
+  const int mode = overcommit_mode();
+  ASSERT_GE(mode, 0) << "cannot read /proc/sys/vm/overcommit_memory";
+  struct sysinfo info;
+  ASSERT_EQ(sysinfo(&info), 0);
+  const std::size_t total =
+      (static_cast<std::size_t>(info.totalram) + info.totalswap) * info.mem_unit;
+  const std::size_t n = total + (std::size_t{1} << 30);
+  errno = 0;
+  void* p = A::malloc(n);
+  if (mode == 1) {
+    EXPECT_NE(p, nullptr) << "overcommit is always on, yet malloc(" << n << ") failed";
+    A::free(p);
+    return;
+  }
+  // A block handed out is freed untouched, and the test stops there: filling it (or a calloc
+  // that zeroes it) would call the OOM killer.
+  auto expect_refused = [&](void* q) {
+    if (q != nullptr) A::free(q);
+    return q == nullptr && errno == ENOMEM;
+  };
+  ASSERT_TRUE(expect_refused(p)) << "malloc(" << n << ") with " << total
+                                 << " bytes of RAM and swap: " << p;
+  errno = 0;
+  ASSERT_TRUE(expect_refused(A::aligned_alloc(4096, n))) << "aligned_alloc(4096, " << n << ")";
+  errno = 0;
+  ASSERT_TRUE(expect_refused(A::calloc(1, n))) << "calloc(1, " << n << ")";
+  void* block = A::malloc(100000);
+  ASSERT_NE(block, nullptr);
+  fill(block, 100000, 5);
+  errno = 0;
+  p = A::realloc(block, n);
+  if (p != nullptr) A::free(p);
+  ASSERT_EQ(p, nullptr) << "realloc(block, " << n << ")";
+  EXPECT_EQ(errno, ENOMEM);
+  EXPECT_EQ(first_bad(block, 100000, 5), -1) << "the failed realloc damaged the block";
+  A::free(block);
+}
+
 TYPED_TEST_P(Alloc, CallocOverflowAndHugeFailWithEnomem) {
   using A = TypeParam;
   const std::pair<std::size_t, std::size_t> bad[] = {
@@ -605,29 +663,27 @@ TYPED_TEST_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock) {
 #endif
 
 #if defined(TRIMALLOC_SECURE)
-REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600,
-                            BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
-                            CallocZeroesReusedMemory, ReallocNullIsMalloc,
-                            ReallocWithinClassStaysInPlace,
-                            ReallocAcrossClassesAndTheBorderKeepsData,
-                            ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
-                            HugeMallocFailsWithEnomem, CallocOverflowAndHugeFailWithEnomem,
-                            HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
-                            AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
-                            BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned,
-                            FreeSizedWithTheRightSize, OwnsAndUsableSize);
+REGISTER_TYPED_TEST_SUITE_P(
+    Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600, BorderSizes,
+    ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp, CallocZeroesReusedMemory, ReallocNullIsMalloc,
+    ReallocWithinClassStaysInPlace, ReallocAcrossClassesAndTheBorderKeepsData,
+    ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
+    HugeMallocFailsWithEnomem, MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy,
+    CallocOverflowAndHugeFailWithEnomem, HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
+    AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
+    BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned, FreeSizedWithTheRightSize,
+    OwnsAndUsableSize);
 #else
-REGISTER_TYPED_TEST_SUITE_P(Alloc, MallocEverySize0To600, BorderSizes,
-                            ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
-                            CallocZeroesReusedMemory, ReallocNullIsMalloc,
-                            ReallocWithinClassStaysInPlace,
-                            ReallocAcrossClassesAndTheBorderKeepsData,
-                            ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
-                            HugeMallocFailsWithEnomem, CallocOverflowAndHugeFailWithEnomem,
-                            HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
-                            AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
-                            BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned,
-                            FreeSizedWithTheRightSize, OwnsAndUsableSize);
+REGISTER_TYPED_TEST_SUITE_P(
+    Alloc, MallocEverySize0To600, BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
+    CallocZeroesReusedMemory, ReallocNullIsMalloc, ReallocWithinClassStaysInPlace,
+    ReallocAcrossClassesAndTheBorderKeepsData, ReallocByteByByteGrowAndShrink,
+    ReallocarrayOverflowFailsAndKeepsBlock, HugeMallocFailsWithEnomem,
+    MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy, CallocOverflowAndHugeFailWithEnomem,
+    HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
+    AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
+    BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned, FreeSizedWithTheRightSize,
+    OwnsAndUsableSize);
 #endif
 
 // ---------------------------------------------------------------------------------------------

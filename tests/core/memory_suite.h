@@ -10,9 +10,11 @@
 
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <trimalloc/stats.h>
 
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -77,6 +79,12 @@ inline const char* limit_step(int code) {
       return "set-up: the small blocks did not fill an arena of their own";
     case 22:
       return "an arena that only an empty pool kept mapped did not go to a large block";
+    case 23:
+      return "set-up: a freed 2 MiB block left no dirty pages to jemalloc";
+    case 24:
+      return "a request over RLIMIT_AS did not fail with NULL+ENOMEM";
+    case 25:
+      return "a request over RLIMIT_AS first gave back the memory kept for reuse";
     default:
       return "unexpected";
   }
@@ -338,7 +346,38 @@ TYPED_TEST_P(ProcessMemory, AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeB
   expect_child_succeeds(other_thread_kept_pool_child<TypeParam>);
 }
 
+// A request no mapping could ever serve (more than RLIMIT_AS) fails at once. It must not first
+// give back what the process keeps for reuse - jemalloc's dirty pages here, and by the same
+// path other threads' kept pools and, hardened, their quarantines - as the retry of a request
+// that might fit does: that would disturb every thread for nothing, and in the hardened build
+// let whoever controls a size flush the quarantines.
+template <class A>
+int impossible_request_child() {
+  if (tm_option_set("decay_ms", -1) != 0) return 10;  // keep freed pages dirty
+  constexpr std::size_t kBig = std::size_t{2} << 20;  // under the purge-at-once size (8 MiB)
+  void* big = A::malloc(kBig);
+  if (big == nullptr) return 19;
+  std::memset(big, 1, kBig);
+  A::free(big);
+  tm_stats before;
+  if (tm_stats_get(&before) != 0 || before.large_dirty < kBig / 2) return 23;
+  if (!limit_address_space(std::size_t{64} << 20)) return 10;
+  rlimit limit;
+  if (getrlimit(RLIMIT_AS, &limit) != 0) return 10;
+  errno = 0;
+  void* p = A::malloc(static_cast<std::size_t>(limit.rlim_cur) + (std::size_t{1} << 20));
+  if (p != nullptr || errno != ENOMEM) return 24;
+  tm_stats after;
+  if (tm_stats_get(&after) != 0 || after.large_dirty < before.large_dirty) return 25;
+  return 0;
+}
+
+TYPED_TEST_P(ProcessMemory, ARequestOverTheAddressSpaceLimitFailsWithoutGivingBack) {
+  expect_child_succeeds(impossible_request_child<TypeParam>);
+}
+
 REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
+                            ARequestOverTheAddressSpaceLimitFailsWithoutGivingBack,
                             OutOfAddressSpaceGivesEnomemAndRecovers,
                             FreedSmallBlocksAddressSpaceGoesToLargeBlocks,
                             AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,

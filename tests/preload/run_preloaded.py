@@ -103,6 +103,17 @@ def case_python(r):
         raise Failure("python3 alloc_heavy.py printed almost nothing: %r" % plain[1])
 
 
+def case_python_memory_error(r):
+    """More memory than RAM plus swap: the same answer as glibc's (MemoryError under the kernel's
+    default overcommit policy; the block, untouched, where the kernel always overcommits)."""
+    cmd = ["/usr/bin/python3", os.path.join(HERE, "memory_error.py")]
+    env = {"PYTHONMALLOC": "malloc", "PYTHONDONTWRITEBYTECODE": "1"}
+    plain = r.run(cmd, None, env)
+    pre = r.run(cmd, "both", env)
+    compare("python3 memory_error.py", plain, pre)
+    check_probe(pre[3], "python3")
+
+
 def case_sort(r):
     path = os.path.join(r.tmp, "input.txt")
     rnd = random.Random(20240501)
@@ -228,7 +239,7 @@ def case_probe_selftest(r):
     check_probe(lines, "/bin/true")
 
 
-CASES = {"python": case_python, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
+CASES = {"python": case_python, "python-memory-error": case_python_memory_error, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
 
 
 def main():
