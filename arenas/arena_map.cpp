@@ -8,7 +8,7 @@ ArenaMap g_arena_map;
 
 bool ArenaMap::init() noexcept {
   if (kinds_ == nullptr) {
-    void* p = os::reserve_aligned(kSlotCount, os::page_size());
+    void* p = os::reserve_sparse(kSlotCount, os::page_size());
     if (!p) return false;
     kinds_ = static_cast<std::atomic<std::uint8_t>*>(p);
   }

@@ -38,7 +38,8 @@ std::size_t page_size() noexcept {
   return s;
 }
 
-void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
+namespace {
+void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags) noexcept {
   if (injected_failure()) {
     errno = ENOMEM;
     return nullptr;
@@ -51,12 +52,8 @@ void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
     return nullptr;
   }
   int saved = errno;
-  // No MAP_NORESERVE: under the default heuristic overcommit it would skip the kernel's one
-  // check, that a single mapping is not larger than RAM plus swap, and a request no machine
-  // here could back (Python's bytearray(2**46)) would succeed, then kill the process by the
-  // OOM killer as it is filled, where glibc's malloc returns NULL (MemoryError). Without it the
-  // kernel's policy decides, as for glibc, in all three overcommit modes.
-  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* raw =
+      mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
   if (raw == MAP_FAILED) {
     errno = ENOMEM;
     return nullptr;
@@ -69,6 +66,22 @@ void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
   if (base + span > end) munmap(reinterpret_cast<void*>(end), base + span - end);
   g_reserved.fetch_add(size, std::memory_order_relaxed);
   return reinterpret_cast<void*>(aligned);
+}
+}  // namespace
+
+// No MAP_NORESERVE: under the default heuristic overcommit it would skip the kernel's one check,
+// that a single mapping is not larger than RAM plus swap, and a request no machine here could
+// back (Python's bytearray(2**46)) would succeed, then get the process killed by the OOM killer
+// as it is filled, where glibc's malloc returns NULL (MemoryError). Without it the kernel's
+// policy decides, as for glibc, in all three overcommit modes.
+void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
+  return map_aligned(size, alignment, 0);
+}
+
+// With MAP_NORESERVE: a table that spans the address space (the arena map's 128 MiB) but is
+// touched only where arenas lie must not count as RAM a small machine has to have.
+void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept {
+  return map_aligned(size, alignment, MAP_NORESERVE);
 }
 
 namespace {

@@ -14,6 +14,11 @@ namespace trimalloc::os {
 // with errno = ENOMEM. The memory reads as zero. Never calls malloc.
 void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept;
 
+// The same for a table that is touched sparsely: mapped with MAP_NORESERVE, so that, under the
+// kernel's heuristic overcommit, its size does not have to fit in RAM plus swap (a block's memory
+// must: reserve_aligned).
+void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept;
+
 // Whether a mapping of `bytes` could ever succeed in this process, whatever it first gave back:
 // false if it is more than the address-space limit (RLIMIT_AS), or, under the kernel's default
 // heuristic overcommit (vm.overcommit_memory = 0), more than the machine's RAM plus swap, which

@@ -5,6 +5,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "os.h"
@@ -49,4 +52,48 @@ TEST(PurgeRanges, DropsExactlyTheListedPages) {
 TEST(PurgeRanges, RangeByRangeFallbackDropsTheSamePages) {
   os::disable_batched_purge();
   check_purge(3000);
+}
+
+// reserve_aligned (blocks' memory) maps without MAP_NORESERVE, so the kernel's overcommit
+// policy applies to it as to glibc's mappings; reserve_sparse (the arena map's table, touched
+// only where arenas lie) maps with it. The kernel shows the flag as "nr" in VmFlags.
+namespace {
+// The VmFlags of the mapping that holds `p` (the kernel may have merged it with a neighbour of
+// the same kind), or "" if none does.
+std::string vm_flags_of(const void* p) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return "";
+  char line[512];
+  bool in = false;
+  std::string flags;
+  const auto want = reinterpret_cast<std::uintptr_t>(p);
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long start = 0, end = 0;
+    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2)  // a mapping's first line
+      in = start <= want && want < end;
+    else if (in && std::strncmp(line, "VmFlags:", 8) == 0)
+      flags = line + 8;
+  }
+  std::fclose(f);
+  return flags;
+}
+bool has_flag(const std::string& flags, const char* flag) {
+  return (" " + flags + " ").find(std::string(" ") + flag + " ") != std::string::npos ||
+         (" " + flags).find(std::string(" ") + flag + "\n") != std::string::npos;
+}
+}  // namespace
+
+TEST(Platform, BlockMemoryFollowsTheOvercommitPolicySparseTablesDoNot) {
+  const std::size_t page = os::page_size();
+  void* blocks = os::reserve_aligned(std::size_t{4} << 20, std::size_t{1} << 20);
+  void* table = os::reserve_sparse(std::size_t{4} << 20, page);
+  ASSERT_NE(blocks, nullptr);
+  ASSERT_NE(table, nullptr);
+  const std::string block_flags = vm_flags_of(blocks), table_flags = vm_flags_of(table);
+  ASSERT_FALSE(block_flags.empty()) << "no mapping holds " << blocks;
+  ASSERT_FALSE(table_flags.empty()) << "no mapping holds " << table;
+  EXPECT_FALSE(has_flag(block_flags, "nr")) << "reserve_aligned: VmFlags" << block_flags;
+  EXPECT_TRUE(has_flag(table_flags, "nr")) << "reserve_sparse: VmFlags" << table_flags;
+  os::release(blocks, std::size_t{4} << 20);
+  os::release(table, std::size_t{4} << 20);
 }
