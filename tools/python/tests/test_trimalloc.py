@@ -194,10 +194,15 @@ print(json.dumps({"rows": [r._asdict() for r in rows], "top": str(rows[0]), "rat
         churn = [row for row in rows if row["site"].endswith(churn_site)]
         self.assertLess(sum(abs(row["size_diff"]) for row in churn), 0.5 * self.MiB, churn)
         # All sites together estimate what the allocator counted as allocated in between (the
-        # Python objects included): 12.2 MiB + 6.9 MiB + ~1.8 MiB of arrays, +-10%.
+        # Python objects included): 12.2 MiB + 6.9 MiB + ~1.8 MiB of arrays. The samples
+        # estimate requested bytes, the allocator counts whole blocks (a 233-byte bytes object
+        # takes 240) and a little it never samples, so the estimate runs low: total / growth was
+        # 0.95 on average over 70 runs (standard deviation 0.016, lowest 0.915), and 0.899 once
+        # in CI, which a bound of +-10% around 1.0 failed. So: from 15% under to 8% over.
         total = sum(row["size_diff"] for row in rows)
         self.assertGreater(out["growth"], 19 * self.MiB, out["growth"])
-        self.assertLess(abs(total - out["growth"]), 0.1 * out["growth"], (total, out["growth"]))
+        self.assertGreater(total, 0.85 * out["growth"], (total, out["growth"]))
+        self.assertLess(total, 1.08 * out["growth"], (total, out["growth"]))
         self.assertAlmostEqual(total, out["estimated_growth"], delta=1.0)
 
     def test_snapshot_needs_sampling_and_set_profile_rate_turns_it_on(self):
