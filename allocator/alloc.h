@@ -121,7 +121,7 @@ inline void free_impl(void* p, const char* call) noexcept {
 inline void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
   return vg_alloc(size, alignment, zero);
 }
-inline void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+inline void* realloc_any(void* p, std::size_t size, const char* call) noexcept {
   return vg_realloc(p, size, call);
 }
 inline std::size_t usable_size_impl(const void* p, const char* call) noexcept {
@@ -141,7 +141,7 @@ inline void free_impl(void* p, const char* call) noexcept {
 inline void* alloc_aligned(std::size_t size, std::size_t alignment, bool zero) noexcept {
   return raw_alloc_aligned(size, alignment, zero);
 }
-inline void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+inline void* realloc_any(void* p, std::size_t size, const char* call) noexcept {
   return raw_realloc(p, size, call);
 }
 inline std::size_t usable_size_impl(const void* p, const char* call) noexcept {
@@ -152,5 +152,16 @@ inline void free_sized_impl(void* p, std::size_t size, std::size_t alignment,
   raw_free_sized(p, size, alignment, call);
 }
 #endif
+
+// realloc(p, 0) frees p and returns NULL, leaving errno alone, as glibc's realloc does (and
+// Debian's jemalloc, zero_realloc:free): C leaves the choice to the implementation, and a
+// program written against glibc counts on the free. realloc(NULL, 0) is malloc(0), a block.
+inline void* realloc_impl(void* p, std::size_t size, const char* call) noexcept {
+  if (__builtin_expect(size == 0, 0) && p != nullptr) {
+    free_impl(p, call);
+    return nullptr;
+  }
+  return realloc_any(p, size, call);
+}
 
 }  // namespace trimalloc

@@ -252,6 +252,27 @@ TYPED_TEST_P(Alloc, ReallocAcrossClassesAndTheBorderKeepsData) {
 }
 
 // One block grown a byte at a time from 1 to 600 and shrunk back, checking all data at every step.
+// realloc(p, 0) frees p and returns NULL, leaving errno alone, as glibc's realloc does (and
+// Debian's jemalloc); C leaves it to the implementation. reallocarray(p, 0, n) is the same.
+// realloc(NULL, 0) is malloc(0): a block. (That the block was freed, not leaked, is checked by
+// the death test of the same name: a later free of it is a double free.)
+TYPED_TEST_P(Alloc, ReallocToZeroFreesAndReturnsNull) {
+  using A = TypeParam;
+  for (std::size_t start : {1u, 24u, 512u, 700u, 100000u}) {
+    void* p = A::malloc(start);
+    ASSERT_NE(p, nullptr);
+    errno = 0;
+    EXPECT_EQ(A::realloc(p, 0), nullptr) << "realloc(malloc(" << start << "), 0)";
+    EXPECT_EQ(errno, 0) << "realloc(malloc(" << start << "), 0)";
+    p = A::malloc(start);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(A::reallocarray(p, 0, 16), nullptr) << "reallocarray(malloc(" << start << "), 0, 16)";
+  }
+  void* q = A::realloc(nullptr, 0);
+  EXPECT_NE(q, nullptr);
+  A::free(q);
+}
+
 TYPED_TEST_P(Alloc, ReallocByteByByteGrowAndShrink) {
   using A = TypeParam;
   auto* p = static_cast<unsigned char*>(A::malloc(1));
@@ -663,24 +684,27 @@ TYPED_TEST_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock) {
 #endif
 
 #if defined(TRIMALLOC_SECURE)
-REGISTER_TYPED_TEST_SUITE_P(
-    Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600, BorderSizes,
-    ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp, CallocZeroesReusedMemory, ReallocNullIsMalloc,
-    ReallocWithinClassStaysInPlace, ReallocAcrossClassesAndTheBorderKeepsData,
-    ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
-    HugeMallocFailsWithEnomem, MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy,
-    CallocOverflowAndHugeFailWithEnomem, HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
-    AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
-    BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned, FreeSizedWithTheRightSize,
-    OwnsAndUsableSize);
+REGISTER_TYPED_TEST_SUITE_P(Alloc, OwnsIsFalseForInteriorOfLargeBlock, MallocEverySize0To600,
+                            BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
+                            CallocZeroesReusedMemory, ReallocNullIsMalloc,
+                            ReallocWithinClassStaysInPlace,
+                            ReallocAcrossClassesAndTheBorderKeepsData,
+                            ReallocToZeroFreesAndReturnsNull, ReallocByteByByteGrowAndShrink,
+                            ReallocarrayOverflowFailsAndKeepsBlock, HugeMallocFailsWithEnomem,
+                            MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy,
+                            CallocOverflowAndHugeFailWithEnomem, HugeReallocFailsAndKeepsBlock,
+                            HugeAlignedFailsWithEnomem, AlignedAllocationsAreAlignedAndUsable,
+                            AlignedAllocAndFreeAlignedSized, BadAlignmentsAreRejectedWithEinval,
+                            VallocAndPvallocArePageAligned, FreeSizedWithTheRightSize,
+                            OwnsAndUsableSize);
 #else
 REGISTER_TYPED_TEST_SUITE_P(
     Alloc, MallocEverySize0To600, BorderSizes, ManyBlocksOfOneClassDoNotOverlap, FreeNullIsNoOp,
     CallocZeroesReusedMemory, ReallocNullIsMalloc, ReallocWithinClassStaysInPlace,
-    ReallocAcrossClassesAndTheBorderKeepsData, ReallocByteByByteGrowAndShrink,
-    ReallocarrayOverflowFailsAndKeepsBlock, HugeMallocFailsWithEnomem,
-    MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy, CallocOverflowAndHugeFailWithEnomem,
-    HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
+    ReallocAcrossClassesAndTheBorderKeepsData, ReallocToZeroFreesAndReturnsNull,
+    ReallocByteByByteGrowAndShrink, ReallocarrayOverflowFailsAndKeepsBlock,
+    HugeMallocFailsWithEnomem, MoreThanMemoryPlusSwapFollowsTheKernelsOvercommitPolicy,
+    CallocOverflowAndHugeFailWithEnomem, HugeReallocFailsAndKeepsBlock, HugeAlignedFailsWithEnomem,
     AlignedAllocationsAreAlignedAndUsable, AlignedAllocAndFreeAlignedSized,
     BadAlignmentsAreRejectedWithEinval, VallocAndPvallocArePageAligned, FreeSizedWithTheRightSize,
     OwnsAndUsableSize);
@@ -709,6 +733,22 @@ TYPED_TEST_P(AllocDeathTest, DoubleFreeImmediate) {
           void* p = A::malloc(n);
           A::free(p);
           A::free(p);
+        },
+        re)
+        << "size " << n;
+  }
+}
+
+// realloc(p, 0) freed p (Alloc.ReallocToZeroFreesAndReturnsNull): a later free of it is a
+// double free.
+TYPED_TEST_P(AllocDeathTest, FreeAfterReallocToZeroIsADoubleFree) {
+  using A = TypeParam;
+  const std::string re = this->re(A::free_re, "double free of");
+  for (std::size_t n : {24u, 512u}) {
+    EXPECT_DEATH(
+        {
+          void* p = A::malloc(n);
+          if (A::realloc(p, 0) == nullptr) A::free(p);
         },
         re)
         << "size " << n;
@@ -895,14 +935,16 @@ TYPED_TEST_P(AllocDeathTest, WriteAfterFreeIsCaughtAtTheNextAllocation) {
 #endif
 
 #if defined(TRIMALLOC_SECURE)
-REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed,
+REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate,
+                            FreeAfterReallocToZeroIsADoubleFree, DoubleFreeDelayed,
                             DoubleFreeFromAnotherThread, FreeOfInteriorPointer,
                             FreeOfInteriorPointerOfLargeBlock, FreeOfStackAddress,
                             FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
                             FreeSizedOfLargeBlockWithSmallSize,
                             WriteAfterFreeIsCaughtAtTheNextAllocation);
 #else
-REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate, DoubleFreeDelayed,
+REGISTER_TYPED_TEST_SUITE_P(AllocDeathTest, DoubleFreeImmediate,
+                            FreeAfterReallocToZeroIsADoubleFree, DoubleFreeDelayed,
                             DoubleFreeFromAnotherThread, FreeOfInteriorPointer, FreeOfStackAddress,
                             FreeOfNeverAllocatedPointer, FreeSizedWithSizeOfAnotherClass,
                             FreeSizedOfLargeBlockWithSmallSize,

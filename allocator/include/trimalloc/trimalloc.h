@@ -36,6 +36,7 @@ extern "C" {
 
 TM_API void* tm_malloc(size_t size);
 TM_API void* tm_calloc(size_t count, size_t size);
+/* As glibc's: a size of 0 with p non-NULL frees p and returns NULL (errno unchanged). */
 TM_API void* tm_realloc(void* p, size_t size);
 TM_API void* tm_reallocarray(void* p, size_t count, size_t size);
 TM_API void tm_free(void* p);
