@@ -113,10 +113,12 @@ void exit_if_last_thread() {
 }
 
 void* decay_main(void*) {
+  // Named before the starter is let go: whoever looks for the thread by name (tests, ps -L,
+  // /proc/<pid>/task/*/comm) right after the start must find it.
+  pthread_setname_np(pthread_self(), "trimalloc-decay");
   g_thread_running.store(1, std::memory_order_release);
   syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&g_thread_running), FUTEX_WAKE_PRIVATE, 1,
           nullptr, nullptr, 0);
-  pthread_setname_np(pthread_self(), "trimalloc-decay");
   for (;;) {
     std::uint32_t seq = g_wake_seq.load(std::memory_order_acquire);
 #if TRIMALLOC_VALGRIND
