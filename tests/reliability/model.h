@@ -386,7 +386,23 @@ class Tester {
   }
 
   void reallocate(Rec& r, const Op& op) {
-    std::size_t n = op.size ? op.size : 1;  // realloc(p, 0) differs between allocators
+    if (op.size == 0 && r.p != nullptr) {
+      // realloc(p, 0) and reallocarray(p, 0, n) free p and return NULL, errno unchanged (glibc's
+      // answer, and trimalloc's).
+      verify(r, "realloc (before)");
+      w_.live.erase(r.p);
+      errno = 0;
+      void* p = op.code == kRealloc ? API::realloc(r.p, 0) : API::reallocarray(r.p, 0, 16);
+      if (p != nullptr || errno != 0) {
+        char w[160];
+        where(w, sizeof w);
+        failf("%s(%p, 0) returned %p (errno %d), not NULL with errno unchanged; %s",
+              code_name(op.code), r.p, p, errno, w);
+      }
+      r = Rec{};
+      return;
+    }
+    std::size_t n = op.size ? op.size : 1;  // realloc(NULL, 0) is malloc(0): asked as 1
     if (r.p == nullptr) {
       void* p = op.code == kRealloc ? API::realloc(nullptr, n) : API::reallocarray(nullptr, 1, n);
       check_new(r, p, n, 16, code_name(op.code));
