@@ -69,6 +69,7 @@ void quarantine_free(void* p, const char* call) noexcept {
   Quarantine& q = tl_quarantine;
   heap->enter();
   heap->quarantine = &q;
+  const std::size_t held_before = q.bytes;
   void* out = q.slot[q.next];
   if (out != nullptr) q.bytes -= q.size[q.next];
   q.slot[q.next] = p;
@@ -83,10 +84,13 @@ void quarantine_free(void* p, const char* call) noexcept {
     q.bytes -= q.size[i];
     q.slot[i] = nullptr;
   }
-  heap->quarantined_bytes.store(q.bytes, std::memory_order_relaxed);
+  const std::size_t held = q.bytes;  // read before leave(): a visitor may empty q after it
+  heap->quarantined_bytes.store(held, std::memory_order_relaxed);
   heap->leave();
-  // Worth a visit if this thread now goes idle: the decay thread must be awake to see that.
-  if (q.bytes >= kVisitWorthBytes) decay_note_freed();
+  // Just grown worth a visit, should this thread now go idle: the decay thread must be awake to
+  // see that. Only on crossing the bar: it does not go to sleep while any other thread's
+  // quarantine is at or above it (quarantine_worth_a_visit), so later frees need not tell it.
+  if (held >= kVisitWorthBytes && held_before < kVisitWorthBytes) decay_note_freed();
   if (out != nullptr) release(out, call);
 }
 
