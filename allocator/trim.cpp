@@ -69,4 +69,8 @@ extern "C" __attribute__((visibility("default"))) int mallopt(int param, int val
   }
   return 1;
 }
+extern "C" __attribute__((visibility("default"))) int __libc_mallopt(int param,
+                                                                     int value) noexcept {
+  return mallopt(param, value);
+}
 #endif

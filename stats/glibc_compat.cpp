@@ -52,7 +52,9 @@ TM_EXPORT struct mallinfo2 mallinfo2(void) noexcept {
   return info_from_stats();
 }
 
-TM_EXPORT struct mallinfo mallinfo(void) noexcept {
+namespace {
+// glibc's older struct: int fields, each clamped.
+struct mallinfo legacy_info() {
   struct mallinfo2 m = info_from_stats();
   struct mallinfo r = {};
   r.arena = clamp(m.arena);
@@ -66,6 +68,16 @@ TM_EXPORT struct mallinfo mallinfo(void) noexcept {
   r.fordblks = clamp(m.fordblks);
   r.keepcost = clamp(m.keepcost);
   return r;
+}
+}  // namespace
+
+TM_EXPORT struct mallinfo mallinfo(void) noexcept {
+  return legacy_info();
+}
+
+// glibc's alias of mallinfo (see __libc_malloc in allocator/override_malloc.cpp).
+TM_EXPORT struct mallinfo __libc_mallinfo(void) noexcept {
+  return legacy_info();
 }
 
 // glibc prints to stderr.

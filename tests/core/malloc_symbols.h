@@ -17,6 +17,14 @@ static const char* const trimalloc_malloc_symbols[] = {
     "malloc_usable_size",
     "free_sized",
     "free_aligned_sized",
+    /* glibc's own names for its allocator, which some programs call directly */
+    "__libc_malloc",
+    "__libc_free",
+    "__libc_calloc",
+    "__libc_realloc",
+    "__libc_memalign",
+    "__libc_valloc",
+    "__libc_pvalloc",
     /* operator new: plain, array, nothrow, aligned, aligned nothrow */
     "_Znwm",
     "_Znam",

@@ -4,6 +4,7 @@
 
 #include "test_support.h"
 
+#include <dlfcn.h>
 #include <malloc.h>
 #include <stdlib.h>
 
@@ -11,9 +12,6 @@ extern "C" {
 // C23, not declared by glibc 2.36; libtrimalloc.so defines them.
 void free_sized(void* p, size_t size);
 void free_aligned_sized(void* p, size_t alignment, size_t size);
-// glibc's own allocator under its internal names: a heap that is not trimalloc's.
-void* __libc_malloc(size_t size);
-void __libc_free(void* p);
 }
 
 namespace tmtest {
@@ -50,8 +48,17 @@ struct LibcApi {
   static std::size_t usable(const void* p) {
     return opaque(&::malloc_usable_size)(const_cast<void*>(p));
   }
-  static void* foreign_malloc(std::size_t n) { return opaque(&::__libc_malloc)(n); }
-  static void foreign_free(void* p) { opaque (&::__libc_free)(p); }
+  // glibc's own malloc and free, looked up in libc.so.6 itself: a heap that is not trimalloc's.
+  // (Its __libc_* names are trimalloc's too, as a program that calls them needs.)
+  static void* foreign_malloc(std::size_t n) { return libc<void*(std::size_t)>("malloc")(n); }
+  static void foreign_free(void* p) { libc<void(void*)>("free")(p); }
+  template <class F>
+  static F* libc(const char* name) {
+    static void* const handle = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    F* f = handle ? reinterpret_cast<F*>(dlsym(handle, name)) : nullptr;
+    if (!f) std::abort();
+    return f;
+  }
 };
 
 }  // namespace tmtest

@@ -7,6 +7,9 @@
 #include <netdb.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -291,6 +294,67 @@ TEST(Symbols, EveryMallocFamilySymbolResolvesToLibtrimalloc) {
     EXPECT_TRUE(from_trimalloc(t.addr, where)) << "&" << t.name << " is in " << where;
     EXPECT_EQ(t.addr, dlsym(RTLD_DEFAULT, t.name)) << t.name;
   }
+}
+
+extern "C" {
+void* __libc_malloc(std::size_t);
+void __libc_free(void*);
+void* __libc_calloc(std::size_t, std::size_t);
+void* __libc_realloc(void*, std::size_t);
+void* __libc_memalign(std::size_t, std::size_t);
+void* __libc_valloc(std::size_t);
+void* __libc_pvalloc(std::size_t);
+int __libc_mallopt(int, int);
+struct mallinfo __libc_mallinfo();
+}
+
+// glibc's __libc_* names are trimalloc's functions: a block from one of them and a block from
+// malloc can be freed through either name (before, __libc_malloc's block was glibc's, and free()
+// aborted on it as a foreign pointer).
+TEST(Symbols, GlibcsInternalNamesAreTrimallocs) {
+  for (std::size_t n : {1u, 100u, 512u, 513u, 5000u}) {
+    char* p = static_cast<char*>(opaque(&__libc_malloc)(n));
+    ASSERT_NE(p, nullptr);
+    EXPECT_TRUE(tm_owns(p)) << n;
+    std::memset(p, 'a', n);
+    std::free(p);
+    p = static_cast<char*>(std::malloc(n));
+    std::memset(p, 'b', n);
+    opaque (&__libc_free)(p);
+    p = static_cast<char*>(opaque(&__libc_calloc)(n, 1));
+    ASSERT_NE(p, nullptr);
+    EXPECT_TRUE(tm_owns(p));
+    EXPECT_EQ(std::count(p, p + n, 0), static_cast<std::ptrdiff_t>(n));
+    std::memset(p, 'c', n);
+    p = static_cast<char*>(opaque(&__libc_realloc)(p, 2 * n));
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(std::count(p, p + n, 'c'), static_cast<std::ptrdiff_t>(n)) << "realloc kept data";
+    opaque (&__libc_free)(p);
+  }
+  void* a = opaque(&__libc_memalign)(256, 100);
+  EXPECT_TRUE(tm_owns(a));
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a) % 256, 0u);
+  opaque (&__libc_free)(a);
+  const std::uintptr_t page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  for (void* (*f)(std::size_t) : {opaque(&__libc_valloc), opaque(&__libc_pvalloc)}) {
+    void* v = f(10);
+    EXPECT_TRUE(tm_owns(v));
+    EXPECT_EQ(reinterpret_cast<std::uintptr_t>(v) % page, 0u);
+    std::free(v);
+  }
+  errno = 0;
+  EXPECT_EQ(opaque(&__libc_malloc)(SIZE_MAX), nullptr);
+  EXPECT_EQ(errno, ENOMEM);
+  EXPECT_EQ(opaque(&__libc_mallopt)(M_ARENA_MAX, 1), 1);
+  void* live = std::malloc(100000);
+  EXPECT_GT(opaque(&__libc_mallinfo)().uordblks, 100000);
+  std::free(live);
+}
+
+TEST(SymbolsDeathTest, LibcFreeOfAForeignPointerNamesTheCall) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  int on_stack = 0;
+  EXPECT_DEATH(opaque(&__libc_free)(&on_stack), "trimalloc: __libc_free\\(\\): .*0x[0-9a-f]+");
 }
 
 // Memory that glibc allocates for the program comes from trimalloc and is freed by it.

@@ -118,6 +118,21 @@ int main() {
   } else {
     fail("getaddrinfo(localhost) failed");
   }
+  // A program that calls glibc's __libc_* names directly and frees the block with free()
+  // (an abort on a foreign pointer before trimalloc defined them), and the other way round.
+  using LibcMalloc = void* (*)(std::size_t);
+  using LibcFree = void (*)(void*);
+  auto libc_malloc = reinterpret_cast<LibcMalloc>(dlsym(RTLD_DEFAULT, "__libc_malloc"));
+  auto libc_free = reinterpret_cast<LibcFree>(dlsym(RTLD_DEFAULT, "__libc_free"));
+  if (libc_malloc && libc_free) {
+    m = libc_malloc(200);
+    expect_owned(m, "__libc_malloc(200)");
+    std::free(m);
+    m = opaque(&::malloc)(200);
+    libc_free(m);
+  } else {
+    fail("__libc_malloc or __libc_free not found");
+  }
   // A thread allocates; the main thread frees after it exited.
   std::vector<void*> from_thread;
   std::thread([&] {
