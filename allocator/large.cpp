@@ -364,19 +364,26 @@ void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
 // eighth at a time is copied about once per doubling instead of at every step. The rest is a
 // hole nothing else takes, never touched, so it costs address space only; the region is
 // unmapped when the block moves on or is freed.
-void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false) noexcept {
+// `jemalloc_own`: for arena 0 (see large_init), which holds jemalloc's own bookkeeping (its
+// base allocator's metadata, threads' cache arrays) and, rarely, blocks of exiting threads: a
+// region of just the MiBs asked for, as jemalloc's default hooks mapped no more, and one the
+// out-of-memory test hook leaves alone.
+void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false,
+                   bool jemalloc_own = false) noexcept {
   std::size_t need = (size + kSlotSize - 1) & ~(kSlotSize - 1);
   if (need < size) return nullptr;
   std::size_t cap = size <= kSmallExtent ? kMaxSmallRegion : kMaxBigRegion;
   std::size_t grow = (g_mapped.load(std::memory_order_relaxed) / 8) & ~(kSlotSize - 1);
   grow = grow < kMinRegion ? kMinRegion : grow > cap ? cap : grow;
   if (growth) grow = 2 * need > need ? 2 * need : need;
+  if (jemalloc_own) grow = need;
+  const bool injectable = !jemalloc_own;
   std::size_t span = need < grow ? grow : need;
   alignment = alignment > kSlotSize ? alignment : kSlotSize;
-  void* p = os::reserve_aligned(span, alignment);
+  void* p = os::reserve_aligned(span, alignment, injectable);
   if (p == nullptr && span > need) {  // short of address space: only what was asked for
     span = need;
-    p = os::reserve_aligned(span, alignment);
+    p = os::reserve_aligned(span, alignment, injectable);
   }
   if (p == nullptr) return nullptr;
   auto base = reinterpret_cast<std::uintptr_t>(p);
@@ -482,9 +489,16 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
       p = alloc_from_holes(size, alignment);
     }
     if (p == nullptr) {
-      p = alloc_region(size, alignment);
-      if (p == nullptr) return nullptr;
-      decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
+      p = alloc_region(size, alignment, false, arena_index == 0);
+      if (p == nullptr && arena_index == 0) {
+        // Short of address space for a whole MiB: just the bytes asked for, outside the arena
+        // map, as jemalloc's default hooks would map them. A thread's jemalloc cache arrays come
+        // from arena 0, and jemalloc crashes a thread whose arrays it could not get (at its next
+        // cache flush or arena change). Not a region: dalloc refuses it (jemalloc keeps it).
+        p = os::reserve_aligned(size, std::max(alignment, os::page_size()), false);
+      } else if (p != nullptr) {
+        decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
+      }
     }
   }
   if (p == nullptr) return nullptr;
@@ -586,7 +600,7 @@ void purge_postfork_child() {
 
 void arena_decay(bool all) noexcept {
   LockGuard guard(g_purge_lock);
-  for (unsigned index : {g_arena_index, g_growth_index}) {
+  for (unsigned index : large_arena_indices()) {
     char name[64];
     std::snprintf(name, sizeof name, all ? "arena.%u.purge" : "arena.%u.decay", index);
     tm_je_mallctl(name, nullptr, nullptr, nullptr, 0);
@@ -619,11 +633,25 @@ bool large_init() noexcept {
   // 0 so that a later call tries again, rather than fall back to an arena trimalloc cannot
   // vouch for.
   register_region_fork_handlers();
+  // Arena 0, jemalloc's automatic arena, maps through our hooks too. trimalloc never sends a
+  // block there, but jemalloc does: when a thread's jemalloc state has been torn down (its
+  // thread-specific-data destructor ran) and a destructor that runs after it (another library's
+  // pthread key) allocates, jemalloc serves that thread from arena 0 whatever arena it was bound
+  // to or names (jemalloc.c, imalloc_body: reentrancy forces arena 0). With jemalloc's default
+  // hooks such a block lay outside the arena map, and free() aborted on it as a foreign pointer.
+  // Each thread's jemalloc cache takes its arrays from arena 0 as well, when the thread first
+  // calls into jemalloc; if that fails, jemalloc crashes the thread's next cache flush (which
+  // the out-of-memory path runs, or its next arena change). So the test hook that fails
+  // trimalloc's mappings (os::inject_reserve_failures) spares arena 0's, as it spared them under
+  // jemalloc's default hooks, and under a real shortage arena 0 falls back to a mapping of just
+  // the bytes it asked for (hook_alloc), as those hooks made.
+  extent_hooks_t* hooks = &g_hooks;
   // A retry after a failure creates both arenas again; one left from the failed attempt stays
   // unused (its 2 MiB metadata block mapped, of which jemalloc counts about 0.1 MiB resident).
   unsigned index = 0, growth = 0;
-  if (!g_arena_map.init() || !tables_ready() || !create_arena(&index, kPurgeAtOnce) ||
-      !create_arena(&growth, os::page_size())) {
+  if (!g_arena_map.init() || !tables_ready() ||
+      tm_je_mallctl("arena.0.extent_hooks", nullptr, nullptr, &hooks, sizeof(hooks)) != 0 ||
+      !create_arena(&index, kPurgeAtOnce) || !create_arena(&growth, os::page_size())) {
     g_state.store(0, std::memory_order_release);
     errno = ENOMEM;
     return false;
@@ -823,8 +851,8 @@ int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
   return tm_je_mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
-std::array<unsigned, 2> large_arena_indices() noexcept {
-  return {g_arena_index, g_growth_index};
+std::array<unsigned, 3> large_arena_indices() noexcept {
+  return {0, g_arena_index, g_growth_index};
 }
 std::size_t large_mapped_bytes() noexcept {
   return g_mapped.load(std::memory_order_relaxed);
@@ -842,7 +870,7 @@ std::size_t arenas_stat(const char* stat) noexcept {
   std::size_t len = sizeof epoch;
   tm_je_mallctl("epoch", &epoch, &len, &epoch, len);
   std::size_t total = 0;
-  for (unsigned index : {g_arena_index, g_growth_index}) {
+  for (unsigned index : large_arena_indices()) {
     char name[64];
     std::snprintf(name, sizeof name, "stats.arenas.%u.%s", index, stat);
     std::size_t value = 0;

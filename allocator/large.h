@@ -52,8 +52,10 @@ std::size_t large_dirty_bytes() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
                   std::size_t newlen) noexcept;
-// The main arena and the growth arena (realloc's blocks of 1 MiB or more, purged when freed).
-std::array<unsigned, 2> large_arena_indices() noexcept;
+// Every jemalloc arena, each mapping through trimalloc's hooks: jemalloc's automatic arena 0
+// (see large.cpp, "arena 0"), the main arena and the growth arena (realloc's blocks of 1 MiB
+// or more, purged when freed).
+std::array<unsigned, 3> large_arena_indices() noexcept;
 std::size_t large_mapped_bytes() noexcept;  // bytes the extent hooks have mapped
 // The same, less what they had mapped for jemalloc's own metadata when the arenas were created.
 std::size_t large_mapped_since_init() noexcept;

@@ -39,8 +39,9 @@ std::size_t page_size() noexcept {
 }
 
 namespace {
-void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags) noexcept {
-  if (injected_failure()) {
+void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags,
+                  bool injectable = true) noexcept {
+  if (injectable && injected_failure()) {
     errno = ENOMEM;
     return nullptr;
   }
@@ -74,8 +75,8 @@ void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags) noex
 // back (Python's bytearray(2**46)) would succeed, then get the process killed by the OOM killer
 // as it is filled, where glibc's malloc returns NULL (MemoryError). Without it the kernel's
 // policy decides, as for glibc, in all three overcommit modes.
-void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept {
-  return map_aligned(size, alignment, 0);
+void* reserve_aligned(std::size_t size, std::size_t alignment, bool injectable) noexcept {
+  return map_aligned(size, alignment, 0, injectable);
 }
 
 // With MAP_NORESERVE: a table that spans the address space (the arena map's 128 MiB) but is

@@ -11,8 +11,9 @@
 namespace trimalloc::os {
 
 // Returns `size` bytes aligned to `alignment` (a power of two >= the page size), or nullptr
-// with errno = ENOMEM. The memory reads as zero. Never calls malloc.
-void* reserve_aligned(std::size_t size, std::size_t alignment) noexcept;
+// with errno = ENOMEM. The memory reads as zero. Never calls malloc. `injectable`: whether the
+// test hook below applies (false only for jemalloc's own bookkeeping: see allocator/large.cpp).
+void* reserve_aligned(std::size_t size, std::size_t alignment, bool injectable = true) noexcept;
 
 // The same for a table that is touched sparsely: mapped with MAP_NORESERVE, so that, under the
 // kernel's heuristic overcommit, its size does not have to fit in RAM plus swap (a block's memory

@@ -105,12 +105,16 @@ TEST(LargeRegions, ARegionWithALiveBlockStaysTheOthersGo) {
   // The survivor keeps its own region: at most 16 MiB (regions for big blocks grow with the
   // heap, to an eighth of it, capped). What the hooks still have mapped is exact; jemalloc's
   // metadata (its base allocator maps 2 MiB blocks through the hooks and keeps them) may add
-  // one block. VmSize says the same in the plain build (the sanitizers map shadow of their own).
+  // one block. VmSize says about the same in the plain build (the sanitizers map shadow of their
+  // own), with 2 MiB more room since arena 0 maps through the hooks: jemalloc's global tables
+  // for the new address ranges live there, in regions of whole MiBs (40 runs of each build
+  // beside each other: the hooks kept 8-10 MiB, VmSize grew by 8.3-17.8 MiB; the hooks kept
+  // 8 MiB and VmSize grew by 8.3-14.6 MiB before).
   std::size_t hooks_kept = trimalloc::large_mapped_bytes() - hooks_before;
   EXPECT_LE(hooks_kept, 18 * kMiB) << hooks_kept / kMiB << " MiB still mapped by the hooks";
   std::size_t after = vm_bytes();
   if (!tmtest::kSanitized) {
-    EXPECT_LE(after, before + 18 * kMiB)
+    EXPECT_LE(after, before + 20 * kMiB)
         << "of " << grown / kMiB << " MiB mapped for 40 blocks of 3 MiB, "
         << (after - before) / kMiB << " MiB still mapped with one block live";
   }

@@ -7,8 +7,11 @@
 
 #include "test_support.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -296,6 +299,67 @@ TYPED_TEST_P(Threads, FreeAcrossThreadsAndAfterThreadExit) {
   }
 }
 
+// What a thread-specific-data destructor that runs late in a thread's exit allocates. jemalloc
+// tears a thread's own state down in its key's destructor; a key created after it (as here:
+// trimalloc, and so jemalloc, started long before) has its destructor run after that, and
+// jemalloc then serves the thread from its automatic arena 0, whatever trimalloc bound it to.
+// Such blocks were outside trimalloc's arena map: not owned, and free() aborted on them as
+// foreign pointers. Each destructor re-arms the key twice, for glibc's later rounds.
+namespace late_destructor {
+inline std::atomic<int> g_rounds{0};
+inline std::atomic<int> g_not_owned{0};
+inline std::atomic<int> g_failed{0};
+inline pthread_key_t g_key;
+template <class A>
+void run(void* first) {
+  A::free(first);
+  std::vector<void*> live;
+  for (std::size_t n : {24, 200, 600, 1024, 5000, 40000, 300000, 3 << 20}) {
+    for (void* p :
+         {A::malloc(n), A::calloc(1, n), A::aligned_alloc(64, n), A::realloc(nullptr, n)}) {
+      if (!p) {
+        ++g_failed;
+        continue;
+      }
+      if (!tm_owns(p)) {
+        ++g_not_owned;  // left alone: freeing it is what aborted
+        continue;
+      }
+      std::memset(p, 0x5a, n);
+      live.push_back(p);
+    }
+    void* grown = A::realloc(A::malloc(n), 2 * n);
+    if (grown && tm_owns(grown))
+      live.push_back(grown);
+    else
+      ++g_not_owned;
+  }
+  for (void* p : live) A::free(p);
+  if (++g_rounds % 3 != 0) pthread_setspecific(g_key, A::malloc(48));
+}
+}  // namespace late_destructor
+
+TYPED_TEST_P(Threads, AllocationInALateThreadDestructorIsTrimallocs) {
+  using A = TypeParam;
+  namespace ld = late_destructor;
+  ld::g_rounds = 0;
+  ld::g_not_owned = 0;
+  ld::g_failed = 0;
+  A::free(A::malloc(100000));  // the large allocator (jemalloc) starts before the key exists
+  ASSERT_EQ(pthread_key_create(&ld::g_key, [](void* p) { ld::run<A>(p); }), 0);
+  for (int t = 0; t < 4; ++t) {
+    std::thread([] {
+      A::free(A::malloc(5000));  // this thread's jemalloc state exists, bound to our arena
+      pthread_setspecific(ld::g_key, A::malloc(48));
+    }).join();
+  }
+  pthread_key_delete(ld::g_key);
+  EXPECT_EQ(ld::g_rounds.load(), 12) << "each thread's destructor ran in three rounds";
+  EXPECT_EQ(ld::g_failed.load(), 0) << "allocations in a late destructor failed";
+  EXPECT_EQ(ld::g_not_owned.load(), 0)
+      << "blocks allocated in a late destructor are not trimalloc's";
+}
+
 // Thousands of short-lived threads (a few at a time), each allocating in every small class and a
 // few large blocks, freeing most, freeing some left by earlier threads, and leaving a few for the
 // main thread. Pools of exited threads must be handed back: RSS must not grow with the number of
@@ -468,7 +532,8 @@ TYPED_TEST_P(Threads, ForkWhileOtherThreadsAllocate) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(Threads, CrossThreadHandOffStress, RemoteFreesAreReclaimed,
-                            FreeAcrossThreadsAndAfterThreadExit, ThreadChurnKeepsRssBounded,
-                            ForkWhileOtherThreadsAllocate);
+                            FreeAcrossThreadsAndAfterThreadExit,
+                            AllocationInALateThreadDestructorIsTrimallocs,
+                            ThreadChurnKeepsRssBounded, ForkWhileOtherThreadsAllocate);
 
 }  // namespace tmtest
