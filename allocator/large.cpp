@@ -895,6 +895,7 @@ void purge_until_clean() noexcept {
     return static_cast<long long>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
   };
   const long long deadline = now_ns() + kReleaseBudgetNs;
+  os::NoCancellation no_cancellation;  // nanosleep() is a cancellation point
   for (;;) {
     arena_decay(true);
     if (large_dirty_bytes() == 0 || now_ns() >= deadline) return;

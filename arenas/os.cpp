@@ -98,6 +98,7 @@ int overcommit_mode() noexcept {
 }  // namespace
 
 bool could_ever_map(std::size_t bytes) noexcept {
+  NoCancellation no_cancellation;  // open() and read() below are cancellation points
   const int saved = errno;
   bool possible = true;
   rlimit limit;

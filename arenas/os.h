@@ -5,6 +5,8 @@
 // next touch reads zeros); and the page size. A test hook makes reserve() fail on demand so
 // out-of-memory paths can be exercised without exhausting the machine.
 #pragma once
+#include <pthread.h>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -53,5 +55,21 @@ std::size_t reserved_bytes() noexcept;
 // Test hook: the next `count` calls to reserve_aligned fail with ENOMEM (count < 0: all fail
 // until reset with 0).
 void inject_reserve_failures(long count) noexcept;
+
+// While one exists, the calling thread does not act on a cancellation request. malloc is not a
+// cancellation point (glibc's never is), but its failure paths read /proc (open, read) and wait
+// for other threads' purges (nanosleep), which are: a thread with a cancellation pending would
+// be cancelled inside malloc, its heap left mid-call. Failure paths only: two calls that take
+// no lock.
+class NoCancellation {
+ public:
+  NoCancellation() noexcept { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old_); }
+  ~NoCancellation() { pthread_setcancelstate(old_, nullptr); }
+  NoCancellation(const NoCancellation&) = delete;
+  NoCancellation& operator=(const NoCancellation&) = delete;
+
+ private:
+  int old_;
+};
 
 }  // namespace trimalloc::os

@@ -2,6 +2,10 @@
 // ASan+UBSan and TSan builds). See inject_support.h for what is checked.
 #include <trimalloc/trimalloc.h>
 
+#include <pthread.h>
+
+#include <atomic>
+#include <cerrno>
 #include <thread>
 #include <vector>
 
@@ -42,6 +46,67 @@ TEST(Inject, RandomFailuresDuringARandomWorkload) {
   EXPECT_GT(total, 0u);
   RecordProperty("failed_calls", static_cast<int>(total));
   std::printf("calls that failed with ENOMEM: %zu\n", total);
+}
+
+// glibc's malloc is never a cancellation point. Ours has cancellation points on its failure
+// paths (reading /proc for the overcommit policy, sleeping while another thread purges): a
+// thread with a cancellation request pending was cancelled inside tm_malloc instead of getting
+// NULL. Here the request is pending before the failing calls, and the thread must reach its
+// own pthread_testcancel() with their results.
+struct CancelProbe {
+  std::atomic<bool> cancel_sent{false};
+  bool large_returned = false, large_null = false, small_returned = false, small_null = false;
+  int large_errno = 0, small_errno = 0;
+};
+
+void* cancel_probe_thread(void* arg) {
+  auto* probe = static_cast<CancelProbe*>(arg);
+  pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, nullptr);
+  std::vector<void*> small;
+  small.reserve(1 << 20);
+  while (!probe->cancel_sent.load()) {
+  }
+  trimalloc::os::inject_reserve_failures(-1);
+  errno = 0;
+  void* p = tm_malloc(std::size_t{32} << 20);  // a new region: refused
+  probe->large_errno = errno;
+  probe->large_null = p == nullptr;
+  probe->large_returned = true;
+  tm_free(p);
+  for (int i = 0; i < (1 << 20); ++i) {  // 256 MiB of 256-byte blocks at most: a new arena
+    errno = 0;
+    void* q = tm_malloc(256);
+    if (q == nullptr) {
+      probe->small_errno = errno;
+      probe->small_null = true;
+      break;
+    }
+    small.push_back(q);
+  }
+  probe->small_returned = true;
+  trimalloc::os::inject_reserve_failures(0);
+  for (void* q : small) tm_free(q);
+  pthread_testcancel();
+  return nullptr;
+}
+
+TEST(Inject, AFailedAllocationIsNotACancellationPoint) {
+  tm_free(tm_malloc(100000));  // set up the large allocator first (see first_large.cpp)
+  CancelProbe probe;
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, nullptr, cancel_probe_thread, &probe), 0);
+  ASSERT_EQ(pthread_cancel(t), 0);
+  probe.cancel_sent = true;
+  void* result = nullptr;
+  ASSERT_EQ(pthread_join(t, &result), 0);
+  trimalloc::os::inject_reserve_failures(0);
+  EXPECT_EQ(result, PTHREAD_CANCELED) << "the thread ran to its end";
+  EXPECT_TRUE(probe.large_returned) << "cancelled inside tm_malloc (large)";
+  EXPECT_TRUE(probe.large_null);
+  EXPECT_EQ(probe.large_errno, ENOMEM);
+  EXPECT_TRUE(probe.small_returned) << "cancelled inside tm_malloc (small)";
+  EXPECT_TRUE(probe.small_null);
+  EXPECT_EQ(probe.small_errno, ENOMEM);
 }
 
 TEST(Inject, CountedFailuresRunOutAndAllocationResumes) {
