@@ -322,7 +322,7 @@ void unmap_region(long index) noexcept {
                (g_region_count - static_cast<std::size_t>(index) - 1) * sizeof(Region));
   --g_region_count;
   void* base = reinterpret_cast<void*>(r.base);
-  g_arena_map.set(SlotKind::kLarge, base, r.span, false);
+  g_arena_map.clear(base, r.span);
   os::release(base, r.span);
   g_mapped.fetch_sub(r.span, std::memory_order_relaxed);
 }
@@ -388,7 +388,7 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false,
   if (p == nullptr) return nullptr;
   auto base = reinterpret_cast<std::uintptr_t>(p);
   LockGuard guard(g_regions_lock);
-  if (g_region_count == kMaxRegions) {
+  if (g_region_count == kMaxRegions || !g_arena_map.set(SlotKind::kLarge, p, span)) {
     os::release(p, span);
     errno = ENOMEM;
     return nullptr;
@@ -400,7 +400,6 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false,
   Region& r = g_regions[at];
   r = {base, span, span - size, kNoHole, size <= kSmallExtent, growth};
   if (span > size) r.holes = hole_new(base + size, base + span, kNoHole);  // or lost
-  g_arena_map.set(SlotKind::kLarge, p, span, true);
   g_mapped.fetch_add(span, std::memory_order_relaxed);
   return p;
 }

@@ -57,7 +57,10 @@ Arena* ArenaSet::create_arena() noexcept {
   a->nfree = kPoolSlotsPerArena;
   for (unsigned i = 1; i < kPoolsPerArena; ++i)
     pool_header(a, i)->index = static_cast<std::uint8_t>(i);
-  g_arena_map.set(SlotKind::kSmall, mem, kArenaSize, true);
+  if (!g_arena_map.set(SlotKind::kSmall, mem, kArenaSize)) {  // errno = ENOMEM
+    os::release(mem, kArenaSize);
+    return nullptr;
+  }
   ++arena_count_;
   return a;
 }
@@ -185,7 +188,7 @@ std::size_t ArenaSet::purge_pools_locked(Arena* a, std::uint64_t cutoff_ms, std:
 
 // `a` is empty and on no bucket.
 void ArenaSet::unmap_empty_locked(Arena* a) noexcept {
-  g_arena_map.set(SlotKind::kSmall, reinterpret_cast<void*>(arena_base(a)), kArenaSize, false);
+  g_arena_map.clear(reinterpret_cast<void*>(arena_base(a)), kArenaSize);
   dirty_count_.fetch_sub(static_cast<std::size_t>(__builtin_popcountll(a->dirty_pools)),
                          std::memory_order_relaxed);
   os::release(reinterpret_cast<void*>(arena_base(a)), kArenaSize);

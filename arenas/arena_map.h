@@ -63,8 +63,12 @@ class ArenaMap {
       ++slot;
     }
   }
-  // Marks every slot of [p, p + size) as `kind`'s (on) or nobody's; p is slot-aligned.
-  void set(SlotKind kind, const void* p, std::size_t size, bool on) noexcept;
+  // Marks every slot of [p, p + size) as `kind`'s; p is slot-aligned. False (nothing marked)
+  // when the map's page for a slot could not be made writable: the caller cannot register the
+  // memory and must give it back.
+  [[nodiscard]] bool set(SlotKind kind, const void* p, std::size_t size) noexcept;
+  // Marks those slots as nobody's again (their pages are writable: set() opened them).
+  void clear(const void* p, std::size_t size) noexcept;
 
  private:
   static std::uint8_t tag(SlotKind kind) noexcept {
@@ -83,8 +87,14 @@ class ArenaMap {
 #endif
   }
 
+  // Opens the map's pages holding slots [first, last] for writing (see init()).
+  bool make_writable(std::uintptr_t first, std::uintptr_t last) noexcept;
+
   std::atomic<std::uint8_t>* kinds_ = nullptr;
   std::atomic<std::uintptr_t> limit_{0};  // kSlotCount once the map is mapped
+  // One bit per 4 KiB of the map: already writable. (With bigger pages, one bit per page.)
+  static constexpr std::size_t kMapChunks = kSlotCount / 4096;
+  std::atomic<std::uint64_t> writable_[kMapChunks / 64] = {};
 };
 
 extern TM_INTERNAL ArenaMap g_arena_map;

@@ -39,8 +39,8 @@ std::size_t page_size() noexcept {
 }
 
 namespace {
-void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags,
-                  bool injectable = true) noexcept {
+void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags, bool injectable = true,
+                  int prot = PROT_READ | PROT_WRITE) noexcept {
   if (injectable && injected_failure()) {
     errno = ENOMEM;
     return nullptr;
@@ -53,8 +53,7 @@ void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags,
     return nullptr;
   }
   int saved = errno;
-  void* raw =
-      mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
+  void* raw = mmap(nullptr, span, prot, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
   if (raw == MAP_FAILED) {
     errno = ENOMEM;
     return nullptr;
@@ -79,10 +78,22 @@ void* reserve_aligned(std::size_t size, std::size_t alignment, bool injectable) 
   return map_aligned(size, alignment, 0, injectable);
 }
 
-// With MAP_NORESERVE: a table that spans the address space (the arena map's 128 MiB) but is
-// touched only where arenas lie must not count as RAM a small machine has to have.
+// A table that spans the address space (the arena map's 128 MiB) but is written only where
+// arenas lie: with MAP_NORESERVE it need not fit in the RAM a small machine has, and read-only
+// it does not count against RLIMIT_DATA (the kernel counts private writable mappings), which a
+// process limited to less than 128 MiB of data would otherwise exceed before its first block.
 void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept {
-  return map_aligned(size, alignment, MAP_NORESERVE);
+  return map_aligned(size, alignment, MAP_NORESERVE, true, PROT_READ);
+}
+
+bool make_writable(void* p, std::size_t size) noexcept {
+  int saved = errno;
+  if (mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {
+    errno = ENOMEM;
+    return false;
+  }
+  errno = saved;
+  return true;
 }
 
 namespace {

@@ -17,10 +17,14 @@ namespace trimalloc::os {
 // test hook below applies (false only for jemalloc's own bookkeeping: see allocator/large.cpp).
 void* reserve_aligned(std::size_t size, std::size_t alignment, bool injectable = true) noexcept;
 
-// The same for a table that is touched sparsely: mapped with MAP_NORESERVE, so that, under the
-// kernel's heuristic overcommit, its size does not have to fit in RAM plus swap (a block's memory
-// must: reserve_aligned).
+// The same for a table that is written sparsely, mapped read-only and with MAP_NORESERVE: its
+// size neither has to fit in RAM plus swap under the kernel's heuristic overcommit (a block's
+// memory must: reserve_aligned) nor counts against RLIMIT_DATA. Reads see zeros; make_writable()
+// opens the pages about to be written.
 void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept;
+// Makes the page-aligned range [p, p + size) of a reserve_sparse mapping writable; false with
+// errno = ENOMEM if the kernel refused (RLIMIT_DATA, or too many mappings).
+bool make_writable(void* p, std::size_t size) noexcept;
 
 // Whether a mapping of `bytes` could ever succeed in this process, whatever it first gave back:
 // false if it is more than the address-space limit (RLIMIT_AS), or, under the kernel's default

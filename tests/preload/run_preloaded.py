@@ -5,6 +5,7 @@
 
 CASE is one of
   python         /usr/bin/python3 (PYTHONMALLOC=malloc) on alloc_heavy.py
+  data-limit     /usr/bin/python3 on data_limit.py under `ulimit -d 102400` (RLIMIT_DATA)
   sort           sort(1) on a ~20 MB generated file, three ways (locale, numeric key, external merge)
   git            git init/add/commit/log/diff/gc/fsck/archive on a repository made in a temp dir
   probe-selftest the loaded-check itself: it must reject a process without trimalloc
@@ -111,6 +112,18 @@ def case_python_memory_error(r):
     plain = r.run(cmd, None, env)
     pre = r.run(cmd, "both", env)
     compare("python3 memory_error.py", plain, pre)
+    check_probe(pre[3], "python3")
+
+
+def case_data_limit(r):
+    """Under RLIMIT_DATA = 100 MB (ulimit -d 102400), far above what the script needs: the same
+    output as glibc's (the arena map once counted 128 MiB against the limit in full)."""
+    script = os.path.join(HERE, "data_limit.py")
+    cmd = ["/bin/sh", "-c", 'ulimit -d 102400 && exec /usr/bin/python3 "$0"', script]
+    env = {"PYTHONMALLOC": "malloc", "PYTHONDONTWRITEBYTECODE": "1"}
+    plain = r.run(cmd, None, env)
+    pre = r.run(cmd, "both", env)
+    compare("python3 data_limit.py under ulimit -d 102400", plain, pre)
     check_probe(pre[3], "python3")
 
 
@@ -239,7 +252,7 @@ def case_probe_selftest(r):
     check_probe(lines, "/bin/true")
 
 
-CASES = {"python": case_python, "python-memory-error": case_python_memory_error, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
+CASES = {"python": case_python, "python-memory-error": case_python_memory_error, "data-limit": case_data_limit, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
 
 
 def main():
