@@ -367,10 +367,13 @@ template <bool kSized>
   }
   small_free_block<kSized>(pool, b, call, sized_block);
 }
-inline void small_free(void* p, const char* call) noexcept {
+// Always inlined, like small_free_impl: the shims' fast paths are these, and with enough shims
+// in one file GCC's unit-growth limit would otherwise leave a call to an out-of-line copy.
+[[gnu::always_inline]] inline void small_free(void* p, const char* call) noexcept {
   small_free_impl<false>(p, call, 0);
 }
-inline void small_free_sized(void* p, const char* call, std::size_t sized_block) noexcept {
+[[gnu::always_inline]] inline void small_free_sized(void* p, const char* call,
+                                                    std::size_t sized_block) noexcept {
   small_free_impl<true>(p, call, sized_block);
 }
 
