@@ -55,28 +55,21 @@ TM_EXPORT void cfree(void* p) noexcept {
   free_impl(p, "cfree");
 }
 
-// glibc also exports its allocator under __libc_* names. A program (or a library such as a
-// leak checker's shim) that calls one of them directly would otherwise get glibc's heap, and
-// the block would later reach free() here as a foreign pointer (an abort), or one of ours would
-// reach glibc's free (heap corruption). mimalloc and tcmalloc define the same names.
-TM_EXPORT void* __libc_malloc(size_t size) noexcept {
-  return malloc_impl(size);
-}
-TM_EXPORT void __libc_free(void* p) noexcept {
-  free_impl(p, "__libc_free");
-}
-TM_EXPORT void* __libc_calloc(size_t count, size_t size) noexcept {
-  return tm_calloc(count, size);
-}
-TM_EXPORT void* __libc_realloc(void* p, size_t size) noexcept {
-  return realloc_impl(p, size, "__libc_realloc");
-}
-TM_EXPORT void* __libc_memalign(size_t alignment, size_t size) noexcept {
-  return tm_memalign(alignment, size);
-}
-TM_EXPORT void* __libc_valloc(size_t size) noexcept {
-  return tm_valloc(size);
-}
-TM_EXPORT void* __libc_pvalloc(size_t size) noexcept {
-  return tm_pvalloc(size);
-}
+// glibc also exports its allocator under __libc_* names, aliases of the standard ones. A
+// program (or a library such as a leak checker's shim) that calls one of them directly would
+// otherwise get glibc's heap, and the block would later reach free() here as a foreign pointer
+// (an abort), or one of ours would reach glibc's free (heap corruption). As in glibc they are
+// aliases: the same code, and messages name the standard call. mimalloc and tcmalloc define
+// the same names.
+#if defined(__clang__)
+#define TM_ALIAS(name) extern "C" __attribute__((visibility("default"), alias(#name)))
+#else  // GCC: and the target's attributes (malloc, alloc_size, leaf from glibc's declarations)
+#define TM_ALIAS(name) extern "C" __attribute__((visibility("default"), alias(#name), copy(name)))
+#endif
+TM_ALIAS(malloc) void* __libc_malloc(size_t size) noexcept;
+TM_ALIAS(free) void __libc_free(void* p) noexcept;
+TM_ALIAS(calloc) void* __libc_calloc(size_t count, size_t size) noexcept;
+TM_ALIAS(realloc) void* __libc_realloc(void* p, size_t size) noexcept;
+TM_ALIAS(memalign) void* __libc_memalign(size_t alignment, size_t size) noexcept;
+TM_ALIAS(valloc) void* __libc_valloc(size_t size) noexcept;
+TM_ALIAS(pvalloc) void* __libc_pvalloc(size_t size) noexcept;

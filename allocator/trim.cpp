@@ -69,8 +69,7 @@ extern "C" __attribute__((visibility("default"))) int mallopt(int param, int val
   }
   return 1;
 }
-extern "C" __attribute__((visibility("default"))) int __libc_mallopt(int param,
-                                                                     int value) noexcept {
-  return mallopt(param, value);
-}
+// glibc's alias (see __libc_malloc in override_malloc.cpp).
+extern "C" __attribute__((visibility("default"), alias("mallopt"))) int __libc_mallopt(
+    int param, int value) noexcept;
 #endif

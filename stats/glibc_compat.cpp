@@ -76,9 +76,8 @@ TM_EXPORT struct mallinfo mallinfo(void) noexcept {
 }
 
 // glibc's alias of mallinfo (see __libc_malloc in allocator/override_malloc.cpp).
-TM_EXPORT struct mallinfo __libc_mallinfo(void) noexcept {
-  return legacy_info();
-}
+extern "C" __attribute__((visibility("default"), alias("mallinfo"))) struct mallinfo
+__libc_mallinfo(void) noexcept;
 
 // glibc prints to stderr.
 TM_EXPORT void malloc_stats(void) noexcept {
