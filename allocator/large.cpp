@@ -12,11 +12,11 @@
 // that come back") and for every free extent of the growth arena (below), and for all of them
 // on arena.<i>.purge (tm_trim, and a mapping that failed: see below).
 //
-// Two arenas share the hooks. Blocks that realloc moves or grows to 1 MiB or more live in the
-// *growth arena*, which purges a freed extent at once. A buffer grown by realloc (a Python
-// list's pointer array, a bytearray, a string builder) leaves an old copy behind at each step,
-// and each copy is smaller than every later request, so nothing reuses it: with jemalloc's
-// 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 451 MiB over the start. Purging
+// Two arenas of ours share the hooks (and jemalloc's own arena 0: see large_init). Blocks that
+// realloc moves or grows to 1 MiB or more live in the *growth arena*, which purges a freed
+// extent at once. A buffer grown by realloc (a Python list's pointer array, a bytearray, a
+// string builder) leaves an old copy behind at each step, and each copy is smaller than every
+// later request, so nothing reuses it: with jemalloc's 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 451 MiB over the start. Purging
 // each copy costs an madvise next to a memcpy of at least 1 MiB, and the new, bigger block
 // faults its pages in whatever happens to the old one. Blocks malloc'ed at their size stay in
 // the main arena, where a program that frees and allocates a buffer of the same size reuses the
@@ -863,7 +863,8 @@ std::size_t large_mapped_since_init() noexcept {
 }
 
 namespace {
-// A statistic of both our arenas, summed, after jemalloc refreshed its figures ("epoch").
+// A statistic of every arena (large_arena_indices), summed, after jemalloc refreshed its figures
+// ("epoch").
 std::size_t arenas_stat(const char* stat) noexcept {
   std::uint64_t epoch = 1;
   std::size_t len = sizeof epoch;
@@ -879,7 +880,7 @@ std::size_t arenas_stat(const char* stat) noexcept {
   return total;
 }
 
-// Purges both arenas until nothing is left dirty, or for kReleaseBudgetNs.
+// Purges every arena until nothing is left dirty, or for kReleaseBudgetNs.
 // jemalloc lets one thread purge an arena at a time, and a purge asked for while another runs
 // returns at once having done nothing. Our own purges take turns on g_purge_lock, but jemalloc
 // also decays on its allocation ticks, in any thread, outside that lock, and such a decay

@@ -28,11 +28,11 @@ std::size_t large_usable_size(const void* p) noexcept;
 inline bool large_owns(const void* p) noexcept {
   return g_arena_map.contains(SlotKind::kLarge, p);
 }
-// Purges both arenas' dirty pages, again while some are left (bounded: see purge_until_clean in
+// Purges every arena's dirty pages, again while some are left (bounded: see purge_until_clean in
 // large.cpp), and this thread's jemalloc cache; bytes purged (estimated from jemalloc's resident
 // counter before and after).
 std::size_t large_purge() noexcept;
-// jemalloc's decay step on both arenas (what their decay curves say is due), taking turns with the
+// jemalloc's decay step on every arena (what their decay curves say is due), taking turns with the
 // other purges.
 void large_decay_step() noexcept;
 // The main arena's purge-at-once threshold (large.cpp, "big blocks that come back"). wanted:
@@ -47,7 +47,7 @@ bool large_oversize_expire(bool at_once) noexcept;  // true: still raised
 // nothing dirty is left (for at most 10 ms), which unmaps every region left wholly free. True
 // (try once more) once the arena exists.
 bool large_release_address_space() noexcept;
-// Freed pages both arenas keep (jemalloc's pdirty, refreshed through its "epoch"); 0 before init.
+// Freed pages the arenas keep (jemalloc's pdirty, refreshed through its "epoch"); 0 before init.
 std::size_t large_dirty_bytes() noexcept;
 // jemalloc's mallctl on the renamed copy, for statistics and options.
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,

@@ -52,9 +52,7 @@ TM_EXPORT struct mallinfo2 mallinfo2(void) noexcept {
   return info_from_stats();
 }
 
-namespace {
-// glibc's older struct: int fields, each clamped.
-struct mallinfo legacy_info() {
+TM_EXPORT struct mallinfo mallinfo(void) noexcept {
   struct mallinfo2 m = info_from_stats();
   struct mallinfo r = {};
   r.arena = clamp(m.arena);
@@ -68,11 +66,6 @@ struct mallinfo legacy_info() {
   r.fordblks = clamp(m.fordblks);
   r.keepcost = clamp(m.keepcost);
   return r;
-}
-}  // namespace
-
-TM_EXPORT struct mallinfo mallinfo(void) noexcept {
-  return legacy_info();
 }
 
 // glibc's alias of mallinfo (see __libc_malloc in allocator/override_malloc.cpp).
