@@ -16,12 +16,13 @@
 // realloc moves or grows to 1 MiB or more live in the *growth arena*, which purges a freed
 // extent at once. A buffer grown by realloc (a Python list's pointer array, a bytearray, a
 // string builder) leaves an old copy behind at each step, and each copy is smaller than every
-// later request, so nothing reuses it: with jemalloc's 1 s decay, growing a buffer by 1/8 at a time to 69 MiB left 451 MiB over the start. Purging
-// each copy costs an madvise next to a memcpy of at least 1 MiB, and the new, bigger block
-// faults its pages in whatever happens to the old one. Blocks malloc'ed at their size stay in
-// the main arena, where a program that frees and allocates a buffer of the same size reuses the
-// pages. Each growth-arena block also gets a region of its own, twice its size (alloc_region),
-// so that most steps grow it in place: 5 copies from 1 to 64 MiB instead of 20.
+// later request, so nothing reuses it: with jemalloc's 1 s decay, growing a buffer by 1/8 at a
+// time to 69 MiB left 451 MiB over the start. Purging each copy costs an madvise next to a
+// memcpy of at least 1 MiB, and the new, bigger block faults its pages in whatever happens to
+// the old one. Blocks malloc'ed at their size stay in the main arena, where a program that frees
+// and allocates a buffer of the same size reuses the pages. Each growth-arena block also gets a
+// region of its own, twice its size (alloc_region), so that most steps grow it in place: 5 copies
+// from 1 to 64 MiB instead of 20.
 //
 // What jemalloc 5.3 does, and why the hooks are shaped this way (src/extent.c, src/pac.c):
 // - With custom hooks the dalloc hook is called whatever `retain` says (ehooks_dalloc_will_fail
