@@ -1,6 +1,5 @@
 #include "arena.h"
 
-#include <sys/mman.h>
 #include <time.h>
 
 #include <cerrno>
@@ -40,24 +39,54 @@ void ArenaSet::bucket_remove(Arena* a) noexcept {
   if (buckets_[kind][a->nfree] == nullptr) nonempty_[kind] &= ~(std::uint64_t{1} << a->nfree);
 }
 
+// What is opened of slot 0, which holds the pool headers in its first pages and nothing after
+// them: all of it, so that headers and open pools are one mapping (a closed gap between them
+// would split every arena in two for the kernel); in the hardened build all but its last
+// page, a guard against underflows off pool 1.
+constexpr std::size_t kHeaderBytes = kSecure ? kPoolSize - kPageSize : kPoolSize;
+static_assert(kPoolsPerArena * kPoolHeaderSize <= kPoolSize - kPageSize,
+              "the headers end before slot 0's last page");
+// Pool slots are opened this many at a time: one mprotect per MiB a heap grows by, not one per
+// pool, and never more than a MiB of writable memory the heap has not asked for.
+constexpr unsigned kOpenStepPools =
+    kPoolSize >= (std::size_t{1} << 20) ? 1 : (std::size_t{1} << 20) / kPoolSize;
+// Slots that can ever be opened: the hardened build's last slot is a guard.
+constexpr unsigned kOpenableSlots = kSecure ? kPoolsPerArena - 1 : kPoolsPerArena;
+
+bool ArenaSet::open_through(Arena* a, unsigned i) noexcept {
+  char* base = reinterpret_cast<char*>(arena_base(a));
+  auto open = [&](unsigned end) {
+    return os::make_writable(base + std::size_t{a->opened} * kPoolSize,
+                             std::size_t{end - a->opened} * kPoolSize);
+  };
+  unsigned end = a->opened + kOpenStepPools;
+  if (end < i + 1) end = i + 1;
+  if (end > kOpenableSlots) end = kOpenableSlots;
+  // Near a limit a whole step may be refused where the one pool needed is not.
+  if (!open(end) && (end == i + 1 || !open(end = i + 1))) return false;
+  a->opened = end;
+  return true;
+}
+
 Arena* ArenaSet::create_arena() noexcept {
-  void* mem = os::reserve_aligned(kArenaSize, kArenaSize);
+  void* mem = os::reserve_closed(kArenaSize, kArenaSize);
   if (!mem) return nullptr;
-  // Fresh mmap memory is zero: every pool header reads as kFree with capacity 0.
+  // Fresh mmap memory is zero: every pool header reads as kFree with capacity 0. Only the
+  // headers and the first pools are opened; the rest of the arena stays closed until used. In
+  // the hardened build that leaves the guards closed for good: the last page of slot 0 and the
+  // whole last slot (the next arena's headers follow it in memory).
   Arena* a = arena_of(mem);
-  if constexpr (kSecure) {
-    // Guards: the metadata slot's last page (pool 1's underflow) and the whole last slot (the
-    // next arena's headers follow it in memory).
-    char* base = static_cast<char*>(mem);
-    mprotect(base + kPoolSize - kPageSize, kPageSize, PROT_NONE);
-    mprotect(base + (kPoolsPerArena - 1) * kPoolSize, kPoolSize, PROT_NONE);
+  if (!os::make_writable(mem, kHeaderBytes)) {  // errno = ENOMEM
+    os::release(mem, kArenaSize);
+    return nullptr;
   }
   a->free_pools = kAllPoolSlots;
   a->dirty_pools = 0;
   a->nfree = kPoolSlotsPerArena;
+  a->opened = 1;
   for (unsigned i = 1; i < kPoolsPerArena; ++i)
     pool_header(a, i)->index = static_cast<std::uint8_t>(i);
-  if (!g_arena_map.set(SlotKind::kSmall, mem, kArenaSize)) {  // errno = ENOMEM
+  if (!open_through(a, 1) || !g_arena_map.set(SlotKind::kSmall, mem, kArenaSize)) {
     os::release(mem, kArenaSize);
     return nullptr;
   }
@@ -89,6 +118,12 @@ Pool* ArenaSet::acquire_pool(unsigned cls, ThreadHeap* owner, PageMask* resident
     }
     std::uint64_t dirty = a->dirty_pools & a->free_pools;
     unsigned i = static_cast<unsigned>(__builtin_ctzll(dirty ? dirty : a->free_pools));
+    // Never the case for a new arena (its first step is open): nothing to undo but the bucket.
+    if (i >= a->opened && !open_through(a, i)) {
+      bucket_insert(a);
+      errno = ENOMEM;
+      return nullptr;
+    }
     if (dirty) dirty_count_.fetch_sub(1, std::memory_order_relaxed);
     a->free_pools &= ~(std::uint64_t{1} << i);
     a->dirty_pools &= ~(std::uint64_t{1} << i);

@@ -14,6 +14,14 @@
 // dirty pool goes first. With 8 MiB arenas this matters: the arena a program's long-lived
 // objects share can hold megabytes of clean pools.
 //
+// Opened as used. An arena is reserved closed (PROT_NONE) and its pool slots are made writable
+// only when first handed out, a step of pools at a time: a closed page neither counts against
+// a data-segment limit (RLIMIT_DATA) nor is charged to the commit limit under strict overcommit
+// (vm.overcommit_memory = 2), so a process that uses 100 KiB of small blocks is charged for a
+// MiB of them, not for 8 (glibc's non-main heaps do the same with their 64 MiB reservations).
+// New pools are the lowest free slot of their arena unless a dirty one is reused, so the open
+// part is a prefix of the arena: two mappings per arena at most, one once it is all open.
+//
 // All of this runs under one lock, but only on a heap's slow path (once per pool: 256..8192
 // allocations), never on malloc's or free's fast path.
 #pragma once
@@ -36,6 +44,10 @@ struct Arena {
   std::uint64_t free_pools;   // bit i: slot i is not in use (bits 1..63 only)
   std::uint64_t dirty_pools;  // subset of free_pools whose pages may be resident
   std::uint32_t nfree;        // popcount(free_pools)
+  // Slots [0, opened) are read-write, the rest of the mapping is closed (PROT_NONE), where
+  // slot 0 counts as open once its header pages are. Pool slots open in order, a step at a
+  // time, as they are first handed out (ArenaSet::open_through); none ever closes again.
+  std::uint32_t opened;
   // When its last pool in use went back (valid while nfree == kPoolSlotsPerArena). An empty
   // arena with resident pages is free memory like any dirty pool: it decays, it is not unmapped
   // the moment it empties (a program that frees a batch and allocates the next would fault
@@ -124,6 +136,9 @@ class ArenaSet {
 
  private:
   Arena* create_arena() noexcept;
+  // Opens the slots from a->opened through slot i (a->opened <= i); false if the kernel
+  // refused (errno = ENOMEM), the arena unchanged.
+  static bool open_through(Arena* a, unsigned i) noexcept;
   // True if the arena was unmapped as a result.
   bool release_pool_locked(Arena* a, std::uint64_t bit, bool dirty, std::uint64_t now) noexcept;
   void unmap_empty_locked(Arena* a) noexcept;

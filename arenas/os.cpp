@@ -86,6 +86,11 @@ void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept {
   return map_aligned(size, alignment, MAP_NORESERVE, true, PROT_READ);
 }
 
+// No MAP_NORESERVE, for the reason above: the kernel charges the pages when they are opened.
+void* reserve_closed(std::size_t size, std::size_t alignment) noexcept {
+  return map_aligned(size, alignment, 0, true, PROT_NONE);
+}
+
 bool make_writable(void* p, std::size_t size) noexcept {
   int saved = errno;
   if (mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {

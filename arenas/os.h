@@ -22,8 +22,14 @@ void* reserve_aligned(std::size_t size, std::size_t alignment, bool injectable =
 // memory must: reserve_aligned) nor counts against RLIMIT_DATA. Reads see zeros; make_writable()
 // opens the pages about to be written.
 void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept;
-// Makes the page-aligned range [p, p + size) of a reserve_sparse mapping writable; false with
-// errno = ENOMEM if the kernel refused (RLIMIT_DATA, or too many mappings).
+// The same as reserve_aligned, but inaccessible until make_writable() opens part of it: closed,
+// it neither counts against RLIMIT_DATA nor is charged against the commit limit
+// (vm.overcommit_memory = 2), and a stray access faults as on unmapped memory. For arenas, whose
+// pool slots are opened as they are first handed out. The test hook below applies.
+void* reserve_closed(std::size_t size, std::size_t alignment) noexcept;
+// Makes the page-aligned range [p, p + size) of a reserve_sparse or reserve_closed mapping
+// writable; false with errno = ENOMEM if the kernel refused (RLIMIT_DATA, the commit limit, or
+// too many mappings).
 bool make_writable(void* p, std::size_t size) noexcept;
 
 // Whether a mapping of `bytes` could ever succeed in this process, whatever it first gave back:

@@ -54,7 +54,7 @@ TYPED_TEST_P(ProcessMemory, FreshPoolsAreTouchedLazily) {
 inline const char* limit_step(int code) {
   switch (code) {
     case 10:
-      return "could not set RLIMIT_AS";
+      return "could not set the limit (RLIMIT_AS or RLIMIT_DATA)";
     case 11:
       return "large malloc never failed under the limit";
     case 12:
@@ -108,7 +108,11 @@ inline void** pointer_table() {
   return t == MAP_FAILED ? nullptr : static_cast<void**>(t);
 }
 
-template <class A>
+// The limit limit_child runs under: the address space (RLIMIT_AS) or the data segment
+// (RLIMIT_DATA, which counts only writable private mappings: arenas are opened as used).
+enum class Limit { kAddressSpace, kData };
+
+template <class A, Limit kLimit = Limit::kAddressSpace>
 int limit_child() {
   constexpr std::size_t kMax = kMaxBlocks;
   void** ptrs = pointer_table();
@@ -118,7 +122,9 @@ int limit_child() {
   if (!keep || !keep_large) return 19;
   fill(keep, 200, 1);
   fill(keep_large, 100000, 2);
-  if (!limit_address_space(std::size_t{96} << 20)) return 10;
+  constexpr std::size_t kHeadroom = std::size_t{96} << 20;
+  if (!(kLimit == Limit::kData ? limit_data_segment(kHeadroom) : limit_address_space(kHeadroom)))
+    return 10;
 
   std::size_t n = 0;
   bool failed = false;
@@ -180,6 +186,80 @@ int limit_child() {
 // memory is freed. Runs in a forked child (the limit is per process).
 TYPED_TEST_P(ProcessMemory, OutOfAddressSpaceGivesEnomemAndRecovers) {
   expect_child_succeeds(limit_child<TypeParam>);
+}
+
+// The same under a data-segment limit (ulimit -d). Arenas are reserved closed, so there the
+// small blocks fail when a pool slot cannot be opened (mprotect refused), or an arena's headers,
+// rather than when an arena cannot be mapped.
+TYPED_TEST_P(ProcessMemory, OutOfDataSegmentGivesEnomemAndRecovers) {
+  expect_child_succeeds(limit_child<TypeParam, Limit::kData>);
+}
+
+// Bytes of [base, base + size) that are mapped writable (/proc/self/maps).
+inline std::size_t writable_bytes_in(std::uintptr_t base, std::size_t size) {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (f == nullptr) return 0;
+  std::size_t total = 0;
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    char perms[8] = {};
+    if (std::sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) != 3 || perms[1] != 'w') continue;
+    const std::uintptr_t from = std::max<std::uintptr_t>(lo, base);
+    const std::uintptr_t to = std::min<std::uintptr_t>(hi, base + size);
+    if (from < to) total += to - from;
+  }
+  std::fclose(f);
+  return total;
+}
+
+// An arena is reserved closed (PROT_NONE) and its pool slots are made writable as they are
+// first handed out, a MiB at a time: closed pages count neither against RLIMIT_DATA nor
+// against the commit limit of strict overcommit. An arena holding its first pool is writable
+// for its header slot and one step of pools, not for its whole size; once every slot has been
+// handed out, all of it is, except the hardened build's guards (slot 0's last page, the last
+// slot).
+TYPED_TEST_P(ProcessMemory, AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut) {
+  using A = TypeParam;
+  constexpr std::size_t kArena = trimalloc::kArenaSize, kPool = trimalloc::kPoolSize;
+  constexpr std::size_t kMiB = std::size_t{1} << 20, kSize = 448;
+  void** ptrs = pointer_table();
+  ASSERT_NE(ptrs, nullptr);
+  auto arena_of = [](void* p) { return reinterpret_cast<std::uintptr_t>(p) & ~(kArena - 1); };
+  auto arenas_ever = [] {
+    tm_stats s{};
+    return tm_stats_get(&s) == 0 ? s.arenas + s.arenas_released : 0;
+  };
+  std::size_t ever = arenas_ever();
+  std::uintptr_t fresh = 0;
+  std::size_t n = 0;
+  // 448-byte blocks until one lands in an arena mapped meanwhile, then until that arena is
+  // full (the next block is elsewhere). Pools come from the fullest arena that has a free one,
+  // and nothing is freed meanwhile, so the new arena fills before another is mapped.
+  while (n < kMaxBlocks) {
+    void* p = A::malloc(kSize);
+    ASSERT_NE(p, nullptr);
+    ptrs[n++] = p;
+    if (fresh != 0) {
+      if (arena_of(p) != fresh) break;
+      continue;
+    }
+    if (n > 1 && arena_of(p) == arena_of(ptrs[n - 2])) continue;
+    const std::size_t now = arenas_ever();
+    if (now == ever) continue;  // an arena mapped before the loop
+    ever = now;
+    fresh = arena_of(p);
+    const std::size_t open = writable_bytes_in(fresh, kArena);
+    EXPECT_GT(open, kPool) << "the headers' slot and the first pool are writable";
+    EXPECT_LE(open, kPool + kMiB) << "an arena holding one pool: " << (open >> 10) << " KiB of its "
+                                  << (kArena >> 10) << " KiB writable";
+  }
+  ASSERT_NE(fresh, 0u) << "no arena was mapped by " << n << " blocks of " << kSize << " bytes";
+  ASSERT_NE(arena_of(ptrs[n - 1]), fresh) << "the new arena did not fill up";
+  const std::size_t guards = trimalloc::kSecure ? kPool + trimalloc::kPageSize : 0;
+  EXPECT_EQ(writable_bytes_in(fresh, kArena), kArena - guards) << "a full arena";
+  for (std::size_t i = 0; i < n; ++i) A::free(ptrs[i]);
+  munmap(ptrs, kMaxBlocks * sizeof(void*));
 }
 
 // Freed small blocks leave empty arenas cached for reuse (up to TRIMALLOC_MAX_CACHED, until the
@@ -379,6 +459,8 @@ TYPED_TEST_P(ProcessMemory, ARequestOverTheAddressSpaceLimitFailsWithoutGivingBa
 REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
                             ARequestOverTheAddressSpaceLimitFailsWithoutGivingBack,
                             OutOfAddressSpaceGivesEnomemAndRecovers,
+                            OutOfDataSegmentGivesEnomemAndRecovers,
+                            AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut,
                             FreedSmallBlocksAddressSpaceGoesToLargeBlocks,
                             AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,
                             AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock);

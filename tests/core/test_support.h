@@ -137,6 +137,27 @@ inline bool limit_address_space(std::size_t headroom) {
   return setrlimit(RLIMIT_AS, &rl) == 0;
 }
 
+// VmData: the private writable mappings that RLIMIT_DATA limits, in bytes (0 if unknown).
+inline std::size_t data_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  unsigned long kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmData: %lu kB", &kb) == 1) break;
+  std::fclose(f);
+  return std::size_t{kb} << 10;
+}
+
+// RLIMIT_DATA (ulimit -d) = the process's data now + headroom.
+inline bool limit_data_segment(std::size_t headroom) {
+  rlimit rl{};
+  const std::size_t data = data_bytes();
+  if (data == 0 || getrlimit(RLIMIT_DATA, &rl) != 0) return false;
+  rl.rlim_cur = data + headroom;
+  return setrlimit(RLIMIT_DATA, &rl) == 0;
+}
+
 // Waits for `pid` for at most `seconds`; a child still running then is killed (a deadlock in the
 // allocator after fork must fail the test, not hang it). Returns the wait status, or -1 on timeout.
 // A hung child is the one failure that leaves no trace of its own, so print every thread's
