@@ -191,9 +191,12 @@ struct Hole {
 };
 constexpr std::uint32_t kNoHole = UINT32_MAX;
 // 65536 regions of at least 1 MiB, 65536 holes: 3.5 MiB of address space reserved once,
-// touched as used (a few KiB for ordinary heaps).
+// read-only, and made writable as the tables grow, kTableStep at a time (a few KiB for
+// ordinary heaps): written or not, a writable private mapping counts in full against a
+// data-segment limit (RLIMIT_DATA) and the commit limit of strict overcommit.
 constexpr std::size_t kMaxRegions = std::size_t{1} << 16;
 constexpr std::size_t kMaxHoles = std::size_t{1} << 16;
+constexpr std::size_t kTableStep = std::size_t{16} << 10;
 // Regions grow with the heap: an eighth of what is mapped, at least 1 MiB, at most 4 MiB for
 // small extents and 16 MiB for big ones. The remainder of a region is a hole for the next
 // requests, so slabs share regions, and sizes just over a MiB multiple (1 MiB + jemalloc's page
@@ -214,14 +217,32 @@ std::size_t g_region_count = 0;
 Hole* g_holes = nullptr;
 std::uint32_t g_hole_bump = 0;             // entries ever used
 std::uint32_t g_hole_free_list = kNoHole;  // entries given back
+// Bytes at the start of each table that are writable. Both tables grow at their end only: the
+// regions are kept sorted within [0, g_region_count), holes are reused before the bump grows.
+std::size_t g_regions_open = 0;
+std::size_t g_holes_open = 0;
+static_assert(kMaxRegions * sizeof(Region) % kTableStep == 0 &&
+                  kMaxHoles * sizeof(Hole) % kTableStep == 0,
+              "each table is whole steps, so the holes table starts on a step");
 
 bool tables_ready() noexcept {
   if (g_regions) return true;
   constexpr std::size_t kBytes = kMaxRegions * sizeof(Region) + kMaxHoles * sizeof(Hole);
-  void* p = os::reserve_aligned(kBytes, os::page_size());
+  void* p = os::reserve_sparse(kBytes, kTableStep);
   if (!p) return false;
   g_holes = reinterpret_cast<Hole*>(static_cast<char*>(p) + kMaxRegions * sizeof(Region));
   g_regions = static_cast<Region*>(p);
+  return true;
+}
+
+// Makes the first `entries` entries of a table writable; false if the kernel refused.
+template <class Entry>
+bool open_entries(Entry* table, std::size_t& open, std::size_t entries) noexcept {
+  const std::size_t need = entries * sizeof(Entry);
+  if (need <= open) return true;
+  const std::size_t to = (need + kTableStep - 1) & ~(kTableStep - 1);
+  if (!os::make_writable(reinterpret_cast<char*>(table) + open, to - open)) return false;
+  open = to;
   return true;
 }
 
@@ -229,7 +250,7 @@ std::uint32_t hole_new(std::uintptr_t start, std::uintptr_t end, std::uint32_t n
   std::uint32_t i = g_hole_free_list;
   if (i != kNoHole)
     g_hole_free_list = g_holes[i].next;
-  else if (g_hole_bump < kMaxHoles)
+  else if (g_hole_bump < kMaxHoles && open_entries(g_holes, g_holes_open, g_hole_bump + 1))
     i = g_hole_bump++;
   else
     return kNoHole;
@@ -389,7 +410,9 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false,
   if (p == nullptr) return nullptr;
   auto base = reinterpret_cast<std::uintptr_t>(p);
   LockGuard guard(g_regions_lock);
-  if (g_region_count == kMaxRegions || !g_arena_map.set(SlotKind::kLarge, p, span)) {
+  if (g_region_count == kMaxRegions ||
+      !open_entries(g_regions, g_regions_open, g_region_count + 1) ||
+      !g_arena_map.set(SlotKind::kLarge, p, span)) {
     os::release(p, span);
     errno = ENOMEM;
     return nullptr;
