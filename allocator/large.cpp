@@ -71,6 +71,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <utility>
 
 #include "arena.h"
 #include "arena_map.h"
@@ -153,6 +154,26 @@ unsigned g_arena_index = 0;
 int g_growth_flags = 0;
 unsigned g_growth_index = 0;
 constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
+// --- arena 0's last resort: a thread's jemalloc cache is never left half made ---
+//
+// jemalloc makes a thread's cache at the thread's first call into it that is not a free (a
+// free sets up a minimal state, without one) and takes the cache's arrays, 32 KiB, from arena
+// 0. If that allocation fails, jemalloc carries on with the cache half made, reports nothing,
+// and crashes the thread at its next cache flush or arena change (tcache_stats_merge,
+// tcache_bin_flush_*). Threads that started while a data-segment limit was reached crashed so
+// (docs/reliability.md, "A thread's first large block at the limit"). So when the kernel gives
+// arena 0 nothing (hook_alloc), it gets a piece of a reserve mapped beforehand: eight caches'
+// worth, mapped at start and again whenever a thread has just been bound (a thread start) and
+// less than two caches are left. A piece given is jemalloc's for good (no region: dalloc
+// refuses it and jemalloc keeps it for arena 0's next requests). The reserve is address space
+// and data-segment room, never resident unless used.
+constexpr std::size_t kCacheReserve = std::size_t{256} << 10;
+constexpr std::size_t kCacheReserveLow = std::size_t{64} << 10;
+char* g_reserve_next = nullptr;  // the reserve left: [next, end), under g_regions_lock
+char* g_reserve_end = nullptr;
+
+void refill_cache_reserve() noexcept;
+
 // A free extent of the main arena this big is purged at once: jemalloc's own default for its
 // "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
 // come back" below for when it rises.
@@ -491,6 +512,35 @@ void note_big_request(std::size_t size) noexcept {
   g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
+// From hook_alloc, under g_regions_lock: `size` bytes of the reserve, or nullptr.
+void* take_from_reserve(std::size_t size, std::size_t alignment) noexcept {
+  const std::size_t page = os::page_size();
+  const std::size_t used = (size + page - 1) & ~(page - 1);
+  if (used < size || alignment > page || g_reserve_next == nullptr ||
+      static_cast<std::size_t>(g_reserve_end - g_reserve_next) < used)
+    return nullptr;
+  void* p = g_reserve_next;
+  g_reserve_next += used;
+  return p;
+}
+
+void refill_cache_reserve() noexcept {
+  {
+    LockGuard guard(g_regions_lock);
+    if (static_cast<std::size_t>(g_reserve_end - g_reserve_next) >= kCacheReserveLow) return;
+  }
+  // Not subject to the failure injection, like the rest of arena 0's memory (see large_init).
+  auto* fresh = static_cast<char*>(os::reserve_aligned(kCacheReserve, os::page_size(), false));
+  if (fresh == nullptr) return;
+  char *old_next, *old_end;
+  {
+    LockGuard guard(g_regions_lock);
+    old_next = std::exchange(g_reserve_next, fresh);
+    old_end = std::exchange(g_reserve_end, fresh + kCacheReserve);
+  }
+  if (old_end != old_next) os::release(old_next, static_cast<std::size_t>(old_end - old_next));
+}
+
 // --- extent hooks: jemalloc's address space for trimalloc's arenas ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
                  bool* zero, bool* commit, unsigned arena_index) {
@@ -519,6 +569,10 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
         // from arena 0, and jemalloc crashes a thread whose arrays it could not get (at its next
         // cache flush or arena change). Not a region: dalloc refuses it (jemalloc keeps it).
         p = os::reserve_aligned(size, std::max(alignment, os::page_size()), false);
+        if (p == nullptr) {
+          LockGuard guard(g_regions_lock);
+          p = take_from_reserve(size, alignment);
+        }
       } else if (p != nullptr) {
         decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
       }
@@ -683,6 +737,7 @@ bool large_init() noexcept {
   g_arena_flags = arena_flag(index);
   g_growth_index = growth;
   g_growth_flags = arena_flag(growth);
+  refill_cache_reserve();
   g_mapped_at_init.store(g_mapped.load(std::memory_order_relaxed), std::memory_order_relaxed);
   g_on_out_of_memory = large_release_address_space;
   // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
@@ -698,6 +753,7 @@ bool bind_thread_to_arena() noexcept {
   unsigned index = g_arena_index;
   if (tm_je_mallctl("thread.arena", nullptr, nullptr, &index, sizeof(index)) != 0) return false;
   tl_thread.bound_to_large_arena = true;
+  refill_cache_reserve();  // the cache jemalloc has just made may have taken from it
   return true;
 }
 

@@ -85,6 +85,10 @@ inline const char* limit_step(int code) {
       return "a request over RLIMIT_AS did not fail with NULL+ENOMEM";
     case 25:
       return "a request over RLIMIT_AS first gave back the memory kept for reuse";
+    case 26:
+      return "a thread's first large malloc at the limit failed without errno ENOMEM";
+    case 27:
+      return "a thread could not allocate after the memory was freed";
     default:
       return "unexpected";
   }
@@ -195,6 +199,87 @@ TYPED_TEST_P(ProcessMemory, OutOfDataSegmentGivesEnomemAndRecovers) {
   expect_child_succeeds(limit_child<TypeParam, Limit::kData>);
 }
 
+// A thread's first large block once the data limit has been reached. jemalloc makes a thread's
+// cache at its first call (arrays of 32 KiB from jemalloc's arena 0), and a cache it could not
+// get crashed the thread at its next arena change or cache flush (SIGSEGV in
+// tcache_arena_reassociate). The call must fail with ENOMEM, or succeed, and the thread must
+// allocate again once memory is freed. Threads are made before the limit (their stacks count
+// as data): 64 that take a large block first, so that the caches they make use up what arena 0
+// had cached, then four that wait and take their first large block at the limit, once every
+// hole and every other byte the limit allows has been taken.
+template <class A>
+int thread_at_the_data_limit_child() {
+  constexpr int kEarly = 64, kLate = 4;
+  constexpr std::size_t kLarge = 100000;
+  void** ptrs = pointer_table();
+  if (!ptrs) return 10;
+  std::mutex m;
+  std::condition_variable cv;
+  int phase = 0, arrived = 0, bad = 0;
+  auto arrive_and_wait = [&](int until, bool ok) {
+    std::unique_lock<std::mutex> lock(m);
+    bad += !ok;
+    ++arrived;
+    cv.notify_all();
+    cv.wait(lock, [&] { return phase >= until; });
+  };
+  // Waits until `arrivals` threads have arrived, then lets them go on to phase `to`.
+  auto advance = [&](int arrivals, int to) {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return arrived >= arrivals; });
+    phase = to;
+    cv.notify_all();
+    return bad;
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kEarly; ++t) {
+    threads.emplace_back([&] {
+      A::free(A::malloc(kLarge));
+      arrive_and_wait(3, true);
+    });
+  }
+  for (int t = 0; t < kLate; ++t) {
+    threads.emplace_back([&] {
+      A::free(A::malloc(16));  // the thread's small heap, before the limit
+      arrive_and_wait(1, true);
+      errno = 0;
+      void* p = A::malloc(kLarge);  // its first large block: jemalloc makes its cache
+      const bool failed_cleanly = p == nullptr && errno == ENOMEM;
+      if (p) std::memset(p, 1, kLarge);
+      A::free(p);
+      arrive_and_wait(2, p != nullptr || failed_cleanly);
+      void* q = A::malloc(kLarge);
+      if (q) std::memset(q, 2, kLarge);
+      A::free(q);
+      arrive_and_wait(3, q != nullptr);
+    });
+  }
+  advance(kEarly + kLate, 0);  // every thread made, the early ones with a cache
+  if (!limit_data_segment(std::size_t{4} << 20)) return 10;
+  std::size_t n = 0;
+  for (std::size_t size : {std::size_t{1} << 20, std::size_t{64} << 10, std::size_t{16} << 10,
+                           std::size_t{4} << 10, std::size_t{1} << 10, std::size_t{256}}) {
+    while (n < kMaxBlocks) {
+      void* p = A::malloc(size);
+      if (!p) break;
+      static_cast<char*>(p)[0] = 1;
+      ptrs[n++] = p;
+    }
+  }
+  advance(kEarly + kLate, 1);                               // the late threads' first large block
+  const int bad_at_limit = advance(kEarly + 2 * kLate, 1);  // ... taken: they wait for phase 2
+  for (std::size_t i = 0; i < n; ++i) A::free(ptrs[i]);
+  advance(kEarly + 2 * kLate, 2);  // a large block again, after the frees
+  advance(kEarly + 3 * kLate, 3);  // and everyone ends
+  for (auto& t : threads) t.join();
+  if (bad_at_limit != 0) return 26;
+  return bad != 0 ? 27 : 0;
+}
+
+TYPED_TEST_P(ProcessMemory, AThreadsFirstLargeBlockAtTheDataLimitFailsCleanly) {
+  expect_child_succeeds(thread_at_the_data_limit_child<TypeParam>);
+}
+
 // Bytes of [base, base + size) that are mapped writable (/proc/self/maps).
 inline std::size_t writable_bytes_in(std::uintptr_t base, std::size_t size) {
   std::FILE* f = std::fopen("/proc/self/maps", "r");
@@ -232,30 +317,35 @@ TYPED_TEST_P(ProcessMemory, AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut)
   };
   std::size_t ever = arenas_ever();
   std::uintptr_t fresh = 0;
+  std::vector<std::uintptr_t> seen;  // arenas blocks of this loop landed in
   std::size_t n = 0;
-  // 448-byte blocks until one lands in an arena mapped meanwhile, then until that arena is
-  // full (the next block is elsewhere). Pools come from the fullest arena that has a free one,
-  // and nothing is freed meanwhile, so the new arena fills before another is mapped.
-  while (n < kMaxBlocks) {
+  // 448-byte blocks until one lands in an arena mapped meanwhile, then until another arena is
+  // mapped: a new arena is mapped only when no arena has a free pool, so the first one is then
+  // full. (Not "until a block lands elsewhere": the hardened build's quarantine gives blocks
+  // back to pools of other arenas meanwhile.)
+  bool full = false;
+  while (n < kMaxBlocks && !full) {
     void* p = A::malloc(kSize);
     ASSERT_NE(p, nullptr);
     ptrs[n++] = p;
-    if (fresh != 0) {
-      if (arena_of(p) != fresh) break;
-      continue;
-    }
-    if (n > 1 && arena_of(p) == arena_of(ptrs[n - 2])) continue;
+    const std::uintptr_t arena = arena_of(p);
+    if (std::find(seen.begin(), seen.end(), arena) != seen.end()) continue;
+    seen.push_back(arena);
     const std::size_t now = arenas_ever();
     if (now == ever) continue;  // an arena mapped before the loop
     ever = now;
-    fresh = arena_of(p);
+    if (fresh != 0) {
+      full = true;
+      break;
+    }
+    fresh = arena;
     const std::size_t open = writable_bytes_in(fresh, kArena);
     EXPECT_GT(open, kPool) << "the headers' slot and the first pool are writable";
     EXPECT_LE(open, kPool + kMiB) << "an arena holding one pool: " << (open >> 10) << " KiB of its "
                                   << (kArena >> 10) << " KiB writable";
   }
   ASSERT_NE(fresh, 0u) << "no arena was mapped by " << n << " blocks of " << kSize << " bytes";
-  ASSERT_NE(arena_of(ptrs[n - 1]), fresh) << "the new arena did not fill up";
+  ASSERT_TRUE(full) << "the new arena did not fill up";
   const std::size_t guards = trimalloc::kSecure ? kPool + trimalloc::kPageSize : 0;
   EXPECT_EQ(writable_bytes_in(fresh, kArena), kArena - guards) << "a full arena";
   for (std::size_t i = 0; i < n; ++i) A::free(ptrs[i]);
@@ -461,6 +551,7 @@ REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
                             OutOfAddressSpaceGivesEnomemAndRecovers,
                             OutOfDataSegmentGivesEnomemAndRecovers,
                             AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut,
+                            AThreadsFirstLargeBlockAtTheDataLimitFailsCleanly,
                             FreedSmallBlocksAddressSpaceGoesToLargeBlocks,
                             AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,
                             AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock);
