@@ -6,7 +6,7 @@
 CASE is one of
   python         /usr/bin/python3 (PYTHONMALLOC=malloc) on alloc_heavy.py
   data-limit     /usr/bin/python3 on data_limit.py under `ulimit -d 102400` (RLIMIT_DATA), and on
-                 a small script under `ulimit -d 40960`
+                 a tiny script under `ulimit -d 30720`
   sort           sort(1) on a ~20 MB generated file, three ways (locale, numeric key, external merge)
   git            git init/add/commit/log/diff/gc/fsck/archive on a repository made in a temp dir
   probe-selftest the loaded-check itself: it must reject a process without trimalloc
@@ -119,15 +119,15 @@ def case_python_memory_error(r):
 def case_data_limit(r):
     """Under RLIMIT_DATA = 100 MB (ulimit -d 102400), far above what the script needs: the same
     output as glibc's (the arena map once counted 128 MiB against the limit in full). And a
-    small script under 40 MB (ulimit -d 40960), where python3 needs about 8 with glibc: with
-    small arenas mapped writable whole (8 MiB each) and the large allocator's region table
-    (3.5 MiB), trimalloc's start-up took it over that limit."""
+    tiny script under 30 MiB (ulimit -d 30720), which python3 runs under 10000 with glibc and
+    under 25000 with trimalloc: with small arenas mapped writable whole (8 MiB each) and the
+    large allocator's region table (3.5 MiB), it needed over 35000."""
     script = os.path.join(HERE, "data_limit.py")
-    small = "import json; print(len(json.dumps([str(i) for i in range(100000)])))"
+    small = 'import json; print(json.dumps({"a": [1, 2, 3]}))'
     env = {"PYTHONMALLOC": "malloc", "PYTHONDONTWRITEBYTECODE": "1"}
     runs = [
         ("python3 data_limit.py", "102400", 'exec /usr/bin/python3 "$0"', script),
-        ("python3 -c '%s'" % small, "40960", 'exec /usr/bin/python3 -c "$0"', small),
+        ("python3 -c '%s'" % small, "30720", 'exec /usr/bin/python3 -c "$0"', small),
     ]
     for what, limit, command, arg in runs:
         cmd = ["/bin/sh", "-c", "ulimit -d %s && %s" % (limit, command), arg]
