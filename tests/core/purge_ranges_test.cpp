@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "os.h"
+#include "test_support.h"
 
 using namespace trimalloc;
 
@@ -98,38 +99,24 @@ TEST(Platform, BlockMemoryFollowsTheOvercommitPolicySparseTablesDoNot) {
   os::release(table, std::size_t{4} << 20);
 }
 
-namespace {
-// VmData: the private writable mappings RLIMIT_DATA counts, in bytes.
-std::size_t vm_data_bytes() {
-  FILE* f = std::fopen("/proc/self/status", "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  unsigned long kb = 0;
-  while (std::fgets(line, sizeof line, f))
-    if (std::sscanf(line, "VmData: %lu kB", &kb) == 1) break;
-  std::fclose(f);
-  return std::size_t{kb} << 10;
-}
-}  // namespace
-
 // The arena map's table spans the address space (128 MiB) and used to count in full against
 // RLIMIT_DATA, so a process limited to less (ulimit -d 100000) could not allocate at all under
 // trimalloc. A sparse table is read-only until make_writable() opens a page of it.
 TEST(Platform, SparseTablesCountAgainstTheDataLimitOnlyWhereWritten) {
   const std::size_t page = os::page_size();
   constexpr std::size_t kTable = std::size_t{64} << 20;
-  const std::size_t before = vm_data_bytes();
+  const std::size_t before = tmtest::data_bytes();
   ASSERT_GT(before, 0u) << "no VmData in /proc/self/status";
   auto* table = static_cast<unsigned char*>(os::reserve_sparse(kTable, page));
   ASSERT_NE(table, nullptr);
-  const std::size_t reserved = vm_data_bytes();
+  const std::size_t reserved = tmtest::data_bytes();
   EXPECT_LT(reserved, before + (std::size_t{1} << 20))
       << "a 64 MiB sparse table added " << ((reserved - before) >> 20) << " MiB of data";
   EXPECT_EQ(table[0] | table[kTable / 2] | table[kTable - 1], 0) << "reads see zeros";
   ASSERT_TRUE(os::make_writable(table + kTable / 2, page));
   table[kTable / 2] = 7;
   EXPECT_EQ(table[kTable / 2], 7);
-  EXPECT_LE(vm_data_bytes(), reserved + page + (std::size_t{1} << 20)) << "one page opened";
+  EXPECT_LE(tmtest::data_bytes(), reserved + page + (std::size_t{1} << 20)) << "one page opened";
   EXPECT_FALSE(has_flag(vm_flags_of(table), "wr")) << "the rest stays read-only";
   os::release(table, kTable);
 }
