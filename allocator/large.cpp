@@ -68,6 +68,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -150,9 +151,15 @@ std::atomic<int> g_state{0};  // 0 not ready (or failed: retried), 1 initialisin
 // countdown, so a large allocation loads the TLS offset once for both.
 int g_arena_flags = 0;
 unsigned g_arena_index = 0;
-// The growth arena (top of this file): realloc's target for sizes of kGrowthMin or more.
-int g_growth_flags = 0;
-unsigned g_growth_index = 0;
+// The growth arena (top of this file): realloc's target for sizes of kGrowthMin or more. It is
+// made by the first realloc that needs it (make_growth_arena), not at start: its jemalloc
+// metadata block (2 MiB of address space, counted against a data-segment limit) would be
+// wasted in the many programs that never grow a block that far. Until then its index is
+// kNoArena, which no arena has.
+constexpr unsigned kNoArena = UINT_MAX;
+std::atomic<int> g_growth_state{0};  // 0 not made, 1 being made, 2 made
+std::atomic<int> g_growth_flags{0};
+std::atomic<unsigned> g_growth_index{kNoArena};
 constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
 // --- arena 0's last resort: a thread's jemalloc cache is never left half made ---
 //
@@ -554,7 +561,7 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
   } else {
     // The growth arena's blocks get a region each (with the room to grow); when the address
     // space or the table runs short, a hole or a plain region will do.
-    if (arena_index == g_growth_index && size > kSmallExtent &&
+    if (arena_index == g_growth_index.load(std::memory_order_relaxed) && size > kSmallExtent &&
         (p = alloc_region(size, alignment, true)) != nullptr) {
       decay_note_heap_growth();
     } else {
@@ -668,6 +675,9 @@ void purge_postfork_parent() {
 }
 void purge_postfork_child() {
   g_purge_lock.reset_after_fork();
+  // The thread that was making the growth arena is not in the child: let the child make one.
+  int making = 1;
+  g_growth_state.compare_exchange_strong(making, 0, std::memory_order_relaxed);
   // The child has no decay thread (it starts one lazily, if its heap grows), so nothing would
   // give back a big block the parent's raised threshold let it keep: back to purging at once.
   // jemalloc's own child handler, registered before this one, has run.
@@ -723,20 +733,18 @@ bool large_init() noexcept {
   // jemalloc's default hooks, and under a real shortage arena 0 falls back to a mapping of just
   // the bytes it asked for (hook_alloc), as those hooks made.
   extent_hooks_t* hooks = &g_hooks;
-  // A retry after a failure creates both arenas again; one left from the failed attempt stays
+  // A retry after a failure creates the arena again; one left from the failed attempt stays
   // unused (its 2 MiB metadata block mapped, of which jemalloc counts about 0.1 MiB resident).
-  unsigned index = 0, growth = 0;
+  unsigned index = 0;
   if (!g_arena_map.init() || !tables_ready() ||
       tm_je_mallctl("arena.0.extent_hooks", nullptr, nullptr, &hooks, sizeof(hooks)) != 0 ||
-      !create_arena(&index, kPurgeAtOnce) || !create_arena(&growth, os::page_size())) {
+      !create_arena(&index, kPurgeAtOnce)) {
     g_state.store(0, std::memory_order_release);
     errno = ENOMEM;
     return false;
   }
   g_arena_index = index;
   g_arena_flags = arena_flag(index);
-  g_growth_index = growth;
-  g_growth_flags = arena_flag(growth);
   refill_cache_reserve();
   g_mapped_at_init.store(g_mapped.load(std::memory_order_relaxed), std::memory_order_relaxed);
   g_on_out_of_memory = large_release_address_space;
@@ -842,10 +850,40 @@ void* large_malloc(std::size_t size) noexcept {
 }
 
 namespace {
+// The growth arena's flags, made first if no realloc has needed it yet. While another thread is
+// making it, or if jemalloc could not, the main arena's: the block then only lacks room to
+// grow in place. No lock is held across jemalloc's calls, so fork() cannot leave one taken;
+// a child forked while the arena was being made makes its own (purge_postfork_child).
+[[gnu::noinline]] int make_growth_arena() noexcept {
+  int state = 0;
+  if (!g_growth_state.compare_exchange_strong(state, 1, std::memory_order_acq_rel))
+    return state == 2 ? g_growth_flags.load(std::memory_order_acquire) : g_arena_flags;
+  unsigned index = 0;
+  if (!create_arena(&index, os::page_size())) {
+    g_growth_state.store(0, std::memory_order_release);
+    return g_arena_flags;
+  }
+  // The decay time the other arenas were given (decay_apply_to_large).
+  char name[64];
+  std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", index);
+  ssize_t ms = static_cast<ssize_t>(g_options.decay_ms.load(std::memory_order_relaxed));
+  tm_je_mallctl(name, nullptr, nullptr, &ms, sizeof ms);
+  const int flags = arena_flag(index);
+  g_growth_index.store(index, std::memory_order_relaxed);
+  g_growth_flags.store(flags, std::memory_order_release);
+  g_growth_state.store(2, std::memory_order_release);
+  return flags;
+}
+inline int growth_flags() noexcept {
+  const int flags = g_growth_flags.load(std::memory_order_acquire);
+  return flags != 0 ? flags : make_growth_arena();
+}
+
 // The hardened realloc's new block in the growth arena, registered like large_alloc's.
 void* growth_alloc_registered(std::size_t size) noexcept {
-  void* p = tm_je_mallocx(size, g_growth_flags);
-  if (p == nullptr && large_retry_worthwhile(size)) p = tm_je_mallocx(size, g_growth_flags);
+  const int flags = growth_flags();
+  void* p = tm_je_mallocx(size, flags);
+  if (p == nullptr && large_retry_worthwhile(size)) p = tm_je_mallocx(size, flags);
   if (p != nullptr && !registry_add(p)) {
     tm_je_dallocx(p, 0);
     p = nullptr;
@@ -876,7 +914,7 @@ void* large_realloc(void* p, std::size_t size) noexcept {
   sample_forget(p);
   // A block jemalloc cannot resize in place is allocated anew in the arena named here, copied
   // and freed where it lived.
-  void* q = tm_je_rallocx(p, size, size >= kGrowthMin ? g_growth_flags : g_arena_flags);
+  void* q = tm_je_rallocx(p, size, size >= kGrowthMin ? growth_flags() : g_arena_flags);
   if (q == nullptr) {
     errno = ENOMEM;
     return nullptr;
@@ -930,8 +968,9 @@ int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp
   return tm_je_mallctl(name, oldp, oldlenp, newp, newlen);
 }
 
-std::array<unsigned, 3> large_arena_indices() noexcept {
-  return {0, g_arena_index, g_growth_index};
+LargeArenas large_arena_indices() noexcept {
+  if (g_growth_state.load(std::memory_order_acquire) != 2) return {{0, g_arena_index, 0}, 2};
+  return {{0, g_arena_index, g_growth_index.load(std::memory_order_relaxed)}, 3};
 }
 std::size_t large_mapped_bytes() noexcept {
   return g_mapped.load(std::memory_order_relaxed);

@@ -53,9 +53,15 @@ std::size_t large_dirty_bytes() noexcept;
 int large_mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
                   std::size_t newlen) noexcept;
 // Every jemalloc arena, each mapping through trimalloc's hooks: jemalloc's automatic arena 0
-// (see large.cpp, "arena 0"), the main arena and the growth arena (realloc's blocks of 1 MiB
-// or more, purged when freed).
-std::array<unsigned, 3> large_arena_indices() noexcept;
+// (see large.cpp, "arena 0"), the main arena and, once a realloc has needed it, the growth
+// arena (realloc's blocks of 1 MiB or more, purged when freed).
+struct LargeArenas {
+  std::array<unsigned, 3> index;
+  unsigned count;
+  const unsigned* begin() const noexcept { return index.data(); }
+  const unsigned* end() const noexcept { return index.data() + count; }
+};
+LargeArenas large_arena_indices() noexcept;
 std::size_t large_mapped_bytes() noexcept;  // bytes the extent hooks have mapped
 // The same, less what they had mapped for jemalloc's own metadata when the arenas were created.
 std::size_t large_mapped_since_init() noexcept;
