@@ -202,6 +202,31 @@ TEST(LargeRegions, ChurnWhileAnotherThreadPurgesKeepsEveryBlock) {
 
 }  // namespace
 
+// The growth arena is made by the first realloc to 1 MiB or more, not at start: its jemalloc
+// metadata (2 MiB of writable mapping, counted against RLIMIT_DATA) is wasted in programs that
+// never grow a block so far. ctest runs each test in a process of its own, where no realloc has
+// made it yet; run with the rest of the binary, an earlier test may have.
+TEST(LargeRegions, TheGrowthArenaIsMadeByTheFirstReallocThatNeedsIt) {
+  void* p = tm_malloc(100000);  // the large allocator is set up
+  ASSERT_NE(p, nullptr);
+  const unsigned before = trimalloc::large_arena_indices().count;
+  if (::testing::UnitTest::GetInstance()->test_to_run_count() == 1) {
+    EXPECT_EQ(before, 2u) << "a process that has grown no block to 1 MiB has the growth arena";
+  }
+  void* q = tm_realloc(p, std::size_t{512} << 10);
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(trimalloc::large_arena_indices().count, before) << "a realloc below 1 MiB made it";
+  void* r = tm_realloc(q, std::size_t{2} << 20);
+  ASSERT_NE(r, nullptr);
+  const trimalloc::LargeArenas after = trimalloc::large_arena_indices();
+  EXPECT_EQ(after.count, 3u) << "realloc to 2 MiB did not make the growth arena";
+  if (before == 2) {
+    EXPECT_NE(after.index[2], 0u);
+    EXPECT_NE(after.index[2], after.index[1]) << "the growth arena is not the main arena";
+  }
+  tm_free(r);
+}
+
 // A block realloc grows to 1 MiB or more gets a region twice its size, so growing it by an
 // eighth at a time (a Python list's rule) moves it about once per doubling: from 1 MiB to
 // 64 MiB, 36 steps and 6 doublings; it moves at 5 of them. Without the room it moved at 20.
