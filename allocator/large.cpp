@@ -114,6 +114,17 @@ extern const char* tm_je_malloc_conf;
 const char* tm_je_malloc_conf =
     "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false,"
     "oversize_threshold:0";
+// jemalloc also reads MALLOC_CONF and /etc/malloc.conf, after the string above, so settings a
+// user made for a jemalloc-linked program would reconfigure the embedded copy: retain:true kept
+// the address space of every freed region mapped, narenas and percpu_arena make the automatic
+// arenas the comment above rules out, hpa gives arena 0 (which had jemalloc's default hooks
+// until large_init) mappings outside the arena map. jemalloc reads this string last of all, so
+// the settings trimalloc's design depends on are its own whatever the environment says; any
+// other setting there (tcache sizes, say) still applies.
+extern const char* tm_je_malloc_conf_2_conf_harder;
+const char* tm_je_malloc_conf_2_conf_harder =
+    "background_thread:false,muzzy_decay_ms:0,narenas:1,retain:false,oversize_threshold:0,"
+    "percpu_arena:disabled,hpa:false";
 
 struct extent_hooks_s;
 typedef struct extent_hooks_s extent_hooks_t;

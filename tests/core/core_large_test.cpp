@@ -227,6 +227,49 @@ TEST(LargeRegions, TheGrowthArenaIsMadeByTheFirstReallocThatNeedsIt) {
   tm_free(r);
 }
 
+// jemalloc reads MALLOC_CONF (and /etc/malloc.conf) after trimalloc's own settings, so a user's
+// settings for a jemalloc-linked program would reconfigure the embedded copy (retain:true kept
+// every freed region's address space mapped). The settings trimalloc depends on are read once
+// more, last. jemalloc reads its settings when the library is loaded, so the check runs in a
+// fresh process started with MALLOC_CONF set: a "threadsafe" death test re-executes this
+// binary, and exits 0 only if every setting is trimalloc's.
+namespace {
+[[noreturn]] void check_jemalloc_settings_and_exit() {
+  tm_free(tm_malloc(100000));  // the large allocator started
+  int wrong = 0;
+  auto expect = [&](const char* name, auto value, auto want) {
+    std::size_t len = sizeof value;
+    if (trimalloc::large_mallctl(name, &value, &len, nullptr, 0) != 0 || value != want) {
+      std::fprintf(stderr, "%s is not trimalloc's\n", name);
+      ++wrong;
+    }
+  };
+  expect("opt.retain", true, false);
+  expect("opt.background_thread", true, false);
+  expect("opt.narenas", 0u, 1u);
+  expect("opt.oversize_threshold", std::size_t{1}, std::size_t{0});
+  expect("opt.muzzy_decay_ms", ssize_t{1}, ssize_t{0});
+  const char* percpu = nullptr;
+  std::size_t len = sizeof percpu;
+  if (trimalloc::large_mallctl("opt.percpu_arena", &percpu, &len, nullptr, 0) != 0 ||
+      std::strcmp(percpu, "disabled") != 0) {
+    std::fprintf(stderr, "opt.percpu_arena is not trimalloc's\n");
+    ++wrong;
+  }
+  std::_Exit(wrong == 0 ? 0 : 1);
+}
+}  // namespace
+
+TEST(LargeAllocatorDeathTest, MallocConfCannotOverrideWhatTrimallocDependsOn) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  setenv("MALLOC_CONF",
+         "retain:true,narenas:8,background_thread:true,oversize_threshold:1048576,"
+         "percpu_arena:percpu,muzzy_decay_ms:5000",
+         1);
+  EXPECT_EXIT(check_jemalloc_settings_and_exit(), ::testing::ExitedWithCode(0), "");
+  unsetenv("MALLOC_CONF");
+}
+
 // A block realloc grows to 1 MiB or more gets a region twice its size, so growing it by an
 // eighth at a time (a Python list's rule) moves it about once per doubling: from 1 MiB to
 // 64 MiB, 36 steps and 6 doublings; it moves at 5 of them. Without the room it moved at 20.
