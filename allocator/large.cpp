@@ -874,15 +874,11 @@ namespace {
     g_growth_state.store(0, std::memory_order_release);
     return g_arena_flags;
   }
-  // The decay time the other arenas were given (decay_apply_to_large).
-  char name[64];
-  std::snprintf(name, sizeof name, "arena.%u.dirty_decay_ms", index);
-  ssize_t ms = static_cast<ssize_t>(g_options.decay_ms.load(std::memory_order_relaxed));
-  tm_je_mallctl(name, nullptr, nullptr, &ms, sizeof ms);
   const int flags = arena_flag(index);
   g_growth_index.store(index, std::memory_order_relaxed);
   g_growth_flags.store(flags, std::memory_order_release);
   g_growth_state.store(2, std::memory_order_release);
+  decay_apply_to_large();  // the decay time the other arenas have, now that it is listed
   return flags;
 }
 inline int growth_flags() noexcept {
