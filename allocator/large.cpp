@@ -143,7 +143,8 @@ struct extent_hooks_s {
 
 namespace trimalloc {
 namespace {
-constexpr int kZero = 0x40;  // MALLOCX_ZERO
+constexpr int kZero = 0x40;            // MALLOCX_ZERO
+constexpr int kNoThreadCache = 0x100;  // MALLOCX_TCACHE_NONE
 constexpr int lg_align(std::size_t a) {
   return __builtin_ctzll(a);
 }  // MALLOCX_LG_ALIGN
@@ -172,25 +173,37 @@ std::atomic<int> g_growth_state{0};  // 0 not made, 1 being made, 2 made
 std::atomic<int> g_growth_flags{0};
 std::atomic<unsigned> g_growth_index{kNoArena};
 constexpr std::size_t kGrowthMin = std::size_t{1} << 20;
-// --- arena 0's last resort: a thread's jemalloc cache is never left half made ---
+// --- arena 0's spare: jemalloc's own memory, there even at a memory limit ---
 //
 // jemalloc makes a thread's cache at the thread's first call into it that is not a free (a
 // free sets up a minimal state, without one) and takes the cache's arrays, 32 KiB, from arena
 // 0. If that allocation fails, jemalloc carries on with the cache half made, reports nothing,
 // and crashes the thread at its next cache flush or arena change (tcache_stats_merge,
-// tcache_bin_flush_*). Threads that started while a data-segment limit was reached crashed so
-// (docs/reliability.md, "A thread's first large block at the limit"). So when the kernel gives
-// arena 0 nothing (hook_alloc), it gets a piece of a reserve mapped beforehand: eight caches'
-// worth, mapped at start and again whenever a thread has just been bound (a thread start) and
-// less than two caches are left. A piece given is jemalloc's for good (no region: dalloc
-// refuses it and jemalloc keeps it for arena 0's next requests). The reserve is address space
-// and data-segment room, never resident unless used.
-constexpr std::size_t kCacheReserve = std::size_t{256} << 10;
-constexpr std::size_t kCacheReserveLow = std::size_t{64} << 10;
-char* g_reserve_next = nullptr;  // the reserve left: [next, end), under g_regions_lock
-char* g_reserve_end = nullptr;
-
-void refill_cache_reserve() noexcept;
+// tcache_bin_flush_*). Threads that started while a memory limit was reached crashed so
+// (docs/reliability.md, "A thread's first large block at the limit"). Having memory to give is
+// not enough: jemalloc must also register the extent in its radix tree, which needs a leaf
+// (4 MiB, from its own metadata, mapped with its default mmap, never through our hooks) for
+// every GiB of address space it has never held an extent in. At a limit the kernel refuses that
+// mapping as well, and a fresh mapping at a limit lands wherever the kernel finds room, often
+// in a GiB new to jemalloc.
+//
+// So arena 0 takes its memory from a spare region first: a MiB-aligned region (closed but for
+// its first kSpareOpen bytes), made while memory is available, at start and at a thread start
+// once less than kSpareLow of it is left, and registered with jemalloc at once ("anchored":
+// make_spare asks arena 0 for a block that only the spare can serve), so that jemalloc has the
+// leaf for its GiB before anything depends on it. A spare that has been replaced is an
+// ordinary region: its pieces come back as holes and it is unmapped once empty. The current
+// spare is never unmapped. It costs address space and data-segment room, never RSS unless used.
+// Room for eight threads' caches (32 KiB of arrays each) at the limit at any time: the
+// program's threads, and trimalloc's decay thread, which starts when the heap grows.
+constexpr std::size_t kCacheArrays = std::size_t{32} << 10;
+constexpr std::size_t kSpareOpen = 16 * kCacheArrays;
+constexpr std::size_t kSpareLow = 8 * kCacheArrays;
+std::uintptr_t g_spare = 0;  // base of the current spare region (0: none), under g_regions_lock
+std::atomic<bool> g_spare_wanted{true};
+// A large block whose extent (with jemalloc's page of padding) is a cache's arrays: freed, the
+// piece it leaves fits one.
+constexpr std::size_t kAnchorSize = kCacheArrays - (std::size_t{4} << 10);
 
 // A free extent of the main arena this big is purged at once: jemalloc's own default for its
 // "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
@@ -223,6 +236,7 @@ struct Region {
   std::uint32_t holes;  // first hole, address order; kNoHole if none
   bool small;           // serves extents of at most kSmallExtent bytes only
   bool growth;          // holds one block of the growth arena and room for it to grow into
+  bool spare;           // arena 0's current spare: its holes are arena 0's, it stays mapped
 };
 struct Hole {
   std::uintptr_t start, end;
@@ -394,7 +408,7 @@ void* alloc_from_holes(std::size_t size, std::size_t alignment) noexcept {
   bool small = size <= kSmallExtent;
   for (std::size_t i = 0; i < g_region_count; ++i) {
     Region& r = g_regions[i];
-    if (r.free < size || r.small != small || r.growth) continue;
+    if (r.free < size || r.small != small || r.growth || r.spare) continue;
     for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
       const Hole& h = g_holes[*link];
       std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
@@ -417,6 +431,27 @@ void* alloc_at(std::uintptr_t at, std::size_t size) noexcept {
       return carve(r, link, at, size) ? reinterpret_cast<void*>(at) : nullptr;
   }
   return nullptr;
+}
+
+// Enters the mapping [p, p + span) in the table and the arena map, wholly free (one hole, or
+// lost if no hole entry is left). Under g_regions_lock. On failure it is unmapped, nullptr.
+Region* add_region(void* p, std::size_t span, bool small) noexcept {
+  auto base = reinterpret_cast<std::uintptr_t>(p);
+  if (g_region_count == kMaxRegions ||
+      !open_entries(g_regions, g_regions_open, g_region_count + 1) ||
+      !g_arena_map.set(SlotKind::kLarge, p, span)) {
+    os::release(p, span);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  std::size_t at = g_region_count;
+  while (at > 0 && g_regions[at - 1].base > base) --at;
+  std::memmove(&g_regions[at + 1], &g_regions[at], (g_region_count - at) * sizeof(Region));
+  ++g_region_count;
+  Region& r = g_regions[at];
+  r = {base, span, span, hole_new(base, base + span, kNoHole), small, false, false};
+  g_mapped.fetch_add(span, std::memory_order_relaxed);
+  return &r;
 }
 
 // A new region for a request no hole could serve. nullptr if the kernel or the table refused.
@@ -447,23 +482,14 @@ void* alloc_region(std::size_t size, std::size_t alignment, bool growth = false,
     p = os::reserve_aligned(span, alignment, injectable);
   }
   if (p == nullptr) return nullptr;
-  auto base = reinterpret_cast<std::uintptr_t>(p);
   LockGuard guard(g_regions_lock);
-  if (g_region_count == kMaxRegions ||
-      !open_entries(g_regions, g_regions_open, g_region_count + 1) ||
-      !g_arena_map.set(SlotKind::kLarge, p, span)) {
-    os::release(p, span);
-    errno = ENOMEM;
-    return nullptr;
-  }
-  std::size_t at = g_region_count;
-  while (at > 0 && g_regions[at - 1].base > base) --at;
-  std::memmove(&g_regions[at + 1], &g_regions[at], (g_region_count - at) * sizeof(Region));
-  ++g_region_count;
-  Region& r = g_regions[at];
-  r = {base, span, span - size, kNoHole, size <= kSmallExtent, growth};
-  if (span > size) r.holes = hole_new(base + size, base + span, kNoHole);  // or lost
-  g_mapped.fetch_add(span, std::memory_order_relaxed);
+  Region* r = add_region(p, span, size <= kSmallExtent);
+  if (r == nullptr) return nullptr;
+  r->growth = growth;
+  if (r->holes == kNoHole)
+    r->free -= size;  // no entry was left for the hole: the rest is lost
+  else
+    carve(*r, &r->holes, r->base, size);  // at the hole's start: needs no new entry
   return p;
 }
 
@@ -530,33 +556,71 @@ void note_big_request(std::size_t size) noexcept {
   g_maintenance_requested.store(true, std::memory_order_relaxed);
 }
 
-// From hook_alloc, under g_regions_lock: `size` bytes of the reserve, or nullptr.
-void* take_from_reserve(std::size_t size, std::size_t alignment) noexcept {
-  const std::size_t page = os::page_size();
-  const std::size_t used = (size + page - 1) & ~(page - 1);
-  if (used < size || alignment > page || g_reserve_next == nullptr ||
-      static_cast<std::size_t>(g_reserve_end - g_reserve_next) < used)
-    return nullptr;
-  void* p = g_reserve_next;
-  g_reserve_next += used;
+// From hook_alloc, under g_regions_lock: `size` bytes of the spare for arena 0, or nullptr.
+// Asks for a new spare (at the next thread start) when this one runs low.
+void* alloc_from_spare(std::size_t size, std::size_t alignment) noexcept {
+  const long i = g_spare != 0 ? region_of(g_spare) : -1;
+  if (i < 0) return nullptr;
+  Region& r = g_regions[i];
+  void* p = nullptr;
+  for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
+    const Hole& h = g_holes[*link];
+    std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
+    if (start < h.start || start > h.end || h.end - start < size) continue;
+    if (carve(r, link, start, size)) p = reinterpret_cast<void*>(start);
+    break;
+  }
+  // The closed part counts as free (lost) bytes, never handed out.
+  if (r.free - (r.span - kSpareOpen) < kSpareLow)
+    g_spare_wanted.store(true, std::memory_order_relaxed);
   return p;
 }
 
-void refill_cache_reserve() noexcept {
-  {
-    LockGuard guard(g_regions_lock);
-    if (static_cast<std::size_t>(g_reserve_end - g_reserve_next) >= kCacheReserveLow) return;
-  }
+// Maps a new spare for arena 0 if one is wanted, and has jemalloc register an extent in it.
+// Called where no lock is held and the thread may call into jemalloc: at start and after a
+// thread is bound to the main arena (a thread start, when its cache may have just taken from
+// the spare).
+void make_spare() noexcept {
+  if (!g_spare_wanted.load(std::memory_order_relaxed) ||
+      !g_spare_wanted.exchange(false, std::memory_order_relaxed))
+    return;
   // Not subject to the failure injection, like the rest of arena 0's memory (see large_init).
-  auto* fresh = static_cast<char*>(os::reserve_aligned(kCacheReserve, os::page_size(), false));
-  if (fresh == nullptr) return;
-  char *old_next, *old_end;
+  void* p = os::reserve_closed(kSlotSize, kSlotSize, false);
+  if (p != nullptr && !os::make_writable(p, kSpareOpen)) {
+    os::release(p, kSlotSize);
+    p = nullptr;
+  }
+  const auto base = reinterpret_cast<std::uintptr_t>(p);
   {
     LockGuard guard(g_regions_lock);
-    old_next = std::exchange(g_reserve_next, fresh);
-    old_end = std::exchange(g_reserve_end, fresh + kCacheReserve);
+    Region* r = p != nullptr ? add_region(p, kSlotSize, true) : nullptr;
+    if (r == nullptr) {
+      g_spare_wanted.store(true, std::memory_order_relaxed);  // at the next thread start
+      return;
+    }
+    r->spare = true;
+    if (r->holes != kNoHole) g_holes[r->holes].end = base + kSpareOpen;
+    const long old = g_spare != 0 ? region_of(g_spare) : -1;
+    g_spare = base;
+    if (old >= 0) {  // an ordinary region from now on, unmapped if nothing of it is held
+      g_regions[old].spare = false;
+      if (g_regions[old].free == g_regions[old].span) unmap_region(old);
+    }
   }
-  if (old_end != old_next) os::release(old_next, static_cast<std::size_t>(old_end - old_next));
+  // The anchor: a block aligned to a MiB, which none of arena 0's cached extents can serve
+  // (short of one over a MiB), so jemalloc asks hook_alloc, which serves arena 0 from the spare
+  // first, at its MiB-aligned base. Freed at once: its extent stays in arena 0's cache, and the
+  // radix-tree leaf stays for good. A few tries in case arena 0 did have such an extent cached.
+  constexpr int kAnchorFlags = arena_flag(0) | lg_align(kSlotSize) | kNoThreadCache;
+  void* tried[4];
+  int n = 0;
+  while (n < 4) {
+    void* q = tm_je_mallocx(kAnchorSize, kAnchorFlags);
+    if (q == nullptr) break;
+    tried[n++] = q;
+    if (reinterpret_cast<std::uintptr_t>(q) - base < kSpareOpen) break;
+  }
+  for (int k = 0; k < n; ++k) tm_je_dallocx(tried[k], kNoThreadCache);
 }
 
 // --- extent hooks: jemalloc's address space for trimalloc's arenas ---
@@ -577,7 +641,8 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
       decay_note_heap_growth();
     } else {
       LockGuard guard(g_regions_lock);
-      p = alloc_from_holes(size, alignment);
+      if (arena_index == 0) p = alloc_from_spare(size, alignment);  // see make_spare
+      if (p == nullptr) p = alloc_from_holes(size, alignment);
     }
     if (p == nullptr) {
       p = alloc_region(size, alignment, false, arena_index == 0);
@@ -587,10 +652,6 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
         // from arena 0, and jemalloc crashes a thread whose arrays it could not get (at its next
         // cache flush or arena change). Not a region: dalloc refuses it (jemalloc keeps it).
         p = os::reserve_aligned(size, std::max(alignment, os::page_size()), false);
-        if (p == nullptr) {
-          LockGuard guard(g_regions_lock);
-          p = take_from_reserve(size, alignment);
-        }
       } else if (p != nullptr) {
         decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
       }
@@ -612,7 +673,7 @@ bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned a
     LockGuard guard(g_regions_lock);
     long i = region_of(a);
     if (i < 0 || a + size > g_regions[i].base + g_regions[i].span) return true;
-    if (g_regions[i].free + size == g_regions[i].span) {
+    if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
       unmap_region(i);
       return false;
     }
@@ -623,7 +684,7 @@ bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned a
   LockGuard guard(g_regions_lock);
   long i = region_of(a);   // the table may have moved while unlocked
   if (i < 0) return true;  // cannot happen: the region holds this piece
-  if (g_regions[i].free + size == g_regions[i].span) {
+  if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
     unmap_region(i);
     return false;
   }
@@ -741,8 +802,9 @@ bool large_init() noexcept {
   // calls into jemalloc; if that fails, jemalloc crashes the thread's next cache flush (which
   // the out-of-memory path runs, or its next arena change). So the test hook that fails
   // trimalloc's mappings (os::inject_reserve_failures) spares arena 0's, as it spared them under
-  // jemalloc's default hooks, and under a real shortage arena 0 falls back to a mapping of just
-  // the bytes it asked for (hook_alloc), as those hooks made.
+  // jemalloc's default hooks; arena 0 is served from a spare mapped ahead (make_spare), and
+  // when that runs out under a real shortage, from a mapping of just the bytes it asked for
+  // (hook_alloc), as those hooks made.
   extent_hooks_t* hooks = &g_hooks;
   // A retry after a failure creates the arena again; one left from the failed attempt stays
   // unused (its 2 MiB metadata block mapped, of which jemalloc counts about 0.1 MiB resident).
@@ -756,7 +818,7 @@ bool large_init() noexcept {
   }
   g_arena_index = index;
   g_arena_flags = arena_flag(index);
-  refill_cache_reserve();
+  make_spare();
   g_mapped_at_init.store(g_mapped.load(std::memory_order_relaxed), std::memory_order_relaxed);
   g_on_out_of_memory = large_release_address_space;
   // jemalloc registered its fork handlers when it initialised (by now): prepare handlers run
@@ -772,14 +834,16 @@ bool bind_thread_to_arena() noexcept {
   unsigned index = g_arena_index;
   if (tm_je_mallctl("thread.arena", nullptr, nullptr, &index, sizeof(index)) != 0) return false;
   tl_thread.bound_to_large_arena = true;
-  refill_cache_reserve();  // the cache jemalloc has just made may have taken from it
+  make_spare();  // if the cache jemalloc has just made left the spare low
   return true;
 }
 
 [[gnu::always_inline]] inline void* large_alloc_once(std::size_t size, std::size_t alignment,
                                                      bool zero) noexcept {
-  if (alignment <= 16 && !zero && (tl_thread.bound_to_large_arena || bind_thread_to_arena()))
-    return tm_je_malloc(size);
+  // Every thread is bound at its first large request, whatever its kind: that is its first
+  // call into jemalloc, which makes its cache, and make_spare runs after it.
+  const bool bound = tl_thread.bound_to_large_arena || bind_thread_to_arena();
+  if (alignment <= 16 && !zero && bound) return tm_je_malloc(size);
   int flags = g_arena_flags | (zero ? kZero : 0) | (alignment > 16 ? lg_align(alignment) : 0);
   return tm_je_mallocx(size, flags);
 }
@@ -887,7 +951,7 @@ inline int growth_flags() noexcept {
 }
 
 // The hardened realloc's new block in the growth arena, registered like large_alloc's.
-void* growth_alloc_registered(std::size_t size) noexcept {
+[[maybe_unused]] void* growth_alloc_registered(std::size_t size) noexcept {  // kSecure only
   const int flags = growth_flags();
   void* p = tm_je_mallocx(size, flags);
   if (p == nullptr && large_retry_worthwhile(size)) p = tm_je_mallocx(size, flags);
@@ -905,6 +969,7 @@ void* large_realloc(void* p, std::size_t size) noexcept {
     errno = ENOMEM;
     return nullptr;
   }
+  if (!tl_thread.bound_to_large_arena) bind_thread_to_arena();  // as in large_alloc_once
   if constexpr (kSecure) {
     // Hardened: in place (xallocx never moves the block, so the registry has nothing to
     // record), else allocate, copy, free, so that a registry without room fails the call

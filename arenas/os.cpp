@@ -87,8 +87,8 @@ void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept {
 }
 
 // No MAP_NORESERVE, for the reason above: the kernel charges the pages when they are opened.
-void* reserve_closed(std::size_t size, std::size_t alignment) noexcept {
-  return map_aligned(size, alignment, 0, true, PROT_NONE);
+void* reserve_closed(std::size_t size, std::size_t alignment, bool injectable) noexcept {
+  return map_aligned(size, alignment, 0, injectable, PROT_NONE);
 }
 
 bool make_writable(void* p, std::size_t size) noexcept {

@@ -25,8 +25,8 @@ void* reserve_sparse(std::size_t size, std::size_t alignment) noexcept;
 // The same as reserve_aligned, but inaccessible until make_writable() opens part of it: closed,
 // it neither counts against RLIMIT_DATA nor is charged against the commit limit
 // (vm.overcommit_memory = 2), and a stray access faults as on unmapped memory. For arenas, whose
-// pool slots are opened as they are first handed out. The test hook below applies.
-void* reserve_closed(std::size_t size, std::size_t alignment) noexcept;
+// pool slots are opened as they are first handed out. `injectable` as for reserve_aligned.
+void* reserve_closed(std::size_t size, std::size_t alignment, bool injectable = true) noexcept;
 // Makes the page-aligned range [p, p + size) of a reserve_sparse or reserve_closed mapping
 // writable; false with errno = ENOMEM if the kernel refused (RLIMIT_DATA, the commit limit, or
 // too many mappings).
