@@ -16,7 +16,10 @@ execute_process(COMMAND ar d ${WORK}/jemalloc.a jemalloc_cpp.pic.o RESULT_VARIAB
 if(rc)
   message(FATAL_ERROR "ar d failed on ${IN}")
 endif()
-execute_process(COMMAND objcopy --redefine-syms=${WORK}/rename.map ${WORK}/jemalloc.a ${OUT}
+# je_opt_cache_oblivious is weakened so that libtrimalloc's own definition (allocator/large.cpp)
+# sets it: jemalloc 5.3.0 reads it once, at initialisation, and takes no MALLOC_CONF key for it.
+execute_process(COMMAND objcopy --redefine-syms=${WORK}/rename.map
+  --weaken-symbol=je_opt_cache_oblivious ${WORK}/jemalloc.a ${OUT}
   RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "objcopy failed on ${IN}")

@@ -33,7 +33,7 @@
 //   never all dirty at the same time, so it is never offered whole and nothing is unmapped:
 //   the previous design (dalloc always refusing) kept all address space for good.
 // - retain:false (set below) asks the alloc hook for exactly what each extent needs (a slab of
-//   a few pages, or a block plus a page of padding). That alone, with one mapping per request
+//   a few pages, or a block's whole pages). That alone, with one mapping per request
 //   as the previous hooks did, cost a whole MiB per slab: 7.0 GiB of address space for 20000
 //   blocks of 1000 B, 2000 of 20000 B and 64 of 1 MiB (121 MiB asked), against 136 MiB with
 //   retain:true (docs/reliability.md). So the hooks do that sub-allocation themselves: a
@@ -126,6 +126,18 @@ const char* tm_je_malloc_conf_2_conf_harder =
     "background_thread:false,muzzy_decay_ms:0,narenas:1,retain:false,oversize_threshold:0,"
     "percpu_arena:disabled,hpa:false";
 
+// No cache-oblivious padding: jemalloc 5.3 adds a page to every block of 16 KiB or more and
+// starts the block at a random cache line of that page, so that big arrays do not all begin on
+// the same cache sets. The block then spans one page more than its size: a fully written 16 KiB
+// block had 20 KiB resident (1.26x the bytes, 1.13x at 32 KiB, 1.07x at 64 KiB; glibc 1.00),
+// and a block of exactly 1 MiB needed two MiB-regions' worth of address space near a limit.
+// glibc, mimalloc and tcmalloc do not pad either; Redis builds its jemalloc without it for the
+// same reason. jemalloc reads this once, when it initialises (sz_boot: the pad, and whether
+// blocks are offset); the archive's definition is weak (embed_jemalloc.cmake), so this one,
+// with its value from the start of the process, is the one jemalloc sees.
+extern bool je_opt_cache_oblivious;
+bool je_opt_cache_oblivious = false;
+
 struct extent_hooks_s;
 typedef struct extent_hooks_s extent_hooks_t;
 struct extent_hooks_s {
@@ -201,9 +213,9 @@ constexpr std::size_t kSpareOpen = 16 * kCacheArrays;
 constexpr std::size_t kSpareLow = 8 * kCacheArrays;
 std::uintptr_t g_spare = 0;  // base of the current spare region (0: none), under g_regions_lock
 std::atomic<bool> g_spare_wanted{true};
-// A large block whose extent (with jemalloc's page of padding) is a cache's arrays: freed, the
-// piece it leaves fits one.
-constexpr std::size_t kAnchorSize = kCacheArrays - (std::size_t{4} << 10);
+// A large block of the size class a cache's arrays take (28 KiB, jemalloc's defaults): freed,
+// the piece it leaves fits one.
+constexpr std::size_t kAnchorSize = std::size_t{28} << 10;
 
 // A free extent of the main arena this big is purged at once: jemalloc's own default for its
 // "huge" arena, which trimalloc does not use. It is the starting value: see "Big blocks that
@@ -252,8 +264,8 @@ constexpr std::size_t kMaxHoles = std::size_t{1} << 16;
 constexpr std::size_t kTableStep = std::size_t{16} << 10;
 // Regions grow with the heap: an eighth of what is mapped, at least 1 MiB, at most 4 MiB for
 // small extents and 16 MiB for big ones. The remainder of a region is a hole for the next
-// requests, so slabs share regions, and sizes just over a MiB multiple (1 MiB + jemalloc's page
-// of padding) are packed instead of each wasting most of a MiB. Bounded, because one live
+// requests, so slabs share regions, and sizes just over a MiB multiple (jemalloc's 1.25 MiB
+// class) are packed instead of each wasting most of a MiB. Bounded, because one live
 // block keeps its whole region mapped; growing, so that a big heap has fewer regions to scan.
 constexpr std::size_t kMinRegion = std::size_t{1} << 20;
 constexpr std::size_t kMaxSmallRegion = std::size_t{4} << 20;
