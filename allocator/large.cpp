@@ -635,6 +635,75 @@ void make_spare() noexcept {
   for (int k = 0; k < n; ++k) tm_je_dallocx(tried[k], kNoThreadCache);
 }
 
+// A piece of a region jemalloc held, or was about to be given, comes back: unmapped with its
+// region if it was the region's last piece (unless the region is arena 0's spare), otherwise
+// purged and kept as a hole. false if it is no region's, or no hole entry was left (it then
+// stays counted as held).
+bool take_back(void* addr, std::size_t size) noexcept {
+  auto a = reinterpret_cast<std::uintptr_t>(addr);
+  {
+    LockGuard guard(g_regions_lock);
+    long i = region_of(a);
+    if (i < 0 || a + size > g_regions[i].base + g_regions[i].span) return false;
+    if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
+      unmap_region(i);
+      return true;
+    }
+  }
+  // Purged before it becomes a hole, so that whoever takes the hole next gets zeros (and its
+  // data is not purged under it). Nobody else can reach the piece meanwhile.
+  if (!os::purge(addr, size)) return false;
+  LockGuard guard(g_regions_lock);
+  long i = region_of(a);    // the table may have moved while unlocked
+  if (i < 0) return false;  // cannot happen: the region holds this piece
+  if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
+    unmap_region(i);
+    return true;
+  }
+  return give_back(g_regions[i], a, size);
+}
+
+// --- jemalloc's radix tree: a leaf for each GiB it holds extents in ---
+//
+// jemalloc registers every extent the hooks give it in its radix tree, whose leaves cover a GiB
+// of address space each and are mapped the first time an extent lands in their GiB, from
+// jemalloc's own metadata (a 6 MiB block, aligned to 2 MiB) with its default mmap, never
+// through these hooks. At a memory limit that mapping can fail where the extent's own did not.
+// jemalloc then fails the request, as it should, but drops the extent it could not register
+// without handing it back (extent_alloc_wrapper), so its region could never be unmapped: 16
+// MiB stayed mapped after everything was freed, in about 1 run of 60 of
+// trimalloc_bench_large_footprint under RLIMIT_AS (docs/reliability.md). So the alloc hook
+// hands out memory in a GiB none of its pieces has been in only once a mapping of the leaf
+// block's size (with its alignment slack) has just succeeded; otherwise it takes the piece
+// back and fails the request itself. A GiB is marked once the check has passed there, so the
+// check runs once per GiB in the normal course (and again at each request while it fails).
+constexpr unsigned kGiBShift = 30;
+constexpr std::size_t kTrackedGiBs = std::size_t{1} << (47 - kGiBShift);
+constexpr std::size_t kLeafMapping = std::size_t{8} << 20;
+std::atomic<std::uint64_t> g_gib_seen[kTrackedGiBs / 64];  // bit per GiB of the 47-bit space
+
+bool gib_seen(std::uintptr_t a) noexcept {
+  const std::size_t g = a >> kGiBShift;
+  return g < kTrackedGiBs &&
+         ((g_gib_seen[g / 64].load(std::memory_order_relaxed) >> (g % 64)) & 1) != 0;
+}
+void mark_gib_seen(std::uintptr_t a) noexcept {
+  const std::size_t g = a >> kGiBShift;
+  if (g < kTrackedGiBs)
+    g_gib_seen[g / 64].fetch_or(std::uint64_t{1} << (g % 64), std::memory_order_relaxed);
+}
+// Whether jemalloc can be expected to register an extent at [p, p + size).
+bool registrable(void* p, std::size_t size) noexcept {
+  const auto first = reinterpret_cast<std::uintptr_t>(p), last = first + size - 1;
+  if (gib_seen(first) && gib_seen(last)) return true;
+  void* probe = os::reserve_aligned(kLeafMapping, os::page_size(), false);
+  if (probe == nullptr) return false;
+  os::release(probe, kLeafMapping);
+  mark_gib_seen(first);
+  mark_gib_seen(last);
+  return true;
+}
+
 // --- extent hooks: jemalloc's address space for trimalloc's arenas ---
 void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t alignment,
                  bool* zero, bool* commit, unsigned arena_index) {
@@ -642,6 +711,7 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
       size >= g_oversize.load(std::memory_order_relaxed))
     note_big_request(size);
   void* p = nullptr;
+  bool loose = false;         // a mapping of its own, outside any region (arena 0 only)
   if (new_addr != nullptr) {  // growing an extent in place
     LockGuard guard(g_regions_lock);
     p = alloc_at(reinterpret_cast<std::uintptr_t>(new_addr), size);
@@ -664,12 +734,20 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
         // from arena 0, and jemalloc crashes a thread whose arrays it could not get (at its next
         // cache flush or arena change). Not a region: dalloc refuses it (jemalloc keeps it).
         p = os::reserve_aligned(size, std::max(alignment, os::page_size()), false);
+        loose = p != nullptr;
       } else if (p != nullptr) {
         decay_note_heap_growth();  // only sets a flag: we are inside jemalloc, holding its locks
       }
     }
   }
   if (p == nullptr) return nullptr;
+  if (!registrable(p, size)) {  // see "jemalloc's radix tree" above
+    if (loose)
+      os::release(p, size);
+    else
+      take_back(p, size);
+    return nullptr;
+  }
   *zero = true;  // fresh mappings, and holes were purged when they came back
   *commit = true;
   return p;
@@ -680,27 +758,7 @@ void* hook_alloc(extent_hooks_t*, void* new_addr, std::size_t size, std::size_t 
 // purged and kept as a hole. true = refused: jemalloc keeps it as retained address space.
 bool hook_dalloc(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned arena_index) {
   if (arena_index == g_arena_index && size >= kPurgeAtOnce) note_big_return(size);
-  auto a = reinterpret_cast<std::uintptr_t>(addr);
-  {
-    LockGuard guard(g_regions_lock);
-    long i = region_of(a);
-    if (i < 0 || a + size > g_regions[i].base + g_regions[i].span) return true;
-    if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
-      unmap_region(i);
-      return false;
-    }
-  }
-  // Purged before it becomes a hole, so that whoever takes the hole next gets zeros (and its
-  // data is not purged under it). Nobody else can reach the piece meanwhile.
-  if (!os::purge(addr, size)) return true;
-  LockGuard guard(g_regions_lock);
-  long i = region_of(a);   // the table may have moved while unlocked
-  if (i < 0) return true;  // cannot happen: the region holds this piece
-  if (g_regions[i].free + size == g_regions[i].span && !g_regions[i].spare) {
-    unmap_region(i);
-    return false;
-  }
-  return !give_back(g_regions[i], a, size);
+  return !take_back(addr, size);
 }
 void hook_destroy(extent_hooks_t*, void* addr, std::size_t size, bool, unsigned) {
   os::purge(addr, size);

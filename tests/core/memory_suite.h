@@ -89,6 +89,14 @@ inline const char* limit_step(int code) {
       return "a thread's first large malloc at the limit failed without errno ENOMEM";
     case 27:
       return "a thread could not allocate after the memory was freed";
+    case 28:
+      return "could not make the next mapping land in an empty GiB (test setup: address layout)";
+    case 29:
+      return "a large malloc in a GiB jemalloc could not register failed without ENOMEM";
+    case 30:
+      return "the address space of a block jemalloc could not register stayed mapped";
+    case 31:
+      return "a large malloc there failed once the limit was lifted";
     default:
       return "unexpected";
   }
@@ -546,14 +554,104 @@ TYPED_TEST_P(ProcessMemory, ARequestOverTheAddressSpaceLimitFailsWithoutGivingBa
   expect_child_succeeds(impossible_request_child<TypeParam>);
 }
 
-REGISTER_TYPED_TEST_SUITE_P(ProcessMemory, FreshPoolsAreTouchedLazily,
-                            ARequestOverTheAddressSpaceLimitFailsWithoutGivingBack,
-                            OutOfAddressSpaceGivesEnomemAndRecovers,
-                            OutOfDataSegmentGivesEnomemAndRecovers,
-                            AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut,
-                            AThreadsFirstLargeBlockAtTheDataLimitFailsCleanly,
-                            FreedSmallBlocksAddressSpaceGoesToLargeBlocks,
-                            AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,
-                            AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock);
+// Fills the address space from the GiB boundary below the lowest mapping of the mmap area up
+// to 64 MiB below the stack with inaccessible mappings (which count against RLIMIT_AS, not
+// RLIMIT_DATA, and are never touched), so that the kernel's next mapping lands in a GiB nothing
+// has been mapped in. Returns that GiB boundary, or 0 if the layout is not the usual top-down
+// one. Reads /proc/self/maps with the allocator under test (fopen): call before any limit.
+inline std::uintptr_t push_mappings_below_a_gib_boundary() {
+  constexpr std::uintptr_t kGiB = std::uintptr_t{1} << 30;
+  struct Range {
+    std::uintptr_t lo, hi;
+  };
+  std::vector<Range> maps;
+  maps.reserve(4096);  // no allocation (and so no new mapping) while the list is read
+  std::uintptr_t stack_lo = 0, program_hi = 0;
+  char exe[512] = {};
+  if (readlink("/proc/self/exe", exe, sizeof exe - 1) <= 0) return 0;
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (f == nullptr) return 0;
+  char line[1024];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    char path[512] = {};
+    if (std::sscanf(line, "%lx-%lx %*s %*s %*s %*s %511s", &lo, &hi, path) < 2) continue;
+    if (std::strcmp(path, "[stack]") == 0) stack_lo = lo;
+    if (std::strcmp(path, exe) == 0 || std::strcmp(path, "[heap]") == 0)
+      program_hi = std::max<std::uintptr_t>(program_hi, hi);
+    maps.push_back({lo, hi});
+  }
+  std::fclose(f);
+  if (stack_lo == 0 || program_hi == 0) return 0;
+  const std::uintptr_t top = stack_lo - (std::uintptr_t{64} << 20);
+  std::uintptr_t lowest = top;
+  for (const Range& m : maps)
+    if (m.lo >= program_hi && m.hi <= top) lowest = std::min(lowest, m.lo);
+  const std::uintptr_t boundary = lowest & ~(kGiB - 1);
+  std::uintptr_t cursor = boundary;
+  auto fill = [](std::uintptr_t from, std::uintptr_t to) {
+    return to <= from || mmap(reinterpret_cast<void*>(from), to - from, PROT_NONE,
+                              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1,
+                              0) != MAP_FAILED;
+  };
+  for (const Range& m : maps) {  // /proc/self/maps lists them in address order
+    if (m.hi <= cursor || m.lo >= top) continue;
+    if (!fill(cursor, m.lo)) return 0;
+    cursor = std::max(cursor, m.hi);
+  }
+  if (cursor < top && !fill(cursor, top)) return 0;
+  // The kernel's next choice must now lie below the boundary.
+  void* probe = mmap(nullptr, std::size_t{1} << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED) return 0;
+  munmap(probe, std::size_t{1} << 20);
+  return reinterpret_cast<std::uintptr_t>(probe) < boundary ? boundary : 0;
+}
+
+// A large block whose address space lies in a GiB where jemalloc has never held an extent:
+// jemalloc must first map a leaf of its radix tree (6 MiB, with its own mmap), which a limit
+// with room for the block but not for the leaf refuses. jemalloc then drops the extent it
+// could not register, without handing it back, so the region under it could never be
+// unmapped; trimalloc's alloc hook checks that such a leaf can be mapped before it hands out
+// memory in a new GiB (allocator/large.cpp, "jemalloc's radix tree"). The request must fail
+// with ENOMEM and leave nothing mapped; once the limit is lifted, it must succeed.
+template <class A>
+int block_in_an_unregistered_gib_child() {
+  constexpr std::size_t kBlock = std::size_t{1} << 20;
+  A::free(A::malloc(100000));   // the large allocator started, its first regions mapped
+  std::uintptr_t boundary = 0;  // a mapping made meanwhile by another thread: read again
+  for (int k = 0; k < 3 && boundary == 0; ++k) boundary = push_mappings_below_a_gib_boundary();
+  if (boundary == 0) return 28;
+  rlimit unlimited{};
+  if (getrlimit(RLIMIT_AS, &unlimited) != 0) return 10;
+  if (!limit_address_space(3 * kBlock)) return 10;
+  const std::size_t before = vm_bytes();
+  errno = 0;
+  void* p = A::malloc(kBlock);
+  const int error = errno;
+  if (p == nullptr) {
+    if (error != ENOMEM) return 29;
+    if (vm_bytes() > before) return 30;
+  } else {
+    A::free(p);  // the limit left room for the leaf after all: nothing to check
+  }
+  if (setrlimit(RLIMIT_AS, &unlimited) != 0) return 10;
+  p = A::malloc(kBlock);
+  if (p == nullptr) return 31;
+  static_cast<char*>(p)[kBlock - 1] = 1;
+  A::free(p);
+  return 0;
+}
+
+TYPED_TEST_P(ProcessMemory, ABlockJemallocCannotRegisterLeavesNothingMapped) {
+  expect_child_succeeds(block_in_an_unregistered_gib_child<TypeParam>);
+}
+
+REGISTER_TYPED_TEST_SUITE_P(
+    ProcessMemory, FreshPoolsAreTouchedLazily, ABlockJemallocCannotRegisterLeavesNothingMapped,
+    ARequestOverTheAddressSpaceLimitFailsWithoutGivingBack, OutOfAddressSpaceGivesEnomemAndRecovers,
+    OutOfDataSegmentGivesEnomemAndRecovers, AnArenaIsWritableOnlyWhereItsPoolsHaveBeenHandedOut,
+    AThreadsFirstLargeBlockAtTheDataLimitFailsCleanly,
+    FreedSmallBlocksAddressSpaceGoesToLargeBlocks, AnArenaOnlyAnEmptyPoolKeepsGoesToALargeBlock,
+    AnArenaOnlyAnotherThreadsEmptyPoolKeepsGoesToALargeBlock);
 
 }  // namespace tmtest
