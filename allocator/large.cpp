@@ -416,17 +416,23 @@ void unmap_region(long index) noexcept {
 
 // First fit in address order over every hole (lower addresses first keeps the heap compact,
 // which is what lets whole regions empty out).
+// First fit among region r's holes, in address order; nullptr if none fits.
+void* carve_first_fit(Region& r, std::size_t size, std::size_t alignment) noexcept {
+  for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
+    const Hole& h = g_holes[*link];
+    std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
+    if (start < h.start || start > h.end || h.end - start < size) continue;
+    if (carve(r, link, start, size)) return reinterpret_cast<void*>(start);
+  }
+  return nullptr;
+}
+
 void* alloc_from_holes(std::size_t size, std::size_t alignment) noexcept {
   bool small = size <= kSmallExtent;
   for (std::size_t i = 0; i < g_region_count; ++i) {
     Region& r = g_regions[i];
     if (r.free < size || r.small != small || r.growth || r.spare) continue;
-    for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
-      const Hole& h = g_holes[*link];
-      std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
-      if (start < h.start || start > h.end || h.end - start < size) continue;
-      if (carve(r, link, start, size)) return reinterpret_cast<void*>(start);
-    }
+    if (void* p = carve_first_fit(r, size, alignment)) return p;
   }
   return nullptr;
 }
@@ -574,14 +580,7 @@ void* alloc_from_spare(std::size_t size, std::size_t alignment) noexcept {
   const long i = g_spare != 0 ? region_of(g_spare) : -1;
   if (i < 0) return nullptr;
   Region& r = g_regions[i];
-  void* p = nullptr;
-  for (std::uint32_t* link = &r.holes; *link != kNoHole; link = &g_holes[*link].next) {
-    const Hole& h = g_holes[*link];
-    std::uintptr_t start = (h.start + alignment - 1) & ~(alignment - 1);
-    if (start < h.start || start > h.end || h.end - start < size) continue;
-    if (carve(r, link, start, size)) p = reinterpret_cast<void*>(start);
-    break;
-  }
+  void* p = carve_first_fit(r, size, alignment);
   // The closed part counts as free (lost) bytes, never handed out.
   if (r.free - (r.span - kSpareOpen) < kSpareLow)
     g_spare_wanted.store(true, std::memory_order_relaxed);
