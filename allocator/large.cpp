@@ -677,9 +677,9 @@ bool take_back(void* addr, std::size_t size) noexcept {
 // back and fails the request itself. A GiB is marked once the check has passed there, so the
 // check runs once per GiB in the normal course (and again at each request while it fails).
 constexpr unsigned kGiBShift = 30;
-constexpr std::size_t kTrackedGiBs = std::size_t{1} << (47 - kGiBShift);
+constexpr std::size_t kTrackedGiBs = std::size_t{1} << (kAddressBits - kGiBShift);
 constexpr std::size_t kLeafMapping = std::size_t{8} << 20;
-std::atomic<std::uint64_t> g_gib_seen[kTrackedGiBs / 64];  // bit per GiB of the 47-bit space
+std::atomic<std::uint64_t> g_gib_seen[kTrackedGiBs / 64];  // a bit per GiB of the user space
 
 bool gib_seen(std::uintptr_t a) noexcept {
   const std::size_t g = a >> kGiBShift;
