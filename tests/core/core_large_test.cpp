@@ -298,7 +298,9 @@ TEST(LargeRegions, BlocksOfSixteenKiBOrMoreHaveNoPaddingPage) {
   EXPECT_EQ(off_page, 0u) << "blocks not starting on a page";
   // 1.0 plus page tables; padded, 1.26. Not in the sanitizer builds, whose shadow memory for
   // the written bytes is resident too (TSan: 5x).
-  if (!tmtest::kSanitized) EXPECT_LT(ratio, 1.2) << "resident bytes per byte of the blocks";
+  if (!tmtest::kSanitized) {
+    EXPECT_LT(ratio, 1.2) << "resident bytes per byte of the blocks";
+  }
   for (void* p : blocks) tm_free(p);
 }
 

@@ -7,6 +7,9 @@ CASE is one of
   python         /usr/bin/python3 (PYTHONMALLOC=malloc) on alloc_heavy.py
   data-limit     /usr/bin/python3 on data_limit.py under `ulimit -d 102400` (RLIMIT_DATA), and on
                  a tiny script under `ulimit -d 30720`
+  address-space-limit
+                 the same scripts under RLIMIT_AS = 200 MiB and 64 MiB, and sort(1) on a 9 MB file
+                 under 64 MiB
   sort           sort(1) on a ~20 MB generated file, three ways (locale, numeric key, external merge)
   git            git init/add/commit/log/diff/gc/fsck/archive on a repository made in a temp dir
   probe-selftest the loaded-check itself: it must reject a process without trimalloc
@@ -20,6 +23,7 @@ import argparse
 import hashlib
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,9 +50,10 @@ class Runner:
         self.tmp = tmp
         self.count = 0
 
-    def run(self, cmd, preload, env=None, cwd=None, timeout=120):
+    def run(self, cmd, preload, env=None, cwd=None, timeout=120, rlimit=None):
         """Runs cmd; returns (returncode, stdout, stderr, probe_lines). preload: None (plain run),
-        'both' (trimalloc + probe) or 'probe-only' (the probe without trimalloc)."""
+        'both' (trimalloc + probe) or 'probe-only' (the probe without trimalloc). rlimit:
+        (resource, bytes) set in the child before exec, as prlimit(1) or systemd's Limit* do."""
         env = base_env(env)
         self.count += 1
         probe_out = os.path.join(self.tmp, "probe-%d.txt" % self.count)
@@ -56,7 +61,10 @@ class Runner:
             libs = [self.probe] if preload == "probe-only" else [self.lib, self.probe]
             env["LD_PRELOAD"] = ":".join(libs)
             env["TRIMALLOC_PROBE_OUT"] = probe_out
-        p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        def limit():
+            resource.setrlimit(rlimit[0], (rlimit[1], rlimit[1]))
+        p = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+                           preexec_fn=limit if rlimit else None)
         lines = []
         if os.path.exists(probe_out):
             with open(probe_out) as f:
@@ -116,6 +124,20 @@ def case_python_memory_error(r):
     check_probe(pre[3], "python3")
 
 
+def run_limited(r, option, runs, env):
+    """Each (what, limit, shell command, argument) under `ulimit <option> <limit>`: the same
+    output with and without trimalloc."""
+    for what, limit, command, arg in runs:
+        cmd = ["/bin/sh", "-c", "ulimit %s %s && %s" % (option, limit, command), arg]
+        plain = r.run(cmd, None, env)
+        pre = r.run(cmd, "both", env)
+        compare("%s under ulimit %s %s" % (what, option, limit), plain, pre)
+        check_probe(pre[3], what)
+
+
+TINY_SCRIPT = 'import json; print(json.dumps({"a": [1, 2, 3]}))'
+
+
 def case_data_limit(r):
     """Under RLIMIT_DATA = 100 MB (ulimit -d 102400), far above what the script needs: the same
     output as glibc's (the arena map once counted 128 MiB against the limit in full). And a
@@ -123,18 +145,39 @@ def case_data_limit(r):
     under 25000 with trimalloc: with small arenas mapped writable whole (8 MiB each) and the
     large allocator's region table (3.5 MiB), it needed over 35000."""
     script = os.path.join(HERE, "data_limit.py")
-    small = 'import json; print(json.dumps({"a": [1, 2, 3]}))'
     env = {"PYTHONMALLOC": "malloc", "PYTHONDONTWRITEBYTECODE": "1"}
-    runs = [
+    run_limited(r, "-d", [
         ("python3 data_limit.py", "102400", 'exec /usr/bin/python3 "$0"', script),
-        ("python3 -c '%s'" % small, "30720", 'exec /usr/bin/python3 -c "$0"', small),
+        ("python3 -c '%s'" % TINY_SCRIPT, "30720", 'exec /usr/bin/python3 -c "$0"', TINY_SCRIPT),
+    ], env)
+
+
+def case_address_space_limit(r):
+    """Under RLIMIT_AS, set before exec (prlimit(1), systemd's LimitAS=, a shell's `ulimit -v`
+    before it starts the program): it counts every mapping, readable or not. trimalloc's arena
+    map reserved 128 MiB of address space at start, so python3 could not start under 170000 KiB
+    (glibc runs data_limit.py under 70000 and the tiny script under 15000), nor sort(1) under
+    100000; under a limit below 16 GiB the map is a 512 KiB window now. The limits here leave
+    trimalloc's other start-up mappings (about 27 MiB: see the README) room."""
+    script = os.path.join(HERE, "data_limit.py")
+    path = os.path.join(r.tmp, "numbers.txt")
+    rnd = random.Random(5)
+    with open(path, "w") as f:
+        for _ in range(300000):
+            f.write("%d %s\n" % (rnd.randrange(10**9), "x" * rnd.randrange(40)))
+    py_env = {"PYTHONMALLOC": "malloc", "PYTHONDONTWRITEBYTECODE": "1"}
+    runs = [
+        ("python3 data_limit.py", 200, ["/usr/bin/python3", script], py_env),
+        ("python3 -c '%s'" % TINY_SCRIPT, 64, ["/usr/bin/python3", "-c", TINY_SCRIPT], py_env),
+        ("sort numbers.txt", 64, ["sort", path], {}),
     ]
-    for what, limit, command, arg in runs:
-        cmd = ["/bin/sh", "-c", "ulimit -d %s && %s" % (limit, command), arg]
-        plain = r.run(cmd, None, env)
-        pre = r.run(cmd, "both", env)
-        compare("%s under ulimit -d %s" % (what, limit), plain, pre)
-        check_probe(pre[3], "python3")
+    for what, mib, cmd, env in runs:
+        limit = (resource.RLIMIT_AS, mib << 20)
+        what = "%s under RLIMIT_AS = %d MiB" % (what, mib)
+        plain = r.run(cmd, None, env, rlimit=limit)
+        pre = r.run(cmd, "both", env, rlimit=limit)
+        compare(what, plain, pre)
+        check_probe(pre[3], what)
 
 
 def case_sort(r):
@@ -262,7 +305,7 @@ def case_probe_selftest(r):
     check_probe(lines, "/bin/true")
 
 
-CASES = {"python": case_python, "python-memory-error": case_python_memory_error, "data-limit": case_data_limit, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
+CASES = {"python": case_python, "python-memory-error": case_python_memory_error, "data-limit": case_data_limit, "address-space-limit": case_address_space_limit, "sort": case_sort, "git": case_git, "probe-selftest": case_probe_selftest}
 
 
 def main():
