@@ -111,9 +111,12 @@ extern const char* tm_je_malloc_conf;
 // oversize_threshold:0: no separate "huge" arena (jemalloc creates it with the default extent
 // hooks); every block, whatever its size, comes from one of ours. Its other meaning, "purge a
 // free extent this big at once", is set per arena in large_init.
+// thp:never: jemalloc's own metadata (its base blocks, the radix tree's leaves), which it maps
+// itself, opts out of transparent huge pages as every trimalloc mapping does (os.cpp,
+// no_huge_pages): with the kernel set to "always" they held 6 MiB of huge pages at start.
 const char* tm_je_malloc_conf =
     "background_thread:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1,retain:false,"
-    "oversize_threshold:0";
+    "oversize_threshold:0,thp:never";
 // jemalloc also reads MALLOC_CONF and /etc/malloc.conf, after the string above, so settings a
 // user made for a jemalloc-linked program would reconfigure the embedded copy: retain:true kept
 // the address space of every freed region mapped, narenas and percpu_arena make the automatic
