@@ -24,6 +24,9 @@ bool address_space_limited() noexcept {
 // The window is centred on the table itself: the table is the mapping made by the process
 // just now, so the process's other mappings, and the next ones, lie around it.
 bool ArenaMap::init() noexcept {
+  // Made once, at start-up; after that no caller takes the lock (so a fork() can never leave it
+  // held for a child).
+  if (count_.load(std::memory_order_acquire) != 0) return true;
   LockGuard guard(init_lock_);
   if (kinds_ != nullptr) return true;
   void* p = address_space_limited() ? nullptr : os::reserve_sparse(kSlotCount, os::page_size());
