@@ -55,6 +55,28 @@ void no_huge_pages(void* p, std::size_t size) noexcept {
   errno = saved;
 }
 
+// The slack of an over-mapped reservation (8 MiB for an 8 MiB arena) is address space for a
+// moment only, but under an address-space limit that moment decides: python3 could not make
+// its first arena under `ulimit -v 44000` with 36 MiB mapped. So when the over-mapping is
+// refused, map just `size`: the kernel places it at the top of the highest gap that fits, so
+// the aligned address at or below it is usually free too, and the mapping is made again there
+// (MAP_FIXED_NOREPLACE: never over another mapping; a kernel older than 4.17 takes it as a
+// hint, so the address is checked). nullptr if that does not work either.
+void* map_aligned_exactly(std::size_t size, std::size_t alignment, int extra_flags,
+                          int prot) noexcept {
+  const int flags = MAP_PRIVATE | MAP_ANONYMOUS | extra_flags;
+  void* first = mmap(nullptr, size, prot, flags, -1, 0);
+  if (first == MAP_FAILED) return nullptr;
+  const auto at = reinterpret_cast<std::uintptr_t>(first);
+  if ((at & (alignment - 1)) == 0) return first;
+  munmap(first, size);
+  void* want = reinterpret_cast<void*>(at & ~(alignment - 1));
+  void* again = mmap(want, size, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+  if (again == want) return again;
+  if (again != MAP_FAILED) munmap(again, size);
+  return nullptr;
+}
+
 void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags, bool injectable = true,
                   int prot = PROT_READ | PROT_WRITE) noexcept {
   if (injectable && injected_failure()) {
@@ -71,8 +93,15 @@ void* map_aligned(std::size_t size, std::size_t alignment, int extra_flags, bool
   int saved = errno;
   void* raw = mmap(nullptr, span, prot, MAP_PRIVATE | MAP_ANONYMOUS | extra_flags, -1, 0);
   if (raw == MAP_FAILED) {
-    errno = ENOMEM;
-    return nullptr;
+    raw = map_aligned_exactly(size, alignment, extra_flags, prot);
+    if (raw == nullptr) {
+      errno = ENOMEM;
+      return nullptr;
+    }
+    errno = saved;
+    no_huge_pages(raw, size);
+    g_reserved.fetch_add(size, std::memory_order_relaxed);
+    return raw;
   }
   errno = saved;
   auto base = reinterpret_cast<std::uintptr_t>(raw);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "arena_map.h"
+#include "test_support.h"
 
 using namespace trimalloc;
 
@@ -130,16 +131,7 @@ static void expect_window_under_limit(std::size_t headroom) {
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    std::size_t vm_kib = 0;
-    if (FILE* f = fopen("/proc/self/status", "r")) {
-      char line[256];
-      while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmSize: %zu kB", &vm_kib) == 1) break;
-      fclose(f);
-    }
-    if (vm_kib == 0) _exit(10);
-    const rlimit limit{(vm_kib << 10) + headroom, RLIM_INFINITY};
-    if (setrlimit(RLIMIT_AS, &limit) != 0) _exit(11);
+    if (!tmtest::limit_address_space(headroom)) _exit(11);
     static ArenaMap full;  // as the process map would be made without the window
     if (full.init() && full.window_slots() == kSlotCount) _exit(12);  // 128 MiB fit?
     if (full.window_slots() != 2 * kWindowSpan / kMiB &&
@@ -154,8 +146,7 @@ static void expect_window_under_limit(std::size_t headroom) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
-  EXPECT_EQ(WEXITSTATUS(status), 0)
-      << "10-11 setup, 12 the full map, 13 the width, 14-16 a mapping";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "11 setup, 12 the full map, 13 the width, 14-16 a mapping";
 }
 
 TEST(ArenaMapWindow, AMapMadeUnderALowAddressSpaceLimitIsAWindow) {

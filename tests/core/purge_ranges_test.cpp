@@ -120,3 +120,34 @@ TEST(Platform, SparseTablesCountAgainstTheDataLimitOnlyWhereWritten) {
   EXPECT_FALSE(has_flag(vm_flags_of(table), "wr")) << "the rest stays read-only";
   os::release(table, kTable);
 }
+
+// An aligned reservation maps size + alignment and trims both ends, but when a limit refuses
+// that slack it maps just the size, at the aligned address below where the kernel put it
+// (os.cpp, map_aligned_exactly): python3 under `ulimit -v 44000` could not make its first
+// 8 MiB arena with 16 MiB to map. Not in the sanitizer builds (no low RLIMIT_AS there).
+TEST(Platform, AnAlignedReservationNeedsNoSlackUnderAnAddressSpaceLimit) {
+  if (tmtest::kSanitized) GTEST_SKIP() << "the sanitizers' shadow memory rules out RLIMIT_AS";
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (!tmtest::limit_address_space(12 * kMiB)) _exit(10);
+    for (bool closed : {false, true}) {
+      void* p =
+          closed ? os::reserve_closed(8 * kMiB, 8 * kMiB) : os::reserve_aligned(8 * kMiB, 8 * kMiB);
+      if (p == nullptr) _exit(11);
+      if ((reinterpret_cast<std::uintptr_t>(p) & (8 * kMiB - 1)) != 0) _exit(12);
+      if (!closed) static_cast<char*>(p)[8 * kMiB - 1] = 1;  // writable to its end
+      os::release(p, 8 * kMiB);
+    }
+    errno = 0;
+    if (os::reserve_aligned(16 * kMiB, 8 * kMiB) != nullptr || errno != ENOMEM) _exit(13);
+    _exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "10 setup, 11 no 8 MiB reservation with 12 MiB of headroom, 12 misaligned, 13 an "
+         "impossible one did not fail with ENOMEM";
+}
