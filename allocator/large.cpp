@@ -931,6 +931,12 @@ bool large_retry_worthwhile(std::size_t size) noexcept {
   return os::could_ever_map(size) && large_release_address_space();
 }
 
+// The hardened build's registry of large blocks (large_registry.h) needs a bigger table now and
+// then; at a limit that mapping is given the same second chance as the block's own.
+[[maybe_unused]] bool registered(void* p) noexcept {
+  return registry_add(p) || (large_release_address_space() && registry_add(p));
+}
+
 // The allocation after large_alloc's checks, with its retry and error reporting.
 [[gnu::always_inline]] inline void* large_alloc_checked(std::size_t size, std::size_t alignment,
                                                         bool zero) noexcept {
@@ -943,7 +949,7 @@ bool large_retry_worthwhile(std::size_t size) noexcept {
     return nullptr;
   }
   if constexpr (kSecure) {
-    if (!registry_add(p)) {
+    if (!registered(p)) {
       tm_je_dallocx(p, 0);
       errno = ENOMEM;
       return nullptr;
@@ -1027,7 +1033,7 @@ inline int growth_flags() noexcept {
   const int flags = growth_flags();
   void* p = tm_je_mallocx(size, flags);
   if (p == nullptr && large_retry_worthwhile(size)) p = tm_je_mallocx(size, flags);
-  if (p != nullptr && !registry_add(p)) {
+  if (p != nullptr && !registered(p)) {
     tm_je_dallocx(p, 0);
     p = nullptr;
   }

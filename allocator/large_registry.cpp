@@ -9,7 +9,6 @@
 namespace trimalloc {
 namespace {
 constexpr unsigned kShards = 64;
-constexpr std::uintptr_t kTombstone = 1;  // real keys are 16-aligned, never 0 or 1
 
 struct Entry {
   std::uintptr_t key;
@@ -20,7 +19,7 @@ struct alignas(64) Shard {
   SpinLock lock;
   Entry* table = nullptr;
   std::size_t capacity = 0;  // power of two
-  std::size_t used = 0;      // live + tombstones
+  std::size_t used = 0;      // entries (no tombstones: removal shifts the probe run back)
 };
 Shard g_shards[kShards];
 
@@ -34,10 +33,13 @@ inline std::uint64_t mix(std::uintptr_t k) {
 inline Shard& shard_of(std::uintptr_t k) {
   return g_shards[mix(k) & (kShards - 1)];
 }
+inline std::size_t home(const Shard& s, std::uintptr_t k) {
+  return (mix(k) >> 6) & (s.capacity - 1);
+}
 
 Entry* find(Shard& s, std::uintptr_t k) {
   if (s.capacity == 0) return nullptr;
-  for (std::size_t i = (mix(k) >> 6) & (s.capacity - 1);; i = (i + 1) & (s.capacity - 1)) {
+  for (std::size_t i = home(s, k);; i = (i + 1) & (s.capacity - 1)) {
     Entry& e = s.table[i];
     if (e.key == k) return &e;
     if (e.key == 0) return nullptr;
@@ -54,7 +56,7 @@ bool grow(Shard& s) {
   std::size_t used = 0;
   for (std::size_t i = 0; i < s.capacity; ++i) {
     const Entry& e = s.table[i];
-    if (e.key <= kTombstone) continue;
+    if (e.key == 0) continue;
     std::size_t j = (mix(e.key) >> 6) & (capacity - 1);
     while (table[j].key != 0) j = (j + 1) & (capacity - 1);
     table[j] = e;
@@ -69,6 +71,26 @@ bool grow(Shard& s) {
   s.used = used;
   return true;
 }
+
+// Removes the entry at i and moves later entries of its probe run back into the gap, so that
+// no probe for them passes an empty slot (Knuth's algorithm R). With tombstones instead, a
+// table whose blocks come and go filled up with them, and doubled at "half load" while holding
+// a handful of live blocks: under a memory limit the doubling failed and so did the allocation,
+// with every block freed (ProcessMemory.AThreadsFirstLargeBlockAtTheDataLimitFailsCleanly,
+// hardened build).
+void remove_at(Shard& s, std::size_t i) {
+  const std::size_t mask = s.capacity - 1;
+  for (std::size_t j = (i + 1) & mask; s.table[j].key != 0; j = (j + 1) & mask) {
+    // The entry at j may fill the gap at i unless its home lies cyclically in (i, j].
+    const std::size_t h = home(s, s.table[j].key);
+    const bool stays = i < j ? (h > i && h <= j) : (h > i || h <= j);
+    if (stays) continue;
+    s.table[i] = s.table[j];
+    i = j;
+  }
+  s.table[i] = Entry{0, LargeState::kAbsent};
+  --s.used;
+}
 }  // namespace
 
 bool registry_add(const void* p) noexcept {
@@ -76,8 +98,8 @@ bool registry_add(const void* p) noexcept {
   Shard& s = shard_of(k);
   LockGuard guard(s.lock);
   if ((s.used + 1) * 2 > s.capacity && !grow(s)) return false;
-  std::size_t i = (mix(k) >> 6) & (s.capacity - 1);
-  while (s.table[i].key > kTombstone && s.table[i].key != k) i = (i + 1) & (s.capacity - 1);
+  std::size_t i = home(s, k);
+  while (s.table[i].key != 0 && s.table[i].key != k) i = (i + 1) & (s.capacity - 1);
   if (s.table[i].key == 0) ++s.used;
   s.table[i] = Entry{k, LargeState::kLive};
   return true;
@@ -108,7 +130,7 @@ bool registry_transition(const void* p, LargeState from, LargeState to) noexcept
   Entry* e = find(s, k);
   if (e == nullptr || e->state != from) return false;
   if (to == LargeState::kAbsent)
-    e->key = kTombstone;
+    remove_at(s, static_cast<std::size_t>(e - s.table));
   else
     e->state = to;
   return true;
