@@ -70,6 +70,9 @@ void* map_aligned_exactly(std::size_t size, std::size_t alignment, int extra_fla
   const auto at = reinterpret_cast<std::uintptr_t>(first);
   if ((at & (alignment - 1)) == 0) return first;
   munmap(first, size);
+  // An alignment beyond the address itself (a request aligned to 2^46, say) has no aligned
+  // address below it: 0 is never one to ask for (TSan's mmap interceptor reports it as a bug).
+  if ((at & ~(alignment - 1)) == 0) return nullptr;
   void* want = reinterpret_cast<void*>(at & ~(alignment - 1));
   void* again = mmap(want, size, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
   if (again == want) return again;
