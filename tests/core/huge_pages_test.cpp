@@ -8,50 +8,12 @@
 #include <unistd.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
-#include <sstream>
-#include <string>
 #include <vector>
 
 #include "large.h"
 #include "test_support.h"
 
 namespace {
-struct Mapping {
-  std::uintptr_t start = 0, end = 0;
-  bool noreserve = false, no_huge = false;
-};
-
-std::vector<Mapping> read_smaps() {
-  std::vector<Mapping> maps;
-  std::ifstream in("/proc/self/smaps");
-  std::string line;
-  while (std::getline(in, line)) {
-    unsigned long long lo = 0, hi = 0;
-    // A mapping's first line starts "start-end "; its fields ("AnonHugePages:") do not parse.
-    if (std::sscanf(line.c_str(), "%llx-%llx ", &lo, &hi) == 2) {
-      maps.push_back({lo, hi});
-    } else if (line.rfind("VmFlags:", 0) == 0 && !maps.empty()) {
-      std::istringstream flags(line.substr(8));
-      std::string f;
-      while (flags >> f) {
-        if (f == "nh") maps.back().no_huge = true;
-        if (f == "nr") maps.back().noreserve = true;
-      }
-    }
-  }
-  return maps;
-}
-
-const Mapping* mapping_of(const std::vector<Mapping>& maps, const void* p) {
-  const auto a = reinterpret_cast<std::uintptr_t>(p);
-  for (const Mapping& m : maps)
-    if (a >= m.start && a < m.end) return &m;
-  return nullptr;
-}
-
 bool kernel_has_huge_pages() {
   return access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0;
 }
@@ -67,14 +29,14 @@ TEST(HugePages, EveryBlockLiesInAMappingThatOptsOut) {
   void* grown = tm_malloc(1000);
   grown = tm_realloc(grown, 6u << 20);  // the growth arena's regions
   blocks.push_back(grown);
-  const std::vector<Mapping> maps = read_smaps();
+  const std::vector<tmtest::Mapping> maps = tmtest::mappings();
   std::size_t checked = 0;
   for (void* p : blocks) {
     ASSERT_NE(p, nullptr);
-    const Mapping* m = mapping_of(maps, p);
+    const tmtest::Mapping* m = tmtest::mapping_of(maps, p);
     ASSERT_NE(m, nullptr) << p << " is in no mapping";
-    EXPECT_TRUE(m->no_huge) << "the mapping " << std::hex << m->start << "-" << m->end
-                            << " of block " << p << " can take huge pages";
+    EXPECT_TRUE(m->has_flag("nh")) << "the mapping " << std::hex << m->start << "-" << m->end
+                                   << " of block " << p << " can take huge pages";
     ++checked;
   }
   EXPECT_EQ(checked, blocks.size());
@@ -95,11 +57,11 @@ TEST(HugePages, JemallocsOwnMetadataOptsOut) {
   EXPECT_STREQ(thp, "never");
   if (tmtest::kSanitized) return;
   std::size_t noreserve = 0;
-  for (const Mapping& m : read_smaps()) {
-    if (!m.noreserve) continue;
+  for (const tmtest::Mapping& m : tmtest::mappings()) {
+    if (!m.has_flag("nr")) continue;
     ++noreserve;
-    EXPECT_TRUE(m.no_huge) << "the MAP_NORESERVE mapping " << std::hex << m.start << "-" << m.end
-                           << " can take huge pages";
+    EXPECT_TRUE(m.has_flag("nh")) << "the MAP_NORESERVE mapping " << std::hex << m.start << "-"
+                                  << m.end << " can take huge pages";
   }
   EXPECT_GE(noreserve, 2u) << "jemalloc's base blocks and trimalloc's tables were not found";
 }

@@ -59,28 +59,14 @@ TEST(PurgeRanges, RangeByRangeFallbackDropsTheSamePages) {
 // policy applies to it as to glibc's mappings; reserve_sparse (the arena map's table, touched
 // only where arenas lie) maps with it. The kernel shows the flag as "nr" in VmFlags.
 namespace {
-// The VmFlags of the mapping that holds `p` (the kernel may have merged it with a neighbour of
-// the same kind), or "" if none does.
+// The VmFlags of the mapping that holds `p`, or "" if none does.
 std::string vm_flags_of(const void* p) {
-  FILE* f = std::fopen("/proc/self/smaps", "r");
-  if (f == nullptr) return "";
-  char line[512];
-  bool in = false;
-  std::string flags;
-  const auto want = reinterpret_cast<std::uintptr_t>(p);
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long start = 0, end = 0;
-    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2)  // a mapping's first line
-      in = start <= want && want < end;
-    else if (in && std::strncmp(line, "VmFlags:", 8) == 0)
-      flags = line + 8;
-  }
-  std::fclose(f);
-  return flags;
+  const std::vector<tmtest::Mapping> maps = tmtest::mappings();
+  const tmtest::Mapping* m = tmtest::mapping_of(maps, p);
+  return m ? m->flags : "";
 }
 bool has_flag(const std::string& flags, const char* flag) {
-  return (" " + flags + " ").find(std::string(" ") + flag + " ") != std::string::npos ||
-         (" " + flags).find(std::string(" ") + flag + "\n") != std::string::npos;
+  return tmtest::Mapping{0, 0, flags}.has_flag(flag);
 }
 }  // namespace
 

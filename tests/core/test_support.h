@@ -137,6 +137,43 @@ inline bool limit_address_space(std::size_t headroom) {
   return setrlimit(RLIMIT_AS, &rl) == 0;
 }
 
+// The process's mappings with their VmFlags (/proc/self/smaps): " rd wr mr mw me nr nh" and so
+// on, each flag with a space before it. has_flag(m, "nh") asks for one.
+struct Mapping {
+  std::uintptr_t start = 0, end = 0;
+  std::string flags;
+  bool has_flag(const char* flag) const {
+    return (flags + " ").find(std::string(" ") + flag + " ") != std::string::npos;
+  }
+};
+inline std::vector<Mapping> mappings() {
+  std::vector<Mapping> maps;
+  std::FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (f == nullptr) return maps;
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long start = 0, end = 0;
+    // A mapping's first line starts "start-end "; its fields ("AnonHugePages:") do not parse.
+    if (std::sscanf(line, "%lx-%lx ", &start, &end) == 2) {
+      maps.push_back({start, end, ""});
+    } else if (!maps.empty() && std::strncmp(line, "VmFlags:", 8) == 0) {
+      maps.back().flags = line + 8;
+      while (!maps.back().flags.empty() &&
+             (maps.back().flags.back() == '\n' || maps.back().flags.back() == ' '))
+        maps.back().flags.pop_back();
+    }
+  }
+  std::fclose(f);
+  return maps;
+}
+// The mapping that holds p (the kernel may have merged it with a neighbour of the same kind).
+inline const Mapping* mapping_of(const std::vector<Mapping>& maps, const void* p) {
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  for (const Mapping& m : maps)
+    if (m.start <= a && a < m.end) return &m;
+  return nullptr;
+}
+
 // VmData: the private writable mappings that RLIMIT_DATA limits, in bytes (0 if unknown).
 inline std::size_t data_bytes() {
   std::FILE* f = std::fopen("/proc/self/status", "r");
