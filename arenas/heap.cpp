@@ -88,6 +88,13 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept {
   heap->free_local(pool, b);
 }
 
+// A nested entry never waits for a visitor (its depth is not 0: no visitor can be in), so the
+// after-visit path, which re-checks ownership, is the counted way for it.
+void small_free_nested(Pool* pool, Block* b, const char* call) noexcept {
+  tl_thread.heap->enter_fast();
+  small_free_after_visit(pool, b, call);
+}
+
 void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept {
   ThreadHeap* heap = tl_thread.heap;
   if (heap->depth() == 0) heap->wait_for_visitor();
@@ -309,6 +316,11 @@ void* ThreadHeap::pop_last_and_leave(Pool* pool, Block* b, std::uintptr_t next) 
   b->mark = 0;
   leave();
   return b;
+}
+
+void* ThreadHeap::alloc_nested(unsigned cls) noexcept {
+  enter_fast();
+  return alloc_after_visit(cls);  // depth() is not 0: it does not wait
 }
 
 void* ThreadHeap::alloc_after_visit(unsigned cls) noexcept {

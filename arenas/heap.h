@@ -17,8 +17,9 @@
 // Visiting. A heap's pools are owner-only, but an idle thread (a Python program that did
 // `del big_list` and sleeps) must still give memory back. A visitor (the decay thread, or
 // tm_trim(TM_TRIM_ALL) on another thread) may act as the owner while the owner is outside the
-// allocator. Owner: busy += 1, compiler barrier, read `visited` (no fence: an increment and a
-// decrement of busy in memory and a load per call; busy counts nested entries, see enter_fast).
+// allocator. Owner: busy += 1, compiler barrier, read `visited` (no fence; busy counts nested
+// entries, see enter_fast; the fast paths, which enter only when busy is 0, store 1 and 0 instead
+// of counting, see enter_outermost).
 // Visitor: visited = 1, membarrier(PRIVATE_EXPEDITED) - which puts a full fence into every running
 // thread of the process - then read `busy`. Either the visitor sees busy != 0 and backs off, or the
 // owner's next read of `visited` sees 1 and it waits until the visit is over. Where membarrier is
@@ -56,7 +57,7 @@ class ThreadHeap {
   // Fast path for class `cls`; nullptr with errno = ENOMEM when memory is exhausted. Both
   // cold paths are tail calls that leave() themselves, so the hot path needs no stack frame.
   void* alloc(std::size_t cls) noexcept {  // size_t: indexes current_ without a zero-extension
-    enter_fast();
+    if (__builtin_expect(!enter_outermost(), 0)) return alloc_nested(cls);
     if (__builtin_expect(visitor_present(), 0)) return alloc_after_visit(cls);
     Pool* pool = current_[cls];
     Block* b = pool->free;
@@ -74,7 +75,7 @@ class ThreadHeap {
     pool->free = next;
     used_increment(pool);
     if constexpr (kChecks) b->mark = 0;
-    leave();
+    leave_outermost();
     return b;
   }
 
@@ -96,6 +97,32 @@ class ThreadHeap {
 #else
     busy_.store(busy_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
+#endif
+  }
+  // The fast paths' entry: busy_ = 1 and true if no call of this thread is inside the heap;
+  // false, with nothing changed, if one is (the allocator re-entered from one of its slow paths,
+  // or from a signal handler), and the caller then takes the counted way (enter_fast/leave).
+  // Stores of constants rather than an increment and a decrement in memory: each of those reads
+  // the word the previous one wrote, and a malloc+free pair made a chain of four such
+  // read-modify-writes that cost a fifth of the pair's time (docs/bench.md, "Twenty-first
+  // session"). The test's load only feeds a predicted branch, so it starts no chain.
+  // Invariant: between enter_outermost() and leave_outermost() busy_ is 1 again whenever this
+  // call runs (a nested call counts up and back down), so storing 0 is the decrement.
+  bool enter_outermost() noexcept {
+    if (__builtin_expect(busy_.load(std::memory_order_relaxed) != 0, 0)) return false;
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    asm volatile("movl $1, %0" : "=m"(busy_word()) : : "memory");
+#else
+    enter_fast();
+#endif
+    return true;
+  }
+  // After enter_outermost(), or a slow path's leave is the same: busy_ is 1 here.
+  void leave_outermost() noexcept {
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+    asm volatile("movl $0, %0" : "=m"(busy_word()) : : "memory");
+#else
+    leave();
 #endif
   }
   // Entries of this thread below the current one (0: the outermost), between enter and leave.
@@ -151,6 +178,11 @@ class ThreadHeap {
     if (__builtin_expect(push_local(pool, b), 0)) return free_slow_and_leave(pool);
     leave();
   }
+  // free_local() after enter_outermost(): the same, leaving with leave_outermost().
+  void free_local_outermost(Pool* pool, Block* b) noexcept {
+    if (__builtin_expect(push_local(pool, b), 0)) return free_slow_and_leave(pool);
+    leave_outermost();
+  }
 
   // small_free_run()'s publication of a run: `count` blocks of `pool`, each marked free and
   // linked in front of the pool's free list, the last of them `head`. Counts them freed with
@@ -170,6 +202,7 @@ class ThreadHeap {
   void* alloc_slow(unsigned cls) noexcept;
   void* alloc_slow_and_leave(unsigned cls) noexcept;
   void* alloc_after_visit(unsigned cls) noexcept;
+  void* alloc_nested(unsigned cls) noexcept;  // alloc() found busy_ != 0
   // alloc() of `b` whose decoded link leaves the pool: the last block, or a corrupt link.
   void* pop_last_and_leave(Pool* pool, Block* b, std::uintptr_t next) noexcept;
   void free_slow(Pool* pool) noexcept;
@@ -314,6 +347,8 @@ void small_free_suspect(Pool* pool, Block* b, const char* call) noexcept;
 // dormant page; frees a live block above a released page (sized_block 0: an unsized call).
 void small_free_rejected(Pool* pool, Block* b, const char* call, std::size_t sized_block) noexcept;
 void small_free_after_visit(Pool* pool, Block* b, const char* call) noexcept;
+// small_free_block() found the heap already entered by this thread (enter_outermost() false).
+void small_free_nested(Pool* pool, Block* b, const char* call) noexcept;
 
 // The pool of a small pointer after checking it starts a live-or-free block; aborts otherwise.
 inline Pool* checked_pool(const void* p, const char* call) noexcept {
@@ -343,10 +378,10 @@ template <bool kSized>
   }
   ThreadHeap* heap = tl_thread.heap;
   if (__builtin_expect(!relaxed_equals(pool->owner, heap), 0)) return pool_push_remote(pool, b);
-  heap->enter_fast();
+  if (__builtin_expect(!heap->enter_outermost(), 0)) return small_free_nested(pool, b, call);
   // A visitor may be at work, or may have moved the pool while we were deciding: go slow.
   if (__builtin_expect(heap->visitor_present(), 0)) return small_free_after_visit(pool, b, call);
-  heap->free_local(pool, b);
+  heap->free_local_outermost(pool, b);
 }
 
 // free() of a pointer known to be in a small arena. `call` names the public function.
