@@ -103,8 +103,8 @@ class ThreadHeap {
   // false, with nothing changed, if one is (the allocator re-entered from one of its slow paths,
   // or from a signal handler), and the caller then takes the counted way (enter_fast/leave).
   // Stores of constants rather than an increment and a decrement in memory: each of those reads
-  // the word the previous one wrote, and a malloc+free pair made a chain of four such
-  // read-modify-writes that cost a fifth of the pair's time (docs/bench.md, "Twenty-first
+  // the word the previous one wrote, so a malloc+free pair made a chain of four such
+  // read-modify-writes; the stores took 3-5% off the pair's time (docs/bench.md, "Twenty-first
   // session"). The test's load only feeds a predicted branch, so it starts no chain.
   // Invariant: between enter_outermost() and leave_outermost() busy_ is 1 again whenever this
   // call runs (a nested call counts up and back down), so storing 0 is the decrement.
@@ -117,7 +117,9 @@ class ThreadHeap {
 #endif
     return true;
   }
-  // After enter_outermost(), or a slow path's leave is the same: busy_ is 1 here.
+  // The exit of a call that entered with enter_outermost(). busy_ is 1 here (see the invariant
+  // above), so storing 0 does what leave() would; the slow paths such a call tail-calls still
+  // leave() with the decrement.
   void leave_outermost() noexcept {
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
     asm volatile("movl $0, %0" : "=m"(busy_word()) : : "memory");
