@@ -87,10 +87,11 @@ void quarantine_free(void* p, const char* call) noexcept {
   const std::size_t held = q.bytes;  // read before leave(): a visitor may empty q after it
   heap->quarantined_bytes.store(held, std::memory_order_relaxed);
   heap->leave();
-  // Just grown worth a visit, should this thread now go idle: the decay thread must be awake to
-  // see that. Only on crossing the bar: it does not go to sleep while any other thread's
-  // quarantine is at or above it (quarantine_worth_a_visit), so later frees need not tell it.
-  if (held >= kVisitWorthBytes && held_before < kVisitWorthBytes) decay_note_freed();
+  // The first block since the quarantine was last emptied makes it worth a visit, should this
+  // thread now go idle: the decay thread must be awake to see that. Only then: it does not go to
+  // sleep while any other thread's quarantine holds a block (quarantine_worth_a_visit), so later
+  // frees need not tell it.
+  if (held_before == 0) decay_note_freed();
   if (out != nullptr) release(out, call);
 }
 

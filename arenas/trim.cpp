@@ -94,7 +94,7 @@ bool quarantine_worth_a_visit() noexcept {
   ThreadHeap* const self = tl_thread.heap;  // not emptied by a pass of ours (decay_small)
   for_each_heap([&](ThreadHeap* h) {
     worth = worth || (h != self && h->live.load(std::memory_order_acquire) &&
-                      h->quarantined_bytes.load(std::memory_order_relaxed) >= kVisitWorthBytes);
+                      h->quarantined_bytes.load(std::memory_order_relaxed) != 0);
   });
   return worth;
 }
@@ -127,10 +127,14 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
       if (!h->live.load(std::memory_order_acquire)) return;
       // Hardened build: blocks the quarantine holds come back too once it is emptied. A busy
       // heap's quarantine turns over by itself; an idle one's would stay until a trim or the
-      // thread's exit (up to 1 MiB of zeroed, resident blocks per thread). Not this thread's
-      // own: the hook cannot empty it (below), so counting it would only keep us ticking.
+      // thread's exit (up to 1 MiB of zeroed, resident blocks per thread). Any quarantine is
+      // worth a visit, not only one of kVisitWorthBytes: each of its blocks can keep a page and
+      // a pool resident (256 blocks of 16 bytes, 4 KiB, can pin 256 pages), and one visit
+      // empties it, so visiting for it is never fruitless twice. Not this thread's own: the
+      // hook cannot empty it (below), so counting it would only keep us ticking.
       const std::size_t quarantined =
           h == self ? 0 : h->quarantined_bytes.load(std::memory_order_relaxed);
+      const bool worth = quarantined != 0 || h->scan_free_bytes >= kVisitWorthBytes;
       if (h->last_slow_ms.load(std::memory_order_relaxed) > cutoff) {
         // Busy recently, so not visited. If it has held many free bytes for a whole decay
         // time, it gives their pages back itself, on its next slow paths.
@@ -143,15 +147,14 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept {
           h->shrink_requested.store(true, std::memory_order_relaxed);
           h->busy_free_since_ms.store(0, std::memory_order_relaxed);
         }
-        if (h->scan_free_bytes + quarantined >= kVisitWorthBytes) r.work_left = true;  // look again
+        if (worth) r.work_left = true;  // look again
         return;
       }
       h->busy_free_since_ms.store(0, std::memory_order_relaxed);
-      if (h->scan_free_bytes + quarantined < kVisitWorthBytes) return;
+      if (!worth) return;
       // Nothing new since the last visit found what it could: do not visit again. (A quarantine
-      // worth a visit is new: the last visit emptied it.)
-      if (quarantined < kVisitWorthBytes &&
-          h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
+      // is new: the last visit emptied it.)
+      if (quarantined == 0 && h->scan_free_bytes < h->free_bytes_at_visit + kVisitWorthBytes &&
           h->free_bytes_at_visit != 0)
         return;
       if (!visit_heap(h, [&](ThreadHeap* v) {

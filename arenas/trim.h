@@ -35,8 +35,8 @@ std::size_t trim_small(TrimLevel level) noexcept;
 // while it is held), and an out-of-memory path must not hang. Bytes given back.
 std::size_t trim_small_for_address_space() noexcept;
 
-// The decay pass visits an idle heap only if at least this much could come back from it: free
-// blocks in its pools, plus (hardened build) the blocks its quarantine holds.
+// The decay pass visits an idle heap only if at least this much could come back from it in
+// free blocks of its pools, or (hardened build) if its quarantine holds anything.
 inline constexpr std::size_t kVisitWorthBytes = 64 * 1024;
 
 struct DecayResult {
@@ -50,8 +50,8 @@ DecayResult decay_small(std::uint64_t decay_ms) noexcept;
 // Resident bytes of free pools in arenas (the "cache" TRIMALLOC_MAX_CACHED bounds).
 std::size_t dirty_small_bytes() noexcept;
 
-// True if some other live heap's quarantine holds kVisitWorthBytes or more: work for the decay
-// pass once that heap is idle (always false in the default build, which has no quarantine).
+// True if some other live heap's quarantine holds a block: work for the decay pass once that
+// heap is idle (always false in the default build, which has no quarantine).
 bool quarantine_worth_a_visit() noexcept;
 
 // Hooks the allocator layer installs (the engine does not depend on it):
